@@ -1,0 +1,293 @@
+// Involution CUDA kernels: forward, input gradient and weight gradient.
+//
+//   out[n, c, i, j] = sum_{a, b < K} w[n, c / Cg, a, b, i, j]
+//                     * x[n, c, i*S + a*D - pad, j*S + b*D - pad]      (zero outside)
+//
+// Layouts (all contiguous): x (N, C, H, W), w (N, G, K, K, Ho, Wo), out (N, C, Ho, Wo),
+// with G groups of Cg = C / G channels.
+//
+// Everything that shapes the loops (element type, index type, K, stride S, dilation D and
+// the number of channels one thread handles) is a template argument: the host side
+// compiles one instantiation per configuration (NVRTC name expressions) and caches it, so
+// the K*K loops are fully unrolled and the accumulators live in registers.
+//
+// Unlike the one-thread-per-output-element kernel of the official code, which re-reads
+// every generated weight for each of the Cg channels of its group, a thread here loads a
+// weight once and applies it to CHUNK channels of the group.  The *_naive kernels at the end
+// are that plain one-thread-per-element design, kept as a benchmark baseline.
+//
+// The file needs no CUDA header (so NVRTC compiles it without an include path): half and
+// bfloat16 are 16-bit storage structs converted with PTX or bit arithmetic.  Defining
+// INVOLUTION_HOST_EMULATION compiles the same kernels as plain C++ so that their index
+// arithmetic can be checked on a machine without a GPU (tests/test_cuda_kernels.py).
+
+#ifdef INVOLUTION_HOST_EMULATION
+#include <cstring>
+#define INV_GLOBAL
+#define INV_LAUNCH_BOUNDS(n)
+#define INV_INLINE inline
+#define INV_UNROLL
+struct inv_dim3 { unsigned int x; };
+extern inv_dim3 blockIdx, blockDim, threadIdx, gridDim;
+static inline float __uint_as_float(unsigned int u) { float f; std::memcpy(&f, &u, 4); return f; }
+static inline unsigned int __float_as_uint(float f) { unsigned int u; std::memcpy(&u, &f, 4); return u; }
+#else
+#define INV_GLOBAL __global__
+#define INV_LAUNCH_BOUNDS(n) __launch_bounds__(n)
+#define INV_INLINE __device__ __forceinline__
+#define INV_UNROLL _Pragma("unroll")
+#endif
+
+#define INV_THREADS 256
+
+struct half_t { unsigned short bits; };      // IEEE binary16, torch.float16's layout
+struct bfloat16_t { unsigned short bits; };  // bfloat16, torch.bfloat16's layout
+
+// Element access: load as the accumulation type, store with round-to-nearest-even.
+template <typename T> struct Elem;
+
+template <> struct Elem<float> {
+  typedef float acc_t;
+  static INV_INLINE float load(const float* p) { return *p; }
+  static INV_INLINE void store(float* p, float v) { *p = v; }
+};
+
+template <> struct Elem<double> {
+  typedef double acc_t;
+  static INV_INLINE double load(const double* p) { return *p; }
+  static INV_INLINE void store(double* p, double v) { *p = v; }
+};
+
+template <> struct Elem<half_t> {
+  typedef float acc_t;
+  static INV_INLINE float load(const half_t* p) {
+#ifdef INVOLUTION_HOST_EMULATION
+    _Float16 h; std::memcpy(&h, &p->bits, 2); return (float)h;
+#else
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(p->bits));
+    return f;
+#endif
+  }
+  static INV_INLINE void store(half_t* p, float v) {
+#ifdef INVOLUTION_HOST_EMULATION
+    _Float16 h = (_Float16)v; std::memcpy(&p->bits, &h, 2);
+#else
+    unsigned short b;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(b) : "f"(v));
+    p->bits = b;
+#endif
+  }
+};
+
+template <> struct Elem<bfloat16_t> {
+  typedef float acc_t;
+  static INV_INLINE float load(const bfloat16_t* p) {
+    return __uint_as_float(((unsigned int)p->bits) << 16);
+  }
+  static INV_INLINE void store(bfloat16_t* p, float v) {
+    unsigned int u = __float_as_uint(v);
+    if ((u & 0x7fffffffu) > 0x7f800000u) {  // NaN stays a quiet NaN
+      p->bits = 0x7fc0;
+      return;
+    }
+    u += 0x7fffu + ((u >> 16) & 1u);  // round to nearest, ties to even
+    p->bits = (unsigned short)(u >> 16);
+  }
+};
+
+// Grid-stride loop: any grid size covers `total` items.
+#define INV_KERNEL_LOOP(idx, total)                                                  \
+  for (I idx = (I)blockIdx.x * (I)blockDim.x + (I)threadIdx.x; idx < (total);      \
+       idx += (I)blockDim.x * (I)gridDim.x)
+
+// ---------------------------------------------------------------------------------------
+// Forward.  One thread: output pixel (i, j) of CHUNK consecutive channels of one group.
+// Items: N * G * chunks * Ho * Wo, pixel fastest so that a warp reads neighbouring columns.
+// ---------------------------------------------------------------------------------------
+template <typename T, typename I, int K, int S, int D, int CHUNK>
+INV_GLOBAL void INV_LAUNCH_BOUNDS(INV_THREADS) involution_forward(
+    const T* __restrict__ x, const T* __restrict__ w, T* __restrict__ out, const I total,
+    const I C, const I H, const I W, const I G, const I Ho, const I Wo, const I pad) {
+  typedef typename Elem<T>::acc_t acc_t;
+  const I Cg = C / G;
+  const I chunks = (Cg + CHUNK - 1) / CHUNK;
+  const I HW = H * W, HoWo = Ho * Wo;
+  INV_KERNEL_LOOP(idx, total) {
+    const I j = idx % Wo;
+    I t = idx / Wo;
+    const I i = t % Ho;
+    t /= Ho;
+    const I chunk = t % chunks;
+    t /= chunks;
+    const I g = t % G;
+    const I n = t / G;
+    const I c0 = g * Cg + chunk * CHUNK;
+    const I nc = (Cg - chunk * CHUNK) < CHUNK ? (Cg - chunk * CHUNK) : (I)CHUNK;
+
+    acc_t acc[CHUNK];
+    INV_UNROLL
+    for (int c = 0; c < CHUNK; ++c) acc[c] = 0;
+
+    const T* xn = x + (n * C + c0) * HW;
+    const T* wp = w + (n * G + g) * (K * K) * HoWo + i * Wo + j;
+    INV_UNROLL
+    for (int a = 0; a < K; ++a) {
+      const I y = i * S + a * D - pad;
+      if (y < 0 || y >= H) continue;
+      INV_UNROLL
+      for (int b = 0; b < K; ++b) {
+        const I xx = j * S + b * D - pad;
+        if (xx < 0 || xx >= W) continue;
+        const acc_t wv = Elem<T>::load(wp + (a * K + b) * HoWo);
+        const T* xp = xn + y * W + xx;
+        INV_UNROLL
+        for (int c = 0; c < CHUNK; ++c)
+          if (c < nc) acc[c] += wv * Elem<T>::load(xp + c * HW);
+      }
+    }
+    T* op = out + (n * C + c0) * HoWo + i * Wo + j;
+    INV_UNROLL
+    for (int c = 0; c < CHUNK; ++c)
+      if (c < nc) Elem<T>::store(op + c * HoWo, acc[c]);
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Input gradient (a gather, so no atomics).  One thread: input pixel (y, x) of CHUNK
+// channels of one group, summing over the output pixels whose windows cover it:
+//   gx[n, c, y, x] = sum_{a, b} w[n, g, a, b, i, j] * gout[n, c, i, j]
+//   with i = (y + pad - a*D) / S and j = (x + pad - b*D) / S when exact and in range.
+// ---------------------------------------------------------------------------------------
+template <typename T, typename I, int K, int S, int D, int CHUNK>
+INV_GLOBAL void INV_LAUNCH_BOUNDS(INV_THREADS) involution_backward_input(
+    const T* __restrict__ gout, const T* __restrict__ w, T* __restrict__ gx, const I total,
+    const I C, const I H, const I W, const I G, const I Ho, const I Wo, const I pad) {
+  typedef typename Elem<T>::acc_t acc_t;
+  const I Cg = C / G;
+  const I chunks = (Cg + CHUNK - 1) / CHUNK;
+  const I HW = H * W, HoWo = Ho * Wo;
+  INV_KERNEL_LOOP(idx, total) {
+    const I xx = idx % W;
+    I t = idx / W;
+    const I y = t % H;
+    t /= H;
+    const I chunk = t % chunks;
+    t /= chunks;
+    const I g = t % G;
+    const I n = t / G;
+    const I c0 = g * Cg + chunk * CHUNK;
+    const I nc = (Cg - chunk * CHUNK) < CHUNK ? (Cg - chunk * CHUNK) : (I)CHUNK;
+
+    acc_t acc[CHUNK];
+    INV_UNROLL
+    for (int c = 0; c < CHUNK; ++c) acc[c] = 0;
+
+    const T* gn = gout + (n * C + c0) * HoWo;
+    const T* wg = w + (n * G + g) * (K * K) * HoWo;
+    INV_UNROLL
+    for (int a = 0; a < K; ++a) {
+      const I ty = y + pad - a * D;
+      if (ty < 0 || (S > 1 && ty % S != 0)) continue;
+      const I i = ty / S;
+      if (i >= Ho) continue;
+      INV_UNROLL
+      for (int b = 0; b < K; ++b) {
+        const I tx = xx + pad - b * D;
+        if (tx < 0 || (S > 1 && tx % S != 0)) continue;
+        const I j = tx / S;
+        if (j >= Wo) continue;
+        const acc_t wv = Elem<T>::load(wg + (a * K + b) * HoWo + i * Wo + j);
+        const T* gp = gn + i * Wo + j;
+        INV_UNROLL
+        for (int c = 0; c < CHUNK; ++c)
+          if (c < nc) acc[c] += wv * Elem<T>::load(gp + c * HoWo);
+      }
+    }
+    T* op = gx + (n * C + c0) * HW + y * W + xx;
+    INV_UNROLL
+    for (int c = 0; c < CHUNK; ++c)
+      if (c < nc) Elem<T>::store(op + c * HW, acc[c]);
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Weight gradient.  One thread: all K*K weights of output pixel (i, j) of one group,
+// reading each gout value once and summing over the group's channels:
+//   gw[n, g, a, b, i, j] = sum_{c in g} gout[n, c, i, j] * x[n, c, i*S + a*D - pad, ...]
+// ---------------------------------------------------------------------------------------
+template <typename T, typename I, int K, int S, int D>
+INV_GLOBAL void INV_LAUNCH_BOUNDS(INV_THREADS) involution_backward_weight(
+    const T* __restrict__ gout, const T* __restrict__ x, T* __restrict__ gw, const I total,
+    const I C, const I H, const I W, const I G, const I Ho, const I Wo, const I pad) {
+  typedef typename Elem<T>::acc_t acc_t;
+  const I Cg = C / G;
+  const I HW = H * W, HoWo = Ho * Wo;
+  INV_KERNEL_LOOP(idx, total) {
+    const I j = idx % Wo;
+    I t = idx / Wo;
+    const I i = t % Ho;
+    t /= Ho;
+    const I g = t % G;
+    const I n = t / G;
+
+    acc_t acc[K * K];
+    INV_UNROLL
+    for (int k = 0; k < K * K; ++k) acc[k] = 0;
+
+    const I y0 = i * S - pad, x0 = j * S - pad;
+    const T* gp = gout + (n * C + g * Cg) * HoWo + i * Wo + j;
+    const T* xc = x + (n * C + g * Cg) * HW;
+    for (I c = 0; c < Cg; ++c, gp += HoWo, xc += HW) {
+      const acc_t go = Elem<T>::load(gp);
+      INV_UNROLL
+      for (int a = 0; a < K; ++a) {
+        const I y = y0 + a * D;
+        if (y < 0 || y >= H) continue;
+        INV_UNROLL
+        for (int b = 0; b < K; ++b) {
+          const I xx = x0 + b * D;
+          if (xx < 0 || xx >= W) continue;
+          acc[a * K + b] += go * Elem<T>::load(xc + y * W + xx);
+        }
+      }
+    }
+    T* op = gw + (n * G + g) * (K * K) * HoWo + i * Wo + j;
+    INV_UNROLL
+    for (int k = 0; k < K * K; ++k) Elem<T>::store(op + k * HoWo, acc[k]);
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Baseline: the weight gradient the way the official kernel computes it, one thread per
+// weight element, each re-reading gout for all K*K positions.  (The baseline forward and
+// input gradient are the kernels above with CHUNK = 1: one thread per element.)
+// ---------------------------------------------------------------------------------------
+template <typename T, typename I, int K, int S, int D>
+INV_GLOBAL void INV_LAUNCH_BOUNDS(INV_THREADS) involution_backward_weight_naive(
+    const T* __restrict__ gout, const T* __restrict__ x, T* __restrict__ gw, const I total,
+    const I C, const I H, const I W, const I G, const I Ho, const I Wo, const I pad) {
+  typedef typename Elem<T>::acc_t acc_t;
+  const I Cg = C / G;
+  const I HW = H * W, HoWo = Ho * Wo;
+  INV_KERNEL_LOOP(idx, total) {
+    const I j = idx % Wo;
+    I t = idx / Wo;
+    const I i = t % Ho;
+    t /= Ho;
+    const I b = t % K;
+    t /= K;
+    const I a = t % K;
+    t /= K;
+    const I g = t % G;
+    const I n = t / G;
+    const I y = i * S + a * D - pad, xx = j * S + b * D - pad;
+    acc_t acc = 0;
+    if (y >= 0 && y < H && xx >= 0 && xx < W) {
+      for (I c = g * Cg; c < (g + 1) * Cg; ++c)
+        acc += Elem<T>::load(gout + (n * C + c) * HoWo + i * Wo + j) *
+               Elem<T>::load(x + (n * C + c) * HW + y * W + xx);
+    }
+    Elem<T>::store(gw + idx, acc);
+  }
+}

@@ -1,0 +1,125 @@
+"""The public involution operator and its backend selection."""
+import os
+
+import torch
+
+from .cupy_backend import CupyUnavailableError, cupy_is_usable, involution_cupy
+from .reference import involution_reference
+from .shifted import involution_shifted
+
+BACKENDS = ("auto", "reference", "torch", "cupy")
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _check_int(name, value, minimum):
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"involution: {name} must be an int, got {value!r} ({type(value).__name__})")
+    if value < minimum:
+        raise ValueError(f"involution: {name} must be >= {minimum}, got {value}")
+
+
+def output_size(size, kernel_size, stride=1, padding=0, dilation=1):
+    """Output length of involution (and convolution) along one axis."""
+    return (size + 2 * padding - dilation * (kernel_size - 1) - 1) // stride + 1
+
+
+def _validate(x, weight, stride, padding, dilation):
+    for name, t in (("x", x), ("weight", weight)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"involution: {name} must be a torch.Tensor, got {type(t).__name__}")
+    _check_int("stride", stride, 1)
+    _check_int("padding", padding, 0)
+    _check_int("dilation", dilation, 1)
+    if x.dim() != 4:
+        raise ValueError(f"involution: x must have shape (N, C, H, W), got {tuple(x.shape)}")
+    if weight.dim() != 6:
+        raise ValueError(
+            "involution: weight must have shape (N, G, K, K, Ho, Wo), "
+            f"got {tuple(weight.shape)}"
+        )
+    n, c, h, w = x.shape
+    wn, g, k, k2, ho, wo = weight.shape
+    if k != k2:
+        raise ValueError(f"involution: weight must hold square K x K kernels, got {k} x {k2} "
+                         f"in weight shape {tuple(weight.shape)}")
+    if k < 1 or g < 1:
+        raise ValueError(f"involution: weight shape {tuple(weight.shape)} has an empty dimension")
+    if wn != n:
+        raise ValueError(f"involution: x has batch size {n} but weight has {wn}: "
+                         f"weight must be (N, G, K, K, Ho, Wo) with N = {n}")
+    if c % g != 0:
+        raise ValueError(f"involution: x has {c} channels, which {g} groups (weight.shape[1]) "
+                         "do not divide: C must be a multiple of G")
+    exp_h = output_size(h, k, stride, padding, dilation)
+    exp_w = output_size(w, k, stride, padding, dilation)
+    if exp_h < 1 or exp_w < 1:
+        raise ValueError(f"involution: input {h}x{w} is smaller than the {k}x{k} kernel "
+                         f"(dilation {dilation}, padding {padding}) allows")
+    if (ho, wo) != (exp_h, exp_w):
+        raise ValueError(
+            f"involution: weight has output size {ho}x{wo} but x of size {h}x{w} with K={k}, "
+            f"stride={stride}, padding={padding}, dilation={dilation} gives {exp_h}x{exp_w}: "
+            f"expected weight shape {(n, g, k, k, exp_h, exp_w)}"
+        )
+    if x.device != weight.device:
+        raise ValueError(f"involution: x is on {x.device} but weight is on {weight.device}; "
+                         "move both to the same device")
+    for name, t in (("x", x), ("weight", weight)):
+        if t.dtype not in _FLOAT_DTYPES:
+            raise TypeError(f"involution: {name} has dtype {t.dtype}; expected one of "
+                            "float16, bfloat16, float32, float64")
+    if x.dtype != weight.dtype:
+        raise TypeError(f"involution: x is {x.dtype} but weight is {weight.dtype}; cast one "
+                        "to the other (under torch.autocast both are cast automatically)")
+
+
+def _autocast(x, weight):
+    """Under torch.autocast, run in the autocast dtype like convolutions do."""
+    device_type = x.device.type
+    if device_type in ("cuda", "cpu") and torch.is_autocast_enabled(device_type):
+        dtype = torch.get_autocast_dtype(device_type)
+        return x.to(dtype), weight.to(dtype)
+    return x, weight
+
+
+def resolve_backend(backend, device):
+    """The backend that `involution` runs for `backend` on `device`."""
+    if backend not in BACKENDS:
+        raise ValueError(f"involution: unknown backend {backend!r}; choose one of {BACKENDS}")
+    if backend == "auto":
+        backend = os.environ.get("INVOLUTION_BACKEND", "auto")
+        if backend not in BACKENDS:
+            raise ValueError(f"INVOLUTION_BACKEND={backend!r} is not one of {BACKENDS}")
+    if backend == "auto":
+        return "cupy" if device.type == "cuda" and cupy_is_usable() else "torch"
+    if backend == "cupy":
+        if device.type != "cuda":
+            raise ValueError(f"involution: backend='cupy' needs CUDA tensors, got tensors on "
+                             f"{device}; use backend='torch' or 'auto' there")
+        if not cupy_is_usable():
+            raise CupyUnavailableError(
+                "involution: backend='cupy' but CuPy is not installed or sees no GPU; "
+                "install cupy-cuda12x / cupy-cuda13x or use backend='torch'"
+            )
+    return backend
+
+
+def involution(x, weight, stride=1, padding=0, dilation=1, backend="auto"):
+    """Involution of ``x`` (N, C, H, W) with per-pixel kernels ``weight`` (N, G, K, K, Ho, Wo).
+
+    ``out[n, c, i, j] = sum_{a,b} weight[n, c // (C//G), a, b, i, j]
+    * x[n, c, i*stride + a*dilation - padding, j*stride + b*dilation - padding]``,
+    reading zero outside the image.  Returns (N, C, Ho, Wo).
+
+    backend: "auto" (CuPy kernels for CUDA tensors when CuPy works, else "torch"),
+    "reference" (unfold, the definition), "torch" (memory-efficient, any device) or "cupy".
+    The environment variable INVOLUTION_BACKEND overrides what "auto" picks.
+    """
+    _validate(x, weight, stride, padding, dilation)
+    x, weight = _autocast(x, weight)
+    backend = resolve_backend(backend, x.device)
+    if backend == "reference" and x.shape[0] > 0:
+        return involution_reference(x, weight, stride, padding, dilation)
+    if backend == "cupy":
+        return involution_cupy(x, weight, stride, padding, dilation)
+    return involution_shifted(x, weight, stride, padding, dilation)

@@ -1,0 +1,118 @@
+"""Memory-efficient involution in plain PyTorch: a sum of K*K shifted products.
+
+For each kernel tap (a, b) the output pixels whose tap falls inside the image form a
+rectangle, and the input pixels they read form a strided view of the input.  Accumulating
+``out[rect] += w[:, :, a, b, rect] * x[view]`` in place never builds the K*K unfold, never
+pads the input, and skips the taps that would read zeros.  The backward pass is written the
+same way (autograd would otherwise keep K*K intermediates), so training memory stays at a
+few output-sized buffers.  Runs on any device; half and bfloat16 accumulate in float32.
+"""
+import torch
+from torch.autograd.function import once_differentiable
+
+# Output-sized blocks processed at once on the CPU, in elements: a block's accumulator
+# stays in cache across the K*K passes instead of streaming through memory K*K times.
+_CPU_BLOCK_ELEMENTS = 1 << 18
+
+
+def _tap_range(out_size, in_size, stride, offset):
+    """Outputs o in [o0, o1) whose input o*stride + offset lies in [0, in_size)."""
+    o0 = max(0, (stride - 1 - offset) // stride)
+    o1 = min(out_size, (in_size - 1 - offset) // stride + 1)
+    return o0, max(o0, o1)
+
+
+def _taps(k, ho, wo, h, w, stride, padding, dilation):
+    """Yields (a, b, output rows, output cols, input rows, input cols) as slices."""
+    for a in range(k):
+        i0, i1 = _tap_range(ho, h, stride, a * dilation - padding)
+        if i0 == i1:
+            continue
+        y0 = i0 * stride + a * dilation - padding
+        rows_out = slice(i0, i1)
+        rows_in = slice(y0, y0 + (i1 - i0 - 1) * stride + 1, stride)
+        for b in range(k):
+            j0, j1 = _tap_range(wo, w, stride, b * dilation - padding)
+            if j0 == j1:
+                continue
+            x0 = j0 * stride + b * dilation - padding
+            cols_out = slice(j0, j1)
+            cols_in = slice(x0, x0 + (j1 - j0 - 1) * stride + 1, stride)
+            yield a, b, rows_out, cols_out, rows_in, cols_in
+
+
+def _acc_dtype(dtype):
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def _blocks(x):
+    """Splits the flattened (batch, group) axis of x into cache-sized blocks on the CPU."""
+    nb = x.shape[0]
+    if x.device.type != "cpu" or nb == 0:
+        return [slice(None)]
+    per_item = max(1, x[0].numel())
+    step = max(1, _CPU_BLOCK_ELEMENTS // per_item)
+    return [slice(s, s + step) for s in range(0, nb, step)]
+
+
+def _forward(x, weight, stride, padding, dilation):
+    n, c, h, w = x.shape
+    _, g, k, _, ho, wo = weight.shape
+    # (N*G, Cg, H, W) input and (N*G, K, K, Ho, Wo) weight: one weight plane per group.
+    x5 = x.reshape(n * g, c // g, h, w)
+    w5 = weight.reshape(n * g, k, k, ho, wo)
+    out = torch.zeros((n * g, c // g, ho, wo), dtype=_acc_dtype(x.dtype), device=x.device)
+    taps = list(_taps(k, ho, wo, h, w, stride, padding, dilation))
+    for blk in _blocks(out):
+        ob, xb, wb = out[blk], x5[blk], w5[blk]
+        for a, b, ro, co, ri, ci in taps:
+            ob[:, :, ro, co].addcmul_(xb[:, :, ri, ci], wb[:, None, a, b, ro, co])
+    return out.to(x.dtype).view(n, c, ho, wo)
+
+
+def _backward(grad_out, x, weight, stride, padding, dilation, need_x, need_w):
+    n, c, h, w = x.shape
+    _, g, k, _, ho, wo = weight.shape
+    go5 = grad_out.reshape(n * g, c // g, ho, wo)
+    x5 = x.reshape(n * g, c // g, h, w)
+    w5 = weight.reshape(n * g, k, k, ho, wo)
+    acc = _acc_dtype(x.dtype)
+    gx = torch.zeros((n * g, c // g, h, w), dtype=acc, device=x.device) if need_x else None
+    gw = torch.zeros((n * g, k, k, ho, wo), dtype=acc, device=x.device) if need_w else None
+    taps = list(_taps(k, ho, wo, h, w, stride, padding, dilation))
+    for blk in _blocks(x5):
+        gob, xb, wb = go5[blk], x5[blk], w5[blk]
+        for a, b, ro, co, ri, ci in taps:
+            go = gob[:, :, ro, co]
+            if need_x:
+                gx[blk][:, :, ri, ci].addcmul_(go, wb[:, None, a, b, ro, co])
+            if need_w:
+                # One output-sized temporary per tap, freed before the next one.
+                torch.sum(go * xb[:, :, ri, ci], dim=1, dtype=acc, out=gw[blk][:, a, b, ro, co])
+    if gx is not None:
+        gx = gx.to(x.dtype).view(n, c, h, w)
+    if gw is not None:
+        gw = gw.to(weight.dtype).view(weight.shape)
+    return gx, gw
+
+
+class ShiftedInvolution(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, stride, padding, dilation):
+        ctx.save_for_backward(x, weight)
+        ctx.conf = (stride, padding, dilation)
+        return _forward(x, weight, stride, padding, dilation)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        x, weight = ctx.saved_tensors
+        gx, gw = _backward(
+            grad_out.contiguous(), x, weight, *ctx.conf,
+            need_x=ctx.needs_input_grad[0], need_w=ctx.needs_input_grad[1],
+        )
+        return gx, gw, None, None, None
+
+
+def involution_shifted(x, weight, stride, padding, dilation):
+    return ShiftedInvolution.apply(x.contiguous(), weight.contiguous(), stride, padding, dilation)
