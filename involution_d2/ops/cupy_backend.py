@@ -88,7 +88,7 @@ def _launch(launch, device):
               for a in args]
     stream = torch.cuda.current_stream(device)
     with cupy.cuda.Device(device.index), cupy.cuda.ExternalStream(stream.cuda_stream):
-        fn((grid_size(total),), (THREADS,), packed)
+        fn((grid_size(total),), (THREADS,), tuple(packed))
 
 
 def grid_size(total):

@@ -68,17 +68,18 @@ def _validate(x, weight, stride, padding, dilation):
         if t.dtype not in _FLOAT_DTYPES:
             raise TypeError(f"involution: {name} has dtype {t.dtype}; expected one of "
                             "float16, bfloat16, float32, float64")
-    if x.dtype != weight.dtype:
-        raise TypeError(f"involution: x is {x.dtype} but weight is {weight.dtype}; cast one "
-                        "to the other (under torch.autocast both are cast automatically)")
 
 
 def _autocast(x, weight):
-    """Under torch.autocast, run in the autocast dtype like convolutions do."""
+    """Under torch.autocast, run in the autocast dtype like convolutions do; otherwise
+    x and weight must agree."""
     device_type = x.device.type
     if device_type in ("cuda", "cpu") and torch.is_autocast_enabled(device_type):
         dtype = torch.get_autocast_dtype(device_type)
         return x.to(dtype), weight.to(dtype)
+    if x.dtype != weight.dtype:
+        raise TypeError(f"involution: x is {x.dtype} but weight is {weight.dtype}; cast one "
+                        "to the other (under torch.autocast both are cast automatically)")
     return x, weight
 
 

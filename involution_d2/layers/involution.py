@@ -1,0 +1,82 @@
+"""The involution layer: per-pixel kernels generated from the input, then aggregated."""
+from torch import nn
+
+from ..ops import involution
+from ..ops.involution import BACKENDS
+from .conv_norm_act import ConvNormAct
+
+
+class Involution(nn.Module):
+    """Involution with kernel generation (official RedNet design).
+
+    1. average-pool by ``stride`` (kernels are generated at the output resolution);
+    2. ``conv1``: 1x1 conv C -> C / reduction_ratio, norm, ReLU;
+    3. ``conv2``: 1x1 conv -> K*K*G kernel weights (with bias, no norm);
+    4. the involution operator with G = C / group_channels groups.
+
+    Submodules are named like the official ones (``conv1.conv``, ``conv1.bn``,
+    ``conv2.conv``), so an official checkpoint maps onto this layer key for key.
+
+    Unlike the official layer, odd inputs work with stride > 1: the pooling rounds up
+    (ceil mode, averaging the valid pixels of a border window), like the operator's output
+    size does; even sizes give exactly the official result.
+    """
+
+    def __init__(self, channels, kernel_size=7, stride=1, *, reduction_ratio=4,
+                 group_channels=16, dilation=1, norm="BN", backend="auto"):
+        """
+        Args:
+            channels (int): input and output channels C.
+            kernel_size (int): K, odd.
+            stride (int): output stride.
+            reduction_ratio (int): C / (channels of the kernel-generation bottleneck).
+            group_channels (int): channels sharing one generated kernel (C / G).
+            dilation (int): dilation of the kernel taps.
+            norm (str or callable): norm of the bottleneck, by Detectron2's name.
+            backend (str): operator backend, one of ``involution_d2.ops.BACKENDS``.
+        """
+        super().__init__()
+        for name, value in (("channels", channels), ("kernel_size", kernel_size),
+                            ("stride", stride), ("reduction_ratio", reduction_ratio),
+                            ("group_channels", group_channels), ("dilation", dilation)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"Involution: {name} must be a positive int, got {value!r}")
+        if kernel_size % 2 == 0:
+            raise ValueError(f"Involution: kernel_size must be odd so that the output keeps "
+                             f"the input's size, got {kernel_size}; use {kernel_size + 1}")
+        if channels % group_channels != 0:
+            raise ValueError(f"Involution: channels={channels} is not a multiple of "
+                             f"group_channels={group_channels}; choose a divisor of {channels}")
+        if channels < reduction_ratio:
+            raise ValueError(f"Involution: reduction_ratio={reduction_ratio} leaves no "
+                             f"channels of channels={channels}")
+        if backend not in BACKENDS:
+            raise ValueError(f"Involution: unknown backend {backend!r}; choose one of {BACKENDS}")
+        self.channels = channels
+        self.kernel_size = kernel_size
+        self.stride = stride
+        self.dilation = dilation
+        self.groups = channels // group_channels
+        self.backend = backend
+
+        self.avgpool = nn.AvgPool2d(stride, stride, ceil_mode=True) if stride > 1 else None
+        self.conv1 = ConvNormAct(channels, channels // reduction_ratio, 1, norm=norm)
+        self.conv2 = ConvNormAct(channels // reduction_ratio,
+                                 kernel_size * kernel_size * self.groups, 1,
+                                 norm="", activation=False)
+
+    def forward(self, x):
+        if x.dim() != 4 or x.shape[1] != self.channels:
+            raise ValueError(f"Involution: expected input (N, {self.channels}, H, W), "
+                             f"got {tuple(x.shape)}")
+        pooled = self.avgpool(x) if self.avgpool is not None else x
+        weight = self.conv2(self.conv1(pooled))
+        n, _, ho, wo = weight.shape
+        k = self.kernel_size
+        weight = weight.view(n, self.groups, k, k, ho, wo)
+        return involution(x, weight, self.stride, self.dilation * (k - 1) // 2, self.dilation,
+                          backend=self.backend)
+
+    def extra_repr(self):
+        return (f"channels={self.channels}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, groups={self.groups}, backend={self.backend!r}")

@@ -1,0 +1,21 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="involution-d2",
+    version="0.1.0",
+    description="Involution (CVPR'21) and RedNet for Detectron2, with fast CUDA kernels",
+    long_description=open("README.md").read(),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.9",
+    packages=find_packages(include=["involution_d2", "involution_d2.*"]),
+    package_data={"involution_d2.ops": ["cuda/*.cuh"]},
+    # torch is installed first, as a pinned pair with torchvision (see README.md);
+    # Detectron2 is built from source against it and is not on PyPI.
+    install_requires=["torch>=2.1", "numpy"],
+    extras_require={
+        "test": ["pytest>=7"],
+        "cupy-cuda12x": ["cupy-cuda12x>=13"],
+        "cupy-cuda13x": ["cupy-cuda13x>=13.6"],
+    },
+)

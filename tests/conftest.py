@@ -1,0 +1,49 @@
+"""Shared test helpers, and a summary of what was skipped for want of Detectron2 or a GPU."""
+import collections
+import importlib.util
+
+import pytest
+import torch
+
+HAS_DETECTRON2 = importlib.util.find_spec("detectron2") is not None
+HAS_CUDA = torch.cuda.is_available()
+
+NEEDS_DETECTRON2 = "needs Detectron2"
+NEEDS_GPU = "needs a CUDA GPU"
+
+requires_detectron2 = pytest.mark.skipif(
+    not HAS_DETECTRON2,
+    reason=f"{NEEDS_DETECTRON2} (install it from source: see README.md)",
+)
+requires_gpu = pytest.mark.skipif(not HAS_CUDA, reason=f"{NEEDS_GPU} (none visible to torch)")
+
+
+def _cupy_works():
+    if not HAS_CUDA:
+        return False
+    from involution_d2.ops.cupy_backend import cupy_is_usable
+
+    return cupy_is_usable()
+
+
+requires_cupy = pytest.mark.skipif(
+    not _cupy_works(), reason=f"{NEEDS_GPU} with CuPy (cupy-cuda12x / cupy-cuda13x)"
+)
+
+
+def pytest_terminal_summary(terminalreporter):
+    skipped = terminalreporter.stats.get("skipped", [])
+    counts = collections.Counter()
+    for report in skipped:
+        reason = str(report.longrepr[2]) if isinstance(report.longrepr, tuple) else ""
+        if NEEDS_DETECTRON2 in reason:
+            counts["Detectron2 is not installed"] += 1
+        elif NEEDS_GPU in reason:
+            counts["no CUDA GPU (or no CuPy)"] += 1
+        else:
+            counts["other reasons (see -rs)"] += 1
+    terminalreporter.section("skipped tests by cause")
+    if not skipped:
+        terminalreporter.write_line("none: every test ran")
+    for cause, n in sorted(counts.items()):
+        terminalreporter.write_line(f"{n} skipped because {cause}")

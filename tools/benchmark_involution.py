@@ -1,0 +1,230 @@
+#!/usr/bin/env python3
+"""Time and peak memory of the involution backends on RedNet-50's involution shapes.
+
+Every backend runs on the same inputs in one process, round-robin (A B C A B C ...), so that
+a noisy machine slows all of them alike; the table gives medians and the ratios against the
+unfold baseline ("reference"), and on a GPU also against "naive", a one-thread-per-output-
+element CUDA kernel written the way the official one works (our own code).
+
+Peak memory, measured in a separate run after the timed ones, is what the call adds on top
+of its inputs: on a GPU from the CUDA allocator's peak, on the CPU from the process's
+resident-set high-water mark (reset before the call through /proc/self/clear_refs; Linux
+with glibc only).
+
+    python3 tools/benchmark_involution.py --device cpu --shapes det.res2 cls.res2
+    python3 tools/benchmark_involution.py --device cuda --dtypes float32 bfloat16
+"""
+import argparse
+import re
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from involution_d2.ops import involution, output_size  # noqa: E402
+
+# name: (batch, channels, height, width, kernel, stride) of RedNet-50's involutions.
+# "cls": ImageNet, batch 64 at 224x224; "det": COCO, batch 2 at 800x1216.
+# ".s2" is the first block of a stage, where the involution carries the stride.
+SHAPES = {}
+for prefix, batch, (h, w) in (("cls", 64, (224, 224)), ("det", 2, (800, 1216))):
+    h, w = h // 2, w // 2
+    SHAPES[f"{prefix}.stem"] = (batch, 32, h, w, 7, 1)
+    h, w = h // 2, w // 2
+    SHAPES[f"{prefix}.res2"] = (batch, 64, h, w, 7, 1)
+    for stage, c in (("res3", 128), ("res4", 256), ("res5", 512)):
+        SHAPES[f"{prefix}.{stage}.s2"] = (batch, c, h, w, 7, 2)
+        h, w = (h + 1) // 2, (w + 1) // 2
+        SHAPES[f"{prefix}.{stage}"] = (batch, c, h, w, 7, 1)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
+          "float64": torch.float64}
+
+
+def _rss_mib(field):
+    status = open("/proc/self/status").read()
+    return int(re.search(rf"{field}:\s+(\d+)", status).group(1)) / 1024
+
+
+class _Glibc:
+    """glibc's mmap threshold decides whether a freed block leaves the resident set.  For
+    memory runs: a fixed 64 KiB, so that every large block is mmapped and unmapped on free
+    and the RSS high-water mark sees each allocation.  For timing runs: a fixed 64 MiB, so
+    that temporaries are reused from the heap as in a long-running process, not page-faulted
+    in anew each time (which would charge the page faults to backends with temporaries)."""
+
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+
+    def __init__(self):
+        import ctypes
+
+        self.libc = ctypes.CDLL("libc.so.6")
+
+    def set(self, threshold):
+        self.libc.mallopt(self.M_MMAP_THRESHOLD, threshold)
+        self.libc.mallopt(self.M_TRIM_THRESHOLD, threshold)
+        if threshold < 2**20:
+            # Free heap pages go back to the OS, so reusing them counts in the RSS again.
+            self.libc.malloc_trim(0)
+
+
+class PeakMemory:
+    """Extra memory (MiB) that a call needs beyond what is allocated when it starts."""
+
+    def __init__(self, device):
+        self.device = device
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.base = torch.cuda.memory_allocated(self.device) / 2**20
+        else:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # reset VmHWM to the current RSS
+            self.base = _rss_mib("VmRSS")
+        return self
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak = torch.cuda.max_memory_allocated(self.device) / 2**20 - self.base
+        else:
+            self.peak = _rss_mib("VmHWM") - self.base
+
+
+def make_runner(backend):
+    if backend == "naive":
+        from involution_d2.ops.cupy_backend import involution_cupy
+
+        return lambda x, w, s, p: involution_cupy(x, w, s, p, 1, naive=True)
+    return lambda x, w, s, p: involution(x, w, s, p, 1, backend=backend)
+
+
+def run_once(run, inputs, mode):
+    x, w, gout, s, p = inputs
+    if mode == "fwd":
+        with torch.no_grad():
+            run(x, w, s, p)
+    else:
+        run(x, w, s, p).backward(gout)
+        x.grad = w.grad = None
+
+
+def time_once(run, inputs, mode, device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    run_once(run, inputs, mode)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return (time.perf_counter() - t0) * 1e3
+
+
+def peak_once(run, inputs, mode, device, glibc):
+    if glibc is not None:
+        glibc.set(64 * 1024)
+    try:
+        with PeakMemory(device) as mem:
+            run_once(run, inputs, mode)
+        return mem.peak
+    finally:
+        if glibc is not None:
+            glibc.set(64 * 2**20)
+
+
+def benchmark_shape(name, dtype, device, backends, modes, repeat, warmup, glibc):
+    n, c, h, w, k, s = SHAPES[name]
+    p = (k - 1) // 2
+    ho, wo = output_size(h, k, s, p), output_size(w, k, s, p)
+    gen = torch.Generator(device=device).manual_seed(0)
+    x = torch.randn(n, c, h, w, device=device, dtype=dtype, generator=gen).requires_grad_()
+    wt = torch.randn(n, c // 16, k, k, ho, wo, device=device, dtype=dtype,
+                     generator=gen).requires_grad_()
+    gout = torch.randn(n, c, ho, wo, device=device, dtype=dtype, generator=gen)
+    inputs = (x, wt, gout, s, p)
+    runners = {b: make_runner(b) for b in backends}
+    results = {}
+    for mode in modes:
+        times = {b: [] for b in backends}
+        for rnd in range(warmup + repeat):
+            for b in backends:  # round-robin
+                ms = time_once(runners[b], inputs, mode, device)
+                if rnd >= warmup:
+                    times[b].append(ms)
+        for b in backends:
+            peak = peak_once(runners[b], inputs, mode, device, glibc)
+            results[(b, mode)] = (statistics.median(times[b]), peak)
+    return results
+
+
+def print_table(rows, backends, baselines):
+    header = ["shape", "dtype", "mode", "backend", "time ms", "peak MiB"]
+    header += [f"speed-up vs {b}" for b in baselines] + [f"memory / {b}" for b in baselines]
+    table = [header]
+    for (name, dtype, mode), res in rows:
+        for b in backends:
+            t, m = res[(b, mode)]
+            line = [name, dtype, mode, b, f"{t:.2f}", f"{m:.1f}"]
+            line += [f"{res[(base, mode)][0] / t:.2f}x" for base in baselines]
+            line += [f"{m / res[(base, mode)][1]:.3f}" if res[(base, mode)][1] > 0 else "-"
+                     for base in baselines]
+            table.append(line)
+    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+    for i, r in enumerate(table):
+        print("  ".join(cell.ljust(wd) for cell, wd in zip(r, widths)))
+        if i == 0:
+            print("  ".join("-" * wd for wd in widths))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--shapes", nargs="+", default=None, choices=sorted(SHAPES),
+                        metavar="SHAPE", help=f"default: all of {', '.join(SHAPES)}")
+    parser.add_argument("--dtypes", nargs="+", default=None, choices=sorted(DTYPES),
+                        help="default: float32 on CPU; float32 and bfloat16 on CUDA")
+    parser.add_argument("--backends", nargs="+", default=None,
+                        help="default: reference torch (CPU); reference torch cupy naive (CUDA)")
+    parser.add_argument("--modes", nargs="+", default=["fwd", "fwd+bwd"],
+                        choices=["fwd", "fwd+bwd"])
+    parser.add_argument("--repeat", type=int, default=None, help="default: 3 CPU, 20 CUDA")
+    parser.add_argument("--warmup", type=int, default=1)
+    args = parser.parse_args(argv)
+
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    glibc = None
+    if not cuda:
+        glibc = _Glibc()
+        glibc.set(64 * 2**20)
+    if cuda and not torch.cuda.is_available():
+        parser.error("--device cuda but torch sees no GPU")
+    shapes = args.shapes or list(SHAPES)
+    dtypes = args.dtypes or (["float32", "bfloat16"] if cuda else ["float32"])
+    backends = args.backends or (["reference", "torch", "cupy", "naive"] if cuda
+                                 else ["reference", "torch"])
+    repeat = args.repeat or (20 if cuda else 3)
+    baselines = [b for b in ("reference", "naive") if b in backends]
+
+    print(f"# device: {torch.cuda.get_device_name(device) if cuda else 'cpu'}, "
+          f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, "
+          f"median of {repeat} runs after {args.warmup} warm-up")
+    rows = []
+    for dtype in dtypes:
+        for name in shapes:
+            n, c, h, w, k, s = SHAPES[name]
+            print(f"# {name}: x ({n}, {c}, {h}, {w}), K={k}, stride={s}, {dtype}", flush=True)
+            res = benchmark_shape(name, DTYPES[dtype], device, backends, args.modes,
+                                  repeat, args.warmup, glibc)
+            for mode in args.modes:
+                rows.append(((name, dtype, mode), res))
+    print()
+    print_table(rows, backends, baselines)
+
+
+if __name__ == "__main__":
+    main()
