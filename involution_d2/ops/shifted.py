@@ -22,22 +22,23 @@ def _tap_range(out_size, in_size, stride, offset):
     return o0, max(o0, o1)
 
 
+def _axis_taps(k, out_size, in_size, stride, padding, dilation):
+    """Per tap a along one axis: (a, output slice, input slice), skipping empty taps."""
+    taps = []
+    for a in range(k):
+        offset = a * dilation - padding
+        o0, o1 = _tap_range(out_size, in_size, stride, offset)
+        if o0 < o1:
+            i0 = o0 * stride + offset
+            taps.append((a, slice(o0, o1), slice(i0, i0 + (o1 - o0 - 1) * stride + 1, stride)))
+    return taps
+
+
 def _taps(k, ho, wo, h, w, stride, padding, dilation):
     """Yields (a, b, output rows, output cols, input rows, input cols) as slices."""
-    for a in range(k):
-        i0, i1 = _tap_range(ho, h, stride, a * dilation - padding)
-        if i0 == i1:
-            continue
-        y0 = i0 * stride + a * dilation - padding
-        rows_out = slice(i0, i1)
-        rows_in = slice(y0, y0 + (i1 - i0 - 1) * stride + 1, stride)
-        for b in range(k):
-            j0, j1 = _tap_range(wo, w, stride, b * dilation - padding)
-            if j0 == j1:
-                continue
-            x0 = j0 * stride + b * dilation - padding
-            cols_out = slice(j0, j1)
-            cols_in = slice(x0, x0 + (j1 - j0 - 1) * stride + 1, stride)
+    cols = _axis_taps(k, wo, w, stride, padding, dilation)
+    for a, rows_out, rows_in in _axis_taps(k, ho, h, stride, padding, dilation):
+        for b, cols_out, cols_in in cols:
             yield a, b, rows_out, cols_out, rows_in, cols_in
 
 

@@ -101,29 +101,39 @@ template <> struct Elem<bfloat16_t> {
   for (I idx = (I)blockIdx.x * (I)blockDim.x + (I)threadIdx.x; idx < (total);      \
        idx += (I)blockDim.x * (I)gridDim.x)
 
+// Item of the chunked kernels: pixel (row, col) of channels [c0, c0 + nc) of group g of
+// image n.  Items are ordered (n, g, chunk, row, col), the column fastest, so that a warp
+// reads neighbouring columns.
+template <typename I, int CHUNK> struct ChunkItem {
+  I n, g, c0, nc, row, col;
+  INV_INLINE ChunkItem(I idx, I rows, I cols, I G, I Cg) {
+    const I chunks = (Cg + CHUNK - 1) / CHUNK;
+    col = idx % cols;
+    I t = idx / cols;
+    row = t % rows;
+    t /= rows;
+    const I chunk = t % chunks;
+    t /= chunks;
+    g = t % G;
+    n = t / G;
+    c0 = g * Cg + chunk * CHUNK;
+    nc = (Cg - chunk * CHUNK) < CHUNK ? (Cg - chunk * CHUNK) : (I)CHUNK;
+  }
+};
+
 // ---------------------------------------------------------------------------------------
 // Forward.  One thread: output pixel (i, j) of CHUNK consecutive channels of one group.
-// Items: N * G * chunks * Ho * Wo, pixel fastest so that a warp reads neighbouring columns.
+// Items: N * G * chunks * Ho * Wo.
 // ---------------------------------------------------------------------------------------
 template <typename T, typename I, int K, int S, int D, int CHUNK>
 INV_GLOBAL void INV_LAUNCH_BOUNDS(INV_THREADS) involution_forward(
     const T* __restrict__ x, const T* __restrict__ w, T* __restrict__ out, const I total,
     const I C, const I H, const I W, const I G, const I Ho, const I Wo, const I pad) {
   typedef typename Elem<T>::acc_t acc_t;
-  const I Cg = C / G;
-  const I chunks = (Cg + CHUNK - 1) / CHUNK;
   const I HW = H * W, HoWo = Ho * Wo;
   INV_KERNEL_LOOP(idx, total) {
-    const I j = idx % Wo;
-    I t = idx / Wo;
-    const I i = t % Ho;
-    t /= Ho;
-    const I chunk = t % chunks;
-    t /= chunks;
-    const I g = t % G;
-    const I n = t / G;
-    const I c0 = g * Cg + chunk * CHUNK;
-    const I nc = (Cg - chunk * CHUNK) < CHUNK ? (Cg - chunk * CHUNK) : (I)CHUNK;
+    const ChunkItem<I, CHUNK> it(idx, Ho, Wo, G, C / G);
+    const I n = it.n, g = it.g, c0 = it.c0, nc = it.nc, i = it.row, j = it.col;
 
     acc_t acc[CHUNK];
     INV_UNROLL
@@ -164,20 +174,10 @@ INV_GLOBAL void INV_LAUNCH_BOUNDS(INV_THREADS) involution_backward_input(
     const T* __restrict__ gout, const T* __restrict__ w, T* __restrict__ gx, const I total,
     const I C, const I H, const I W, const I G, const I Ho, const I Wo, const I pad) {
   typedef typename Elem<T>::acc_t acc_t;
-  const I Cg = C / G;
-  const I chunks = (Cg + CHUNK - 1) / CHUNK;
   const I HW = H * W, HoWo = Ho * Wo;
   INV_KERNEL_LOOP(idx, total) {
-    const I xx = idx % W;
-    I t = idx / W;
-    const I y = t % H;
-    t /= H;
-    const I chunk = t % chunks;
-    t /= chunks;
-    const I g = t % G;
-    const I n = t / G;
-    const I c0 = g * Cg + chunk * CHUNK;
-    const I nc = (Cg - chunk * CHUNK) < CHUNK ? (Cg - chunk * CHUNK) : (I)CHUNK;
+    const ChunkItem<I, CHUNK> it(idx, H, W, G, C / G);
+    const I n = it.n, g = it.g, c0 = it.c0, nc = it.nc, y = it.row, xx = it.col;
 
     acc_t acc[CHUNK];
     INV_UNROLL
