@@ -195,6 +195,25 @@ def test_errors_name_the_problem():
         involution(x, wt, s, p, d, backend="cupy")
 
 
+def test_explicit_cupy_without_cupy_is_a_clear_error(monkeypatch):
+    import importlib
+
+    from involution_d2.ops import cupy_backend
+
+    involution_module = importlib.import_module("involution_d2.ops.involution")
+
+    monkeypatch.setattr(involution_module, "cupy_is_usable", lambda: False)
+    with pytest.raises(ValueError, match="CuPy is not installed or sees no GPU; install "
+                                         "cupy-cuda12x / cupy-cuda13x or use backend='torch'"):
+        resolve_backend("cupy", torch.device("cuda", 0))
+    assert resolve_backend("auto", torch.device("cuda", 0)) == "torch"
+    cupy_backend._cupy.cache_clear()
+    monkeypatch.setitem(sys.modules, "cupy", None)  # import cupy raises ImportError
+    with pytest.raises(ValueError, match="backend='cupy' needs CuPy: install"):
+        cupy_backend._cupy()
+    cupy_backend._cupy.cache_clear()
+
+
 def test_device_mismatch_is_reported():
     x, wt, s, p, d = make_inputs((1, 4, 2, 5, 5, 3, 1, 1))
     with pytest.raises(ValueError, match="x is on cpu but weight is on meta"):

@@ -28,8 +28,8 @@ MIN_THREADS = 1 << 17
 _INT32_LIMIT = 2**31 - 1
 
 
-class CupyUnavailableError(RuntimeError):
-    pass
+class CupyUnavailableError(ValueError):
+    """backend="cupy" was asked for where CuPy cannot run (a ValueError: a bad argument)."""
 
 
 @functools.lru_cache(maxsize=None)
