@@ -1,4 +1,6 @@
 """Normalization layers chosen by name, the Detectron2 way."""
+import math
+
 from torch import nn
 
 
@@ -7,7 +9,12 @@ def get_norm(norm, out_channels):
 
     Without Detectron2 installed, the plain PyTorch norms still work ("BN", "SyncBN", "GN"),
     so that the layers can be used and tested with torch alone.
+
+    "GN" is GroupNorm with 32 groups as in Detectron2, or gcd(32, C) groups where C is not a
+    multiple of 32: the kernel-generation bottleneck of an involution can have only 8.
     """
+    if norm == "GN":
+        return nn.GroupNorm(math.gcd(32, out_channels), out_channels)
     try:
         from detectron2.layers import get_norm as d2_get_norm
     except ImportError:
@@ -21,7 +28,6 @@ def get_norm(norm, out_channels):
     plain = {
         "BN": nn.BatchNorm2d,
         "SyncBN": nn.SyncBatchNorm,
-        "GN": lambda channels: nn.GroupNorm(32, channels),
     }
     if norm not in plain:
         raise ValueError(f"norm={norm!r} needs Detectron2, which is not installed; "

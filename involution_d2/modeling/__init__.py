@@ -1,0 +1,2 @@
+"""Detectron2 components; importing this registers them in Detectron2's registries."""
+from .backbone import *  # noqa: F401,F403

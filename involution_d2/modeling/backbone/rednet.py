@@ -1,0 +1,161 @@
+"""RedNet (involution ResNet) backbones for Detectron2.
+
+The stages are Detectron2's :class:`ResNet` (so ``res2``..``res5``, ``output_shape()`` and
+``freeze_at`` behave exactly as for ResNet); the stem and the bottleneck blocks are RedNet's,
+with the official submodule names, so that an OpenMMLab checkpoint maps by prefix alone:
+``backbone.stem.`` -> ``stem.``, ``backbone.layer{k}.`` -> ``res{k+1}.``.
+"""
+import fvcore.nn.weight_init as weight_init
+import torch.nn.functional as F
+from torch import nn
+
+from detectron2.config import configurable
+from detectron2.layers import CNNBlockBase, ShapeSpec, get_norm
+from detectron2.modeling.backbone import BACKBONE_REGISTRY, ResNet
+
+from ...layers import ConvNormAct, Involution
+
+__all__ = ["RedNetStem", "RedNetBottleneck", "RedNet", "build_rednet_backbone",
+           "REDNET_DEPTHS"]
+
+# Blocks per stage of each RedNet depth.
+REDNET_DEPTHS = {
+    26: (1, 2, 4, 1),
+    38: (2, 3, 5, 2),
+    50: (3, 4, 6, 3),
+    101: (3, 4, 23, 3),
+    152: (3, 8, 36, 3),
+}
+
+
+class RedNetStem(CNNBlockBase):
+    """3x3 conv (stride 2) -> involution -> norm -> ReLU -> 3x3 conv -> max-pool: stride 4.
+
+    Children are numbered like the official ``nn.Sequential`` stem (0, 1, 2, 3, 4).
+    """
+
+    def __init__(self, in_channels=3, out_channels=64, *, norm="BN", involution_kwargs=None):
+        super().__init__(in_channels, out_channels, 4)
+        mid = out_channels // 2
+        kw = dict(kernel_size=7, norm=norm)
+        kw.update(involution_kwargs or {})
+        self.add_module("0", ConvNormAct(in_channels, mid, 3, 2, norm=norm))
+        self.add_module("1", Involution(mid, stride=1, **kw))
+        self.add_module("2", get_norm(norm, mid))
+        self.add_module("3", nn.ReLU(inplace=True))
+        self.add_module("4", ConvNormAct(mid, out_channels, 3, 1, norm=norm))
+        for name in ("0", "4"):
+            weight_init.c2_msra_fill(getattr(self, name).conv)
+
+    def forward(self, x):
+        for name in ("0", "1", "2", "3", "4"):
+            x = getattr(self, name)(x)
+        return F.max_pool2d(x, kernel_size=3, stride=2, padding=1)
+
+
+class RedNetBottleneck(CNNBlockBase):
+    """1x1 conv -> involution (carries the stride: "pytorch" style) -> 1x1 conv, plus the
+    identity (projected by a strided 1x1 conv when the shape changes)."""
+
+    def __init__(self, in_channels, out_channels, *, bottleneck_channels, stride=1, norm="BN",
+                 involution_kwargs=None):
+        super().__init__(in_channels, out_channels, stride)
+        kw = dict(kernel_size=7, norm=norm)
+        kw.update(involution_kwargs or {})
+        self.conv1 = nn.Conv2d(in_channels, bottleneck_channels, 1, bias=False)
+        self.bn1 = get_norm(norm, bottleneck_channels)
+        self.conv2 = Involution(bottleneck_channels, stride=stride, **kw)
+        self.bn2 = get_norm(norm, bottleneck_channels)
+        self.conv3 = nn.Conv2d(bottleneck_channels, out_channels, 1, bias=False)
+        self.bn3 = get_norm(norm, out_channels)
+        self.relu = nn.ReLU(inplace=True)
+        if stride != 1 or in_channels != out_channels:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
+                get_norm(norm, out_channels),
+            )
+            weight_init.c2_msra_fill(self.downsample[0])
+        else:
+            self.downsample = None
+        for conv in (self.conv1, self.conv3):
+            weight_init.c2_msra_fill(conv)
+
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        identity = self.downsample(x) if self.downsample is not None else x
+        return self.relu(out + identity)
+
+
+class RedNet(ResNet):
+    """Detectron2's ResNet assembled from RedNet's stem and blocks."""
+
+    @configurable
+    def __init__(self, *, depth=50, in_channels=3, stem_out_channels=64,
+                 res2_out_channels=256, norm="BN", out_features=None, freeze_at=0,
+                 num_classes=None, involution_kwargs=None):
+        """
+        Args:
+            depth (int): 26, 38, 50, 101 or 152.
+            in_channels (int): input image channels.
+            stem_out_channels (int): channels out of the stem (64 in RedNet).
+            res2_out_channels (int): channels out of res2; bottlenecks are a quarter of it.
+            norm (str or callable): norm of every layer, by Detectron2's name.
+            out_features (list[str]): among "stem", "res2".."res5" (and "linear" with
+                num_classes); default: the last one.
+            freeze_at (int): Detectron2's meaning: 1 freezes the stem, 2 also res2, ...
+            num_classes (int or None): add global pooling and a linear classifier.
+            involution_kwargs (dict): extra arguments of every :class:`Involution`
+                (kernel_size, reduction_ratio, group_channels, backend, ...).
+        """
+        if depth not in REDNET_DEPTHS:
+            raise ValueError(f"RedNet depth must be one of {sorted(REDNET_DEPTHS)}, got {depth}")
+        stem = RedNetStem(in_channels, stem_out_channels, norm=norm,
+                          involution_kwargs=involution_kwargs)
+        stages = []
+        in_ch, out_ch = stem_out_channels, res2_out_channels
+        for idx, num_blocks in enumerate(REDNET_DEPTHS[depth]):
+            stages.append(ResNet.make_stage(
+                RedNetBottleneck, num_blocks,
+                stride_per_block=[1 if idx == 0 else 2] + [1] * (num_blocks - 1),
+                in_channels=in_ch, out_channels=out_ch, bottleneck_channels=out_ch // 4,
+                norm=norm, involution_kwargs=involution_kwargs,
+            ))
+            in_ch, out_ch = out_ch, out_ch * 2
+        super().__init__(stem, stages, num_classes=num_classes, out_features=out_features,
+                         freeze_at=freeze_at)
+        self.depth = depth
+
+    @classmethod
+    def from_config(cls, cfg, input_shape=None):
+        in_channels = input_shape.channels if input_shape is not None else len(
+            cfg.MODEL.PIXEL_MEAN)
+        return {
+            "depth": cfg.MODEL.REDNET.DEPTH,
+            "in_channels": in_channels,
+            "stem_out_channels": cfg.MODEL.REDNET.STEM_OUT_CHANNELS,
+            "res2_out_channels": cfg.MODEL.REDNET.RES2_OUT_CHANNELS,
+            "norm": cfg.MODEL.REDNET.NORM,
+            "out_features": cfg.MODEL.REDNET.OUT_FEATURES,
+            "freeze_at": cfg.MODEL.BACKBONE.FREEZE_AT,
+            "involution_kwargs": involution_kwargs_from_config(cfg, norm=cfg.MODEL.REDNET.NORM),
+        }
+
+
+def involution_kwargs_from_config(cfg, norm=None):
+    """The Involution arguments that cfg.MODEL.INVOLUTION sets (norm: override its NORM)."""
+    inv = cfg.MODEL.INVOLUTION
+    return {
+        "kernel_size": inv.KERNEL_SIZE,
+        "group_channels": inv.GROUP_CHANNELS,
+        "reduction_ratio": inv.REDUCTION_RATIO,
+        "backend": inv.BACKEND,
+        "norm": inv.NORM if norm is None else norm,
+    }
+
+
+@BACKBONE_REGISTRY.register()
+def build_rednet_backbone(cfg, input_shape: ShapeSpec):
+    """RedNet from ``cfg.MODEL.REDNET`` and ``cfg.MODEL.INVOLUTION``."""
+    return RedNet(cfg, input_shape)
