@@ -1,6 +1,8 @@
 """Config defaults of the involution models (yacs)."""
 from detectron2.config import CfgNode as CN
 
+from . import modeling  # noqa: F401  (registers the components the configs name)
+
 
 def add_involution_config(cfg):
     """Add the keys of RedNet backbones and involution necks/heads to a Detectron2 config."""

@@ -23,7 +23,8 @@ class Involution(nn.Module):
     """
 
     def __init__(self, channels, kernel_size=7, stride=1, *, reduction_ratio=4,
-                 group_channels=16, dilation=1, norm="BN", backend="auto"):
+                 group_channels=16, dilation=1, norm="BN", activation=None,
+                 backend="auto"):
         """
         Args:
             channels (int): input and output channels C.
@@ -33,6 +34,8 @@ class Involution(nn.Module):
             group_channels (int): channels sharing one generated kernel (C / G).
             dilation (int): dilation of the kernel taps.
             norm (str or callable): norm of the bottleneck, by Detectron2's name.
+            activation (nn.Module or None): applied to the output, as in Detectron2's
+                ``Conv2d`` (e.g. ``nn.ReLU()`` in the involution RPN and mask heads).
             backend (str): operator backend, one of ``involution_d2.ops.BACKENDS``.
         """
         super().__init__()
@@ -58,6 +61,7 @@ class Involution(nn.Module):
         self.dilation = dilation
         self.groups = channels // group_channels
         self.backend = backend
+        self.activation = activation
 
         self.avgpool = nn.AvgPool2d(stride, stride, ceil_mode=True) if stride > 1 else None
         self.conv1 = ConvNormAct(channels, channels // reduction_ratio, 1, norm=norm)
@@ -74,8 +78,9 @@ class Involution(nn.Module):
         n, _, ho, wo = weight.shape
         k = self.kernel_size
         weight = weight.view(n, self.groups, k, k, ho, wo)
-        return involution(x, weight, self.stride, self.dilation * (k - 1) // 2, self.dilation,
-                          backend=self.backend)
+        out = involution(x, weight, self.stride, self.dilation * (k - 1) // 2, self.dilation,
+                         backend=self.backend)
+        return self.activation(out) if self.activation is not None else out
 
     def extra_repr(self):
         return (f"channels={self.channels}, kernel_size={self.kernel_size}, "

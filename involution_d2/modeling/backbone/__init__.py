@@ -1,3 +1,10 @@
+from .fpn import (
+    InvolutionFPN,
+    build_rednet_fpn_backbone,
+    build_rednet_invfpn_backbone,
+    build_retinanet_rednet_fpn_backbone,
+    build_retinanet_rednet_invfpn_backbone,
+)
 from .rednet import REDNET_DEPTHS, RedNet, RedNetBottleneck, RedNetStem, build_rednet_backbone
 
 __all__ = [k for k in globals() if not k.startswith("_")]

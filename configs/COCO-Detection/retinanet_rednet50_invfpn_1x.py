@@ -1,0 +1,8 @@
+"""RetinaNet, RedNet-50, involution FPN (P3-P7), 1x, lr 0.01, gradient clipping at max-norm 40
+(seed: 26.3 M, 38.2 box AP)."""
+from ..common.coco_1x import clip_gradients, dataloader, lr_multiplier, optimizer, train
+from ..common.models.retinanet_rednet_fpn import model, use_involution_fpn
+
+optimizer.lr = 0.01
+use_involution_fpn(model)
+clip_gradients(optimizer, max_norm=40.0)

@@ -1,0 +1,3 @@
+from .rpn_head import InvolutionRPNHead
+
+__all__ = ["InvolutionRPNHead"]

@@ -1,0 +1,4 @@
+from .box_head import InvolutionConvFCHead
+from .mask_head import InvolutionMaskRCNNHead
+
+__all__ = ["InvolutionConvFCHead", "InvolutionMaskRCNNHead"]

@@ -1,0 +1,48 @@
+"""The involution mask head (the seed's Mask R-CNN "Head: involution"): Detectron2's
+MaskRCNNConvUpsampleHead with each 3x3 conv replaced by an involution + ReLU; the 2x deconv
+and the 1x1 predictor stay."""
+from torch import nn
+
+from detectron2.config import configurable
+from detectron2.layers import ShapeSpec
+from detectron2.modeling.roi_heads import ROI_MASK_HEAD_REGISTRY, MaskRCNNConvUpsampleHead
+
+from ...layers import Involution
+from ..backbone.rednet import involution_kwargs_from_config
+
+__all__ = ["InvolutionMaskRCNNHead"]
+
+
+@ROI_MASK_HEAD_REGISTRY.register()
+class InvolutionMaskRCNNHead(MaskRCNNConvUpsampleHead):
+    @configurable
+    def __init__(self, input_shape: ShapeSpec, *, num_classes, conv_dims, conv_norm="",
+                 involution_kwargs=None, **kwargs):
+        """
+        Args:
+            conv_dims (list[int]): as MaskRCNNConvUpsampleHead's; all but the last (the
+                deconv) must equal the input channels, which an involution keeps.
+            conv_norm: must be empty: the involutions' own norm is in ``involution_kwargs``.
+            involution_kwargs (dict): arguments of the :class:`Involution` layers.
+        """
+        channels = input_shape.channels
+        if any(d != channels for d in conv_dims[:-1]):
+            raise ValueError(f"InvolutionMaskRCNNHead: conv_dims={list(conv_dims)} change "
+                             f"the channel count, which an involution keeps ({channels}); set "
+                             f"MODEL.ROI_MASK_HEAD.CONV_DIM = {channels}")
+        if conv_norm:
+            raise ValueError(f"InvolutionMaskRCNNHead: conv_norm={conv_norm!r} is not used; "
+                             "set the involutions' norm with MODEL.INVOLUTION.NORM")
+        super().__init__(input_shape, num_classes=num_classes, conv_dims=conv_dims, **kwargs)
+        kw = dict(kernel_size=7)
+        kw.update(involution_kwargs or {})
+        for k in range(len(conv_dims) - 1):
+            layer = Involution(channels, stride=1, activation=nn.ReLU(), **kw)
+            setattr(self, f"mask_fcn{k + 1}", layer)  # keeps its place in the Sequential
+            self.conv_norm_relus[k] = layer
+
+    @classmethod
+    def from_config(cls, cfg, input_shape):
+        ret = super().from_config(cfg, input_shape)
+        ret["involution_kwargs"] = involution_kwargs_from_config(cfg)
+        return ret
