@@ -72,6 +72,18 @@ def test_outputs_and_strides():
     assert out["res5"].shape == (1, 2048, 3, 4)
 
 
+@pytest.mark.parametrize("norm", ["BN", "GN"])
+def test_untrained_deep_rednet_stays_finite(norm):
+    # Without zero-initialised residual branches, random RedNet-50 features overflow to
+    # inf/NaN by res4 (involution is quadratic in its input).  (FrozenBN models are meant
+    # to start from pretrained weights and are not zero-initialised.)
+    torch.manual_seed(0)
+    model = build(50, norm=norm).eval()
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 128, 160))
+    assert all(torch.isfinite(v).all() and v.abs().max() < 1e3 for v in out.values())
+
+
 def test_freeze_at_has_detectron2_meaning():
     from detectron2.layers import FrozenBatchNorm2d
 

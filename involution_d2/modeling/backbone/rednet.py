@@ -6,6 +6,7 @@ with the official submodule names, so that an OpenMMLab checkpoint maps by prefi
 ``backbone.stem.`` -> ``stem.``, ``backbone.layer{k}.`` -> ``res{k+1}.``.
 """
 import fvcore.nn.weight_init as weight_init
+import torch
 import torch.nn.functional as F
 from torch import nn
 
@@ -79,6 +80,14 @@ class RedNetBottleneck(CNNBlockBase):
             self.downsample = None
         for conv in (self.conv1, self.conv3):
             weight_init.c2_msra_fill(conv)
+        # Zero-init the residual branch's last norm where its scale is trained (as
+        # OpenMMLab's ResNets do): each block starts as the identity.  Involution's output
+        # is quadratic in its input (its kernels are generated from it), so an untrained
+        # deep RedNet would otherwise overflow.  Not for FrozenBN, whose scale would stay
+        # zero: FrozenBN is for fine-tuning pretrained weights.
+        if isinstance(getattr(self.bn3, "weight", None), nn.Parameter):
+            with torch.no_grad():
+                self.bn3.weight.zero_()
 
     def forward(self, x):
         out = self.relu(self.bn1(self.conv1(x)))
