@@ -1,19 +1,16 @@
 """An involution conv+FC box head: Detectron2's FastRCNNConvFCHead whose 3x3 convs are
 involutions + ReLU.  (The seed's R-CNN configs keep the 2-FC head; this one goes beyond.)"""
-from torch import nn
-
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.roi_heads import ROI_BOX_HEAD_REGISTRY, FastRCNNConvFCHead
 
-from ...layers import Involution
-from ..backbone.rednet import involution_kwargs_from_config
+from ..involution_heads import InvolutionConfigMixin, involution_relu_layers
 
 __all__ = ["InvolutionConvFCHead"]
 
 
 @ROI_BOX_HEAD_REGISTRY.register()
-class InvolutionConvFCHead(FastRCNNConvFCHead):
+class InvolutionConvFCHead(InvolutionConfigMixin, FastRCNNConvFCHead):
     @configurable
     def __init__(self, input_shape: ShapeSpec, *, conv_dims, fc_dims, conv_norm="",
                  involution_kwargs=None):
@@ -34,15 +31,7 @@ class InvolutionConvFCHead(FastRCNNConvFCHead):
             raise ValueError(f"InvolutionConvFCHead: conv_norm={conv_norm!r} is not used; "
                              "set the involutions' norm with MODEL.INVOLUTION.NORM")
         super().__init__(input_shape, conv_dims=conv_dims, fc_dims=fc_dims)
-        kw = dict(kernel_size=7)
-        kw.update(involution_kwargs or {})
-        for k in range(len(conv_dims)):
-            layer = Involution(channels, stride=1, activation=nn.ReLU(), **kw)
+        layers = involution_relu_layers(channels, len(conv_dims), involution_kwargs)
+        for k, layer in enumerate(layers):
             setattr(self, f"conv{k + 1}", layer)  # keeps its place in the Sequential
-            self.conv_norm_relus[k] = layer
-
-    @classmethod
-    def from_config(cls, cfg, input_shape):
-        ret = super().from_config(cfg, input_shape)
-        ret["involution_kwargs"] = involution_kwargs_from_config(cfg)
-        return ret
+        self.conv_norm_relus = layers

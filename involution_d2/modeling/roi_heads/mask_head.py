@@ -1,20 +1,17 @@
 """The involution mask head (the seed's Mask R-CNN "Head: involution"): Detectron2's
 MaskRCNNConvUpsampleHead with each 3x3 conv replaced by an involution + ReLU; the 2x deconv
 and the 1x1 predictor stay."""
-from torch import nn
-
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.roi_heads import ROI_MASK_HEAD_REGISTRY, MaskRCNNConvUpsampleHead
 
-from ...layers import Involution
-from ..backbone.rednet import involution_kwargs_from_config
+from ..involution_heads import InvolutionConfigMixin, involution_relu_layers
 
 __all__ = ["InvolutionMaskRCNNHead"]
 
 
 @ROI_MASK_HEAD_REGISTRY.register()
-class InvolutionMaskRCNNHead(MaskRCNNConvUpsampleHead):
+class InvolutionMaskRCNNHead(InvolutionConfigMixin, MaskRCNNConvUpsampleHead):
     @configurable
     def __init__(self, input_shape: ShapeSpec, *, num_classes, conv_dims, conv_norm="",
                  involution_kwargs=None, **kwargs):
@@ -34,15 +31,7 @@ class InvolutionMaskRCNNHead(MaskRCNNConvUpsampleHead):
             raise ValueError(f"InvolutionMaskRCNNHead: conv_norm={conv_norm!r} is not used; "
                              "set the involutions' norm with MODEL.INVOLUTION.NORM")
         super().__init__(input_shape, num_classes=num_classes, conv_dims=conv_dims, **kwargs)
-        kw = dict(kernel_size=7)
-        kw.update(involution_kwargs or {})
-        for k in range(len(conv_dims) - 1):
-            layer = Involution(channels, stride=1, activation=nn.ReLU(), **kw)
+        layers = involution_relu_layers(channels, len(conv_dims) - 1, involution_kwargs)
+        for k, layer in enumerate(layers):
             setattr(self, f"mask_fcn{k + 1}", layer)  # keeps its place in the Sequential
-            self.conv_norm_relus[k] = layer
-
-    @classmethod
-    def from_config(cls, cfg, input_shape):
-        ret = super().from_config(cfg, input_shape)
-        ret["involution_kwargs"] = involution_kwargs_from_config(cfg)
-        return ret
+        self.conv_norm_relus = layers
