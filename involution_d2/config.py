@@ -22,3 +22,29 @@ def add_involution_config(cfg):
     cfg.MODEL.INVOLUTION.BACKEND = "auto"
     # Norm in the kernel generation of the involutions of necks and heads.
     cfg.MODEL.INVOLUTION.NORM = "BN"
+
+    # Semantic segmentation (Cityscapes): the seed's heads have dropout before the classifier.
+    cfg.MODEL.SEM_SEG_HEAD.DROPOUT = 0.1
+    cfg.MODEL.UPERNET = CN()
+    cfg.MODEL.UPERNET.CHANNELS = 512
+    cfg.MODEL.UPERNET.POOL_SCALES = [1, 2, 3, 6]
+    # Auxiliary head trained beside the main one (EncoderDecoderSegmentor); "" for none.
+    cfg.MODEL.AUX_SEM_SEG_HEAD = CN()
+    cfg.MODEL.AUX_SEM_SEG_HEAD.NAME = ""
+    cfg.MODEL.AUX_SEM_SEG_HEAD.IN_FEATURE = "res4"
+    cfg.MODEL.AUX_SEM_SEG_HEAD.CONVS_DIM = 256
+    cfg.MODEL.AUX_SEM_SEG_HEAD.NUM_CONVS = 1
+    cfg.MODEL.AUX_SEM_SEG_HEAD.NORM = "SyncBN"
+    cfg.MODEL.AUX_SEM_SEG_HEAD.DROPOUT = 0.1
+    cfg.MODEL.AUX_SEM_SEG_HEAD.LOSS_WEIGHT = 0.4
+    # Inference of EncoderDecoderSegmentor: "whole" image or "slide" (windows of CROP_SIZE
+    # every CROP_STRIDE pixels, height x width).
+    cfg.MODEL.SEM_SEG_INFERENCE = CN()
+    cfg.MODEL.SEM_SEG_INFERENCE.MODE = "whole"
+    cfg.MODEL.SEM_SEG_INFERENCE.CROP_SIZE = (512, 1024)
+    cfg.MODEL.SEM_SEG_INFERENCE.CROP_STRIDE = (341, 683)
+    # Poly learning-rate decay to a floor (OpenMMLab's poly with min_lr), for
+    # SOLVER.LR_SCHEDULER_NAME = "WarmupPolyLR".
+    cfg.SOLVER.POLY_LR_POWER = 0.9
+    cfg.SOLVER.POLY_LR_MIN = 1e-4
+

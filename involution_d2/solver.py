@@ -1,7 +1,8 @@
-"""Optimizers for LazyConfig files."""
+"""Optimizers and learning-rate schedules that Detectron2 lacks."""
 import itertools
 
 import torch
+from fvcore.common.param_scheduler import ParamScheduler
 
 
 def sgd_with_grad_clip(params, *, lr, momentum=0.9, weight_decay=0.0, max_norm, norm_type=2.0):
@@ -16,3 +17,34 @@ def sgd_with_grad_clip(params, *, lr, momentum=0.9, weight_decay=0.0, max_norm, 
             return super().step(closure)
 
     return ClippedSGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+
+class PolyParamScheduler(ParamScheduler):
+    """Polynomial decay to a floor, OpenMMLab's "poly" policy with ``min_lr``:
+    ``(start - end) * (1 - where) ** power + end``.  As an LR multiplier: start=1 and
+    end = min_lr / base_lr."""
+
+    def __init__(self, start_value=1.0, end_value=0.0, power=0.9):
+        self.start_value = start_value
+        self.end_value = end_value
+        self.power = power
+
+    def __call__(self, where):
+        return (self.start_value - self.end_value) * (1 - where) ** self.power + self.end_value
+
+
+def build_lr_scheduler(cfg, optimizer):
+    """Detectron2's yacs LR scheduler builder, plus SOLVER.LR_SCHEDULER_NAME "WarmupPolyLR"
+    (poly decay with SOLVER.POLY_LR_POWER down to SOLVER.POLY_LR_MIN)."""
+    from detectron2.solver import LRMultiplier, WarmupParamScheduler
+    from detectron2.solver import build_lr_scheduler as d2_build_lr_scheduler
+
+    solver = cfg.SOLVER
+    if solver.LR_SCHEDULER_NAME != "WarmupPolyLR":
+        return d2_build_lr_scheduler(cfg, optimizer)
+    sched = PolyParamScheduler(1.0, solver.POLY_LR_MIN / solver.BASE_LR, solver.POLY_LR_POWER)
+    sched = WarmupParamScheduler(sched, solver.WARMUP_FACTOR,
+                                 min(solver.WARMUP_ITERS / solver.MAX_ITER, 1.0),
+                                 solver.WARMUP_METHOD, solver.RESCALE_INTERVAL)
+    return LRMultiplier(optimizer, multiplier=sched, max_iter=solver.MAX_ITER)
+

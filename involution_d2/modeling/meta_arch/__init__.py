@@ -1,0 +1,3 @@
+from .semantic_seg import EncoderDecoderSegmentor
+
+__all__ = ["EncoderDecoderSegmentor"]
