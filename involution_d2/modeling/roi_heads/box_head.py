@@ -30,7 +30,7 @@ class InvolutionConvFCHead(InvolutionConfigMixin, FastRCNNConvFCHead):
         if conv_norm:
             raise ValueError(f"InvolutionConvFCHead: conv_norm={conv_norm!r} is not used; "
                              "set the involutions' norm with MODEL.INVOLUTION.NORM")
-        super().__init__(input_shape, conv_dims=conv_dims, fc_dims=fc_dims)
+        super().__init__(input_shape=input_shape, conv_dims=conv_dims, fc_dims=fc_dims)
         layers = involution_relu_layers(channels, len(conv_dims), involution_kwargs)
         for k, layer in enumerate(layers):
             setattr(self, f"conv{k + 1}", layer)  # keeps its place in the Sequential

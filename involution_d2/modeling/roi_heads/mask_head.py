@@ -30,7 +30,8 @@ class InvolutionMaskRCNNHead(InvolutionConfigMixin, MaskRCNNConvUpsampleHead):
         if conv_norm:
             raise ValueError(f"InvolutionMaskRCNNHead: conv_norm={conv_norm!r} is not used; "
                              "set the involutions' norm with MODEL.INVOLUTION.NORM")
-        super().__init__(input_shape, num_classes=num_classes, conv_dims=conv_dims, **kwargs)
+        super().__init__(input_shape=input_shape, num_classes=num_classes, conv_dims=conv_dims,
+                         **kwargs)
         layers = involution_relu_layers(channels, len(conv_dims) - 1, involution_kwargs)
         for k, layer in enumerate(layers):
             setattr(self, f"mask_fcn{k + 1}", layer)  # keeps its place in the Sequential

@@ -17,7 +17,8 @@ class SemanticFPNHead(SemSegFPNHead):
             dropout (float): dropout probability before the 1x1 classifier.
             others: as :class:`SemSegFPNHead`.
         """
-        super().__init__(input_shape, **kwargs)
+        # By keyword: a positional DictConfig would look like a cfg to @configurable.
+        super().__init__(input_shape=input_shape, **kwargs)
         self.dropout = nn.Dropout2d(dropout) if dropout > 0 else None
         # The seed's classifier starts near zero (initial loss ~ log(classes)).
         nn.init.normal_(self.predictor.weight, std=0.01)
