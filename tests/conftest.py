@@ -1,6 +1,7 @@
 """Shared test helpers, and a summary of what was skipped for want of Detectron2 or a GPU."""
 import collections
 import importlib.util
+import os
 
 import pytest
 import torch
@@ -16,6 +17,33 @@ requires_detectron2 = pytest.mark.skipif(
     reason=f"{NEEDS_DETECTRON2} (install it from source: see README.md)",
 )
 requires_gpu = pytest.mark.skipif(not HAS_CUDA, reason=f"{NEEDS_GPU} (none visible to torch)")
+
+
+CONFIG_ROOT = os.path.join(os.path.dirname(__file__), "..", "configs")
+
+
+def yacs_config(name, settings=None, overrides=None):
+    """The yacs config of configs/<name>.yaml on CPU; then ``settings(cfg)`` (a test's tiny
+    model), then ``overrides`` ({full key: value})."""
+    from detectron2.config import get_cfg
+
+    from involution_d2.config import add_involution_config
+
+    cfg = get_cfg()
+    add_involution_config(cfg)
+    cfg.merge_from_file(os.path.join(CONFIG_ROOT, name + ".yaml"))
+    cfg.MODEL.DEVICE = "cpu"
+    if settings is not None:
+        settings(cfg)
+    cfg.merge_from_list([k for kv in (overrides or {}).items() for k in kv])
+    return cfg
+
+
+def build_yacs_model(cfg):
+    from detectron2.modeling import build_model
+
+    torch.manual_seed(0)
+    return build_model(cfg)
 
 
 def _cupy_works():

@@ -5,11 +5,11 @@ import os
 import pytest
 import torch
 
-from conftest import requires_detectron2
+from conftest import CONFIG_ROOT as ROOT
+from conftest import build_yacs_model, requires_detectron2, yacs_config
 
 pytestmark = requires_detectron2
 
-ROOT = os.path.join(os.path.dirname(__file__), "..", "configs")
 
 # config: (trainable parameters of our model, the seed's Params(M))
 CONFIGS = {
@@ -31,38 +31,22 @@ def trainable(model):
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def yacs_cfg(name, tiny=False, **overrides):
-    """The config file's yacs config; tiny: RedNet-26 and small sampling budgets;
-    overrides: full key names to values."""
-    from detectron2.config import get_cfg
-
-    from involution_d2.config import add_involution_config
-
-    cfg = get_cfg()
-    add_involution_config(cfg)
-    cfg.merge_from_file(os.path.join(ROOT, name + ".yaml"))
-    cfg.MODEL.DEVICE = "cpu"
-    if tiny:
-        cfg.MODEL.REDNET.DEPTH = 26
-        cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE = 32
-        cfg.MODEL.RPN.BATCH_SIZE_PER_IMAGE = 32
-        cfg.MODEL.RPN.POST_NMS_TOPK_TRAIN = 64
-        cfg.MODEL.RPN.POST_NMS_TOPK_TEST = 32
-        cfg.MODEL.ROI_HEADS.NUM_CLASSES = 3
-        cfg.MODEL.RETINANET.NUM_CLASSES = 3
-        # Untrained heads score low (RetinaNet starts at its 0.01 prior): keep every box.
-        cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0
-        cfg.MODEL.RETINANET.SCORE_THRESH_TEST = 0.0
-    cfg.merge_from_list([k for kv in overrides.items() for k in kv])
-    return cfg
+def tiny(cfg):
+    """RedNet-26 and small sampling budgets; untrained heads score low (RetinaNet starts at
+    its 0.01 prior), so every box is kept."""
+    cfg.MODEL.REDNET.DEPTH = 26
+    cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE = 32
+    cfg.MODEL.RPN.BATCH_SIZE_PER_IMAGE = 32
+    cfg.MODEL.RPN.POST_NMS_TOPK_TRAIN = 64
+    cfg.MODEL.RPN.POST_NMS_TOPK_TEST = 32
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = 3
+    cfg.MODEL.RETINANET.NUM_CLASSES = 3
+    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0
+    cfg.MODEL.RETINANET.SCORE_THRESH_TEST = 0.0
 
 
-def build_yacs(name, tiny=False, **overrides):
-    import involution_d2.modeling  # noqa: F401  (registers the components)
-    from detectron2.modeling import build_model
-
-    torch.manual_seed(0)
-    return build_model(yacs_cfg(name, tiny, **overrides))
+def build_yacs(name, tiny_model=False, **overrides):
+    return build_yacs_model(yacs_config(name, tiny if tiny_model else None, overrides))
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
@@ -111,7 +95,7 @@ def involution_modules(model, prefix_filter):
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_training_step_and_inference(name):
-    model = build_yacs(name, tiny=True)
+    model = build_yacs(name, tiny_model=True)
     with_masks = "mask_rcnn" in name
     from detectron2.utils.events import EventStorage
 
@@ -165,12 +149,12 @@ def test_no_proposal_and_no_detection_survive(name):
     inputs = [{k: v for k, v in d.items() if k != "instances"}
               for d in synthetic_batch(with_masks)]
     # No proposal survives the RPN's size filter.
-    model = build_yacs(name, tiny=True, **{"MODEL.PROPOSAL_GENERATOR.MIN_SIZE": 10_000})
+    model = build_yacs(name, tiny_model=True, **{"MODEL.PROPOSAL_GENERATOR.MIN_SIZE": 10_000})
     with torch.no_grad():
         out = model.eval()(inputs)
     assert [len(o["instances"]) for o in out] == [0, 0]
     # Proposals but no detection above the score threshold: the mask head sees zero ROIs.
-    model = build_yacs(name, tiny=True, **{"MODEL.ROI_HEADS.SCORE_THRESH_TEST": 1.0})
+    model = build_yacs(name, tiny_model=True, **{"MODEL.ROI_HEADS.SCORE_THRESH_TEST": 1.0})
     with torch.no_grad():
         out = model.eval()(inputs)
     assert [len(o["instances"]) for o in out] == [0, 0]
@@ -183,7 +167,7 @@ def test_depth_switch_and_box_head_variant():
     model = build_yacs("COCO-Detection/faster_rcnn_rednet50_fpn_1x",
                        **{"MODEL.REDNET.DEPTH": 101})
     assert len(model.backbone.bottom_up.res4) == 23
-    model = build_yacs("COCO-Detection/faster_rcnn_rednet50_fpn_1x", tiny=True, **{
+    model = build_yacs("COCO-Detection/faster_rcnn_rednet50_fpn_1x", tiny_model=True, **{
         "MODEL.ROI_BOX_HEAD.NAME": "InvolutionConvFCHead", "MODEL.ROI_BOX_HEAD.NUM_CONV": 2,
         "MODEL.ROI_BOX_HEAD.CONV_DIM": 256, "MODEL.ROI_BOX_HEAD.NUM_FC": 1})
     assert len(involution_modules(model, "roi_heads.box_head.conv")) == 2
@@ -197,9 +181,9 @@ def test_depth_switch_and_box_head_variant():
 def test_bad_head_widths_are_reported():
     with pytest.raises(ValueError, match="CONV_DIM = 256"):
         build_yacs("COCO-InstanceSegmentation/mask_rcnn_rednet50_invfpn_invhead_1x",
-                   tiny=True, **{"MODEL.ROI_MASK_HEAD.CONV_DIM": 128})
+                   tiny_model=True, **{"MODEL.ROI_MASK_HEAD.CONV_DIM": 128})
     with pytest.raises(ValueError, match="use -1"):
-        build_yacs("COCO-Detection/faster_rcnn_rednet50_invfpn_invhead_1x", tiny=True,
+        build_yacs("COCO-Detection/faster_rcnn_rednet50_invfpn_invhead_1x", tiny_model=True,
                    **{"MODEL.RPN.CONV_DIMS": [128]})
 
 

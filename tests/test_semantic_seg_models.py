@@ -5,11 +5,11 @@ import os
 import pytest
 import torch
 
-from conftest import requires_detectron2
+from conftest import CONFIG_ROOT as ROOT
+from conftest import build_yacs_model, requires_detectron2, yacs_config
 
 pytestmark = requires_detectron2
 
-ROOT = os.path.join(os.path.dirname(__file__), "..", "configs")
 # config: (our trainable parameters, the seed's Params(M), aux head)
 CONFIGS = {
     "Cityscapes-SemanticSegmentation/semantic_fpn_rednet50_fpn_80k": (18_463_169, 18.5, False),
@@ -22,29 +22,15 @@ def trainable(model):
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def yacs_cfg(name, tiny=False, **overrides):
-    from detectron2.config import get_cfg
-
-    from involution_d2.config import add_involution_config
-
-    cfg = get_cfg()
-    add_involution_config(cfg)
-    cfg.merge_from_file(os.path.join(ROOT, name + ".yaml"))
-    cfg.MODEL.DEVICE = "cpu"
-    if tiny:
-        cfg.MODEL.REDNET.DEPTH = 26
-        # Plain BN on one CPU process (SyncBN needs a process group to synchronise).
-        cfg.MODEL.REDNET.NORM = cfg.MODEL.SEM_SEG_HEAD.NORM = "BN"
-        cfg.MODEL.INVOLUTION.NORM = cfg.MODEL.AUX_SEM_SEG_HEAD.NORM = "BN"
-    cfg.merge_from_list([k for kv in overrides.items() for k in kv])
-    return cfg
+def tiny(cfg):
+    """RedNet-26, and plain BN on one CPU process (SyncBN needs a process group)."""
+    cfg.MODEL.REDNET.DEPTH = 26
+    cfg.MODEL.REDNET.NORM = cfg.MODEL.SEM_SEG_HEAD.NORM = "BN"
+    cfg.MODEL.INVOLUTION.NORM = cfg.MODEL.AUX_SEM_SEG_HEAD.NORM = "BN"
 
 
-def build_yacs(name, tiny=False, **overrides):
-    from detectron2.modeling import build_model
-
-    torch.manual_seed(0)
-    return build_model(yacs_cfg(name, tiny, **overrides))
+def build_yacs(name, tiny_model=False, **overrides):
+    return build_yacs_model(yacs_config(name, tiny if tiny_model else None, overrides))
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
@@ -74,7 +60,7 @@ def test_training_step_and_inference(name):
     from detectron2.utils.events import EventStorage
 
     _, _, has_aux = CONFIGS[name]
-    model = build_yacs(name, tiny=True).train()
+    model = build_yacs(name, tiny_model=True).train()
     with EventStorage():
         losses = model(labelled_batch())
     assert set(losses) == ({"loss_sem_seg", "loss_sem_seg_aux"} if has_aux else {"loss_sem_seg"})
@@ -101,7 +87,7 @@ def test_training_reduces_the_loss():
     main and the auxiliary loss."""
     from detectron2.utils.events import EventStorage
 
-    model = build_yacs("Cityscapes-SemanticSegmentation/upernet_rednet50_80k", tiny=True,
+    model = build_yacs("Cityscapes-SemanticSegmentation/upernet_rednet50_80k", tiny_model=True,
                        **{"MODEL.SEM_SEG_HEAD.DROPOUT": 0.0,
                           "MODEL.AUX_SEM_SEG_HEAD.DROPOUT": 0.0}).train()
     batch = []
@@ -128,7 +114,7 @@ def test_training_reduces_the_loss():
 
 def test_sliding_window_agrees_with_whole_image():
     name = "Cityscapes-SemanticSegmentation/semantic_fpn_rednet50_invfpn_80k"
-    model = build_yacs(name, tiny=True).eval()
+    model = build_yacs(name, tiny_model=True).eval()
     image = torch.randint(0, 256, (3, 64, 128), dtype=torch.uint8)
     with torch.no_grad():
         whole = model([{"image": image}])[0]["sem_seg"]
@@ -153,7 +139,7 @@ def test_sliding_window_agrees_with_whole_image():
 def test_poly_schedule_for_yacs():
     from involution_d2.solver import build_lr_scheduler
 
-    cfg = yacs_cfg("Cityscapes-SemanticSegmentation/upernet_rednet50_80k")
+    cfg = yacs_config("Cityscapes-SemanticSegmentation/upernet_rednet50_80k")
     cfg.SOLVER.MAX_ITER = 100
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.SOLVER.BASE_LR)
     sched = build_lr_scheduler(cfg, opt)
@@ -170,5 +156,5 @@ def test_poly_schedule_for_yacs():
 
 def test_bad_inference_mode():
     with pytest.raises(ValueError, match="test_mode must be 'whole' or 'slide', got 'tiles'"):
-        build_yacs("Cityscapes-SemanticSegmentation/upernet_rednet50_80k", tiny=True,
+        build_yacs("Cityscapes-SemanticSegmentation/upernet_rednet50_80k", tiny_model=True,
                    **{"MODEL.SEM_SEG_INFERENCE.MODE": "tiles"})
