@@ -12,7 +12,9 @@ setup(
     package_data={"involution_d2.ops": ["cuda/*.cuh"]},
     # torch is installed first, as a pinned pair with torchvision (see README.md);
     # Detectron2 is built from source against it and is not on PyPI.
-    install_requires=["torch>=2.1", "numpy"],
+    # OpenCV: Detectron2's Visualizer (demo.py) imports it.
+    install_requires=["torch>=2.1", "numpy", "opencv-python-headless"],
+    entry_points={"console_scripts": ["involution-convert=involution_d2.checkpoint.cli:main"]},
     extras_require={
         "test": ["pytest>=7"],
         "cupy-cuda12x": ["cupy-cuda12x>=13"],

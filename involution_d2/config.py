@@ -48,3 +48,10 @@ def add_involution_config(cfg):
     cfg.SOLVER.POLY_LR_POWER = 0.9
     cfg.SOLVER.POLY_LR_MIN = 1e-4
 
+    # ImageNet classification (ImageNetClassifier): RedNet with its linear classifier.
+    cfg.MODEL.CLASSIFIER = CN()
+    cfg.MODEL.CLASSIFIER.NUM_CLASSES = 1000
+    cfg.MODEL.CLASSIFIER.LABEL_SMOOTHING = 0.1  # the official recipe's LabelSmoothLoss
+    # Shorter side before the center crop of the test pipeline (mmcls: resize 256, crop 224).
+    cfg.INPUT.CLASSIFICATION_RESIZE_TEST = 256
+    cfg.INPUT.CLASSIFICATION_CROP = 224

@@ -5,18 +5,41 @@ import torch
 from fvcore.common.param_scheduler import ParamScheduler
 
 
-def sgd_with_grad_clip(params, *, lr, momentum=0.9, weight_decay=0.0, max_norm, norm_type=2.0):
-    """SGD whose step first clips the gradient norm of all parameters together: the
-    LazyConfig twin of yacs' SOLVER.CLIP_GRADIENTS with CLIP_TYPE "full_model" (and of
-    OpenMMLab's ``grad_clip=dict(max_norm=..., norm_type=2)``)."""
+def _with_full_model_clipping(optimizer_cls, max_norm, norm_type):
+    """``optimizer_cls`` whose step first clips the gradient norm of all parameters
+    together (OpenMMLab's ``grad_clip=dict(max_norm=..., norm_type=2)``)."""
 
-    class ClippedSGD(torch.optim.SGD):
+    class FullModelClipped(optimizer_cls):
         def step(self, closure=None):
             all_params = itertools.chain(*(g["params"] for g in self.param_groups))
             torch.nn.utils.clip_grad_norm_(all_params, max_norm, norm_type)
             return super().step(closure)
 
-    return ClippedSGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    FullModelClipped.__name__ = f"{optimizer_cls.__name__}WithFullModelClipping"
+    return FullModelClipped
+
+
+def sgd_with_grad_clip(params, *, lr, momentum=0.9, weight_decay=0.0, max_norm, norm_type=2.0):
+    """SGD with full-model gradient-norm clipping, for LazyConfig files."""
+    cls = _with_full_model_clipping(torch.optim.SGD, max_norm, norm_type)
+    return cls(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+
+def build_optimizer(cfg, model):
+    """Detectron2's yacs optimizer builder, plus SOLVER.CLIP_GRADIENTS.CLIP_TYPE "full_model"
+    (Detectron2 itself clips per parameter only: "value" / "norm")."""
+    from detectron2.solver import build_optimizer as d2_build_optimizer
+
+    clip = cfg.SOLVER.CLIP_GRADIENTS
+    if not (clip.ENABLED and clip.CLIP_TYPE == "full_model"):
+        return d2_build_optimizer(cfg, model)
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.SOLVER.CLIP_GRADIENTS.ENABLED = False
+    optimizer = d2_build_optimizer(cfg, model)
+    optimizer.__class__ = _with_full_model_clipping(type(optimizer), clip.CLIP_VALUE,
+                                                    clip.NORM_TYPE)
+    return optimizer
 
 
 class PolyParamScheduler(ParamScheduler):

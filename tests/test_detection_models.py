@@ -207,3 +207,23 @@ def test_lazy_solver_matches_the_seed_schedule_and_clips():
     opt.step()
     norm = torch.sqrt(sum(p.grad.square().sum() for p in model.parameters()))
     assert abs(norm.item() - 40.0) < 1e-3
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_retinanet_p7_has_no_relu_like_the_seed(lazy):
+    """OpenMMLab's RetinaNet FPN computes P7 = conv(P6); Detectron2's block adds a ReLU."""
+    from detectron2.config import LazyConfig, instantiate
+
+    from involution_d2.modeling import LastLevelP6P7NoReLU
+
+    name = "COCO-Detection/retinanet_rednet50_invfpn_1x"
+    if lazy:
+        model = instantiate(LazyConfig.load(os.path.join(ROOT, name + ".py")).model)
+    else:
+        model = build_yacs(name)
+    block = model.backbone.top_block
+    assert isinstance(block, LastLevelP6P7NoReLU)
+    c5 = torch.randn(1, 2048, 4, 4)
+    p6, p7 = block(c5)
+    torch.testing.assert_close(p7, block.p7(block.p6(c5)))
+    assert not torch.allclose(p7, block.p7(torch.relu(block.p6(c5))))

@@ -1,5 +1,6 @@
 from .fpn import (
     InvolutionFPN,
+    LastLevelP6P7NoReLU,
     build_rednet_fpn_backbone,
     build_rednet_invfpn_backbone,
     build_retinanet_rednet_fpn_backbone,

@@ -10,6 +10,7 @@ from .rednet import build_rednet_backbone, involution_kwargs_from_config
 
 __all__ = [
     "InvolutionFPN",
+    "LastLevelP6P7NoReLU",
     "build_rednet_fpn_backbone",
     "build_rednet_invfpn_backbone",
     "build_retinanet_rednet_fpn_backbone",
@@ -42,6 +43,16 @@ class InvolutionFPN(FPN):
         self.output_convs = [replaced[m] for m in self.output_convs]
 
 
+class LastLevelP6P7NoReLU(LastLevelP6P7):
+    """RetinaNet's P6 (from res5) and P7 (from P6) as the seed builds them: OpenMMLab's FPN
+    leaves ``relu_before_extra_convs`` off, so P7 = conv(P6), where Detectron2 applies a ReLU
+    first.  Same parameters; converted official weights then give the official P7."""
+
+    def forward(self, c5):
+        p6 = self.p6(c5)
+        return [p6, self.p7(p6)]
+
+
 def _fpn_backbone(cfg, input_shape, top_block, involution):
     bottom_up = build_rednet_backbone(cfg, input_shape)
     kwargs = dict(
@@ -58,7 +69,7 @@ def _fpn_backbone(cfg, input_shape, top_block, involution):
 
 
 def _p6p7(cfg):
-    return lambda bottom_up: LastLevelP6P7(
+    return lambda bottom_up: LastLevelP6P7NoReLU(
         bottom_up.output_shape()["res5"].channels, cfg.MODEL.FPN.OUT_CHANNELS
     )
 
@@ -77,11 +88,11 @@ def build_rednet_invfpn_backbone(cfg, input_shape: ShapeSpec):
 
 @BACKBONE_REGISTRY.register()
 def build_retinanet_rednet_fpn_backbone(cfg, input_shape: ShapeSpec):
-    """RedNet + FPN with conv P6 (from res5) and P7 (RetinaNet)."""
+    """RedNet + FPN with conv P6 (from res5) and P7 (RetinaNet, no ReLU before P7)."""
     return _fpn_backbone(cfg, input_shape, _p6p7(cfg), involution=False)
 
 
 @BACKBONE_REGISTRY.register()
 def build_retinanet_rednet_invfpn_backbone(cfg, input_shape: ShapeSpec):
-    """RedNet + involution FPN with conv P6 (from res5) and P7 (RetinaNet)."""
+    """RedNet + involution FPN with conv P6 (from res5) and P7 (RetinaNet, no ReLU)."""
     return _fpn_backbone(cfg, input_shape, _p6p7(cfg), involution=True)

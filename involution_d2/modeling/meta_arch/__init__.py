@@ -1,3 +1,4 @@
+from .classifier import ImageNetClassifier
 from .semantic_seg import EncoderDecoderSegmentor
 
-__all__ = ["EncoderDecoderSegmentor"]
+__all__ = ["EncoderDecoderSegmentor", "ImageNetClassifier"]

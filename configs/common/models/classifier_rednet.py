@@ -1,0 +1,22 @@
+"""The ImageNet classifier: RedNet-50 with BN (trained), global pooling and a 1000-way
+linear layer, on RGB images normalised with the ImageNet mean/std."""
+from detectron2.config import LazyCall as L
+
+from involution_d2.modeling import ImageNetClassifier, RedNet
+
+from .rednet import PIXEL_MEAN_RGB, PIXEL_STD_RGB
+
+model = L(ImageNetClassifier)(
+    backbone=L(RedNet)(
+        depth=50,
+        norm="BN",
+        freeze_at=0,
+        num_classes=1000,
+        out_features=None,  # the logits, "linear" (["linear"] would drop the stages)
+        involution_kwargs=dict(kernel_size=7, group_channels=16, reduction_ratio=4,
+                               backend="auto"),
+    ),
+    pixel_mean=PIXEL_MEAN_RGB,
+    pixel_std=PIXEL_STD_RGB,
+    label_smoothing=0.1,  # the official recipe's LabelSmoothLoss
+)

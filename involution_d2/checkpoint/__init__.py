@@ -1,0 +1,27 @@
+"""Loading the official OpenMMLab RedNet weights into this project's models."""
+from .official import (
+    AUTHOR,
+    KINDS,
+    CheckpointFormatError,
+    convert,
+    detect_family,
+    load_official_state_dict,
+    mmdet_to_detectron2_anchor_order,
+    rednet_depth,
+    to_detectron2_checkpoint,
+)
+from .save import atomic_write, save_atomically
+
+__all__ = [
+    "AUTHOR",
+    "KINDS",
+    "CheckpointFormatError",
+    "atomic_write",
+    "convert",
+    "detect_family",
+    "load_official_state_dict",
+    "mmdet_to_detectron2_anchor_order",
+    "rednet_depth",
+    "save_atomically",
+    "to_detectron2_checkpoint",
+]

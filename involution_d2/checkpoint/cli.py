@@ -1,0 +1,55 @@
+"""involution-convert: official RedNet checkpoint -> Detectron2 checkpoint of our configs."""
+import argparse
+import sys
+
+from .official import (
+    KINDS,
+    CheckpointFormatError,
+    convert,
+    load_official_state_dict,
+    rednet_depth,
+    to_detectron2_checkpoint,
+)
+from .save import save_atomically
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="involution-convert",
+        description="Convert an official OpenMMLab RedNet checkpoint (mmcls ImageNet, mmdet "
+                    "2.x Faster/Mask R-CNN or RetinaNet, mmseg 0.x semantic FPN or UPerNet) "
+                    "into a Detectron2 checkpoint for MODEL.WEIGHTS / train.init_checkpoint.")
+    parser.add_argument("src", help="official .pth file")
+    parser.add_argument("dst", help="output .pth file (written atomically)")
+    parser.add_argument("--expect", choices=sorted(KINDS),
+                        help="fail unless SRC is a checkpoint of this kind")
+    parser.add_argument("--allow-unmatched", action="store_true",
+                        help="write DST even if some official keys have no counterpart")
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        official = load_official_state_dict(args.src)
+        converted, family, unmatched = convert(official, expect=args.expect)
+        depth = rednet_depth(official)
+    except (CheckpointFormatError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{args.src}: RedNet-{depth} {family}, {len(converted)} tensors converted")
+    if unmatched:
+        print(f"{len(unmatched)} official keys have no counterpart in our {family} model:")
+        for key in unmatched:
+            print(f"  {key} {tuple(official[key].shape)}")
+        if not args.allow_unmatched:
+            print(f"nothing written; pass --allow-unmatched to write {args.dst} without them",
+                  file=sys.stderr)
+            return 1
+    save_atomically(to_detectron2_checkpoint(converted, family), args.dst)
+    print(f"wrote {args.dst}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
