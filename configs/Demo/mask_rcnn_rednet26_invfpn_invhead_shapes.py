@@ -24,7 +24,7 @@ model.proposal_generator.batch_size_per_image = 128
 model.proposal_generator.pre_nms_topk = (1000, 500)
 model.proposal_generator.post_nms_topk = (256, 100)
 model.roi_heads.num_classes = 3
-model.roi_heads.batch_size_per_image = 64
+model.roi_heads.batch_size_per_image = 32  # few ROIs: the mask head's cost grows with them
 model.roi_heads.box_head.fc_dims = [256, 256]
 model.roi_heads.box_predictor.input_shape = ShapeSpec(channels=256)
 
@@ -39,16 +39,17 @@ dataloader.train.mapper.augmentations = [
 ]
 dataloader.test.mapper.augmentations = [L(T.ResizeShortestEdge)(short_edge_length=128,
                                                                 max_size=128)]
-dataloader.train.total_batch_size = 8
+dataloader.train.total_batch_size = 4
 dataloader.train.num_workers = dataloader.test.num_workers = 1
 
 clip_gradients(optimizer, max_norm=5.0)
-train.max_iter = 350
+optimizer.lr = 0.01
+train.max_iter = 250
 train.eval_period = 0  # evaluate once, at the end
 train.checkpointer.period = 100
 train.output_dir = "output/demo_mask_rcnn_shapes_lazy"
 lr_multiplier = L(WarmupParamScheduler)(
-    scheduler=L(MultiStepParamScheduler)(values=[1.0, 0.1, 0.01], milestones=[250, 320, 350]),
-    warmup_length=50 / 350,
+    scheduler=L(MultiStepParamScheduler)(values=[1.0, 0.1, 0.01], milestones=[200, 235, 250]),
+    warmup_length=30 / 250,
     warmup_factor=0.001,
 )
