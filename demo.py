@@ -18,8 +18,7 @@ import tqdm
 from detectron2.data.detection_utils import read_image
 from detectron2.utils.visualizer import ColorMode, Visualizer
 
-from train_net import setup_config
-
+from involution_d2.engine import setup_config
 from involution_d2.engine.predictor import build_predictor, test_metadata
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")

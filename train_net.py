@@ -14,10 +14,7 @@ processes (gloo).  Writes checkpoints (atomically), metrics.json and TensorBoard
 the output folder; evaluates with COCOEvaluator or SemSegEvaluator as the dataset requires.
 """
 import logging
-import os
 
-import torch
-from detectron2.config import LazyConfig, get_cfg
 from detectron2.engine import (
     AMPTrainer,
     SimpleTrainer,
@@ -31,32 +28,10 @@ from detectron2.engine.defaults import create_ddp_model
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 
-from involution_d2.config import add_involution_config
 from involution_d2.engine import AtomicCheckpointer, build_components, check_dataset
-from involution_d2.engine import dataset_names
+from involution_d2.engine import dataset_names, setup_config
 
 logger = logging.getLogger("involution_d2")
-
-
-def setup_config(config_file, opts):
-    """The config (LazyConfig for .py, yacs CfgNode otherwise) with overrides applied, on
-    the CPU when there is no GPU."""
-    if not os.path.isfile(config_file):
-        raise FileNotFoundError(f"--config-file {config_file}: no such file")
-    if config_file.endswith(".py"):
-        cfg = LazyConfig.load(config_file)
-        cfg = LazyConfig.apply_overrides(cfg, opts)
-        if not torch.cuda.is_available():
-            cfg.train.device = "cpu"
-        return cfg
-    cfg = get_cfg()
-    add_involution_config(cfg)
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(opts)
-    if not torch.cuda.is_available():
-        cfg.MODEL.DEVICE = "cpu"
-    cfg.freeze()
-    return cfg
 
 
 def setup(args):

@@ -1,0 +1,163 @@
+"""FLOP counting with fvcore, with the involution aggregation counted.
+
+fvcore traces the model and counts each operator through a handle. The involution
+operator appears in the trace as the autograd function of its backend, which no default
+handle knows; :func:`involution_flop_jit` counts it (one multiply-add per kernel tap per
+output element, the unit fvcore uses for convolutions).
+
+Two sets of handles:
+
+- ``"detectron2"``: fvcore's defaults with Detectron2's ignore list (what Detectron2's
+  ``tools/analyze_model.py`` reports);
+- ``"openmmlab"``: the rules of OpenMMLab's complexity counter (mmcv's
+  ``get_model_complexity_info``), with which the seed's FLOPs column was measured: a
+  convolution also counts one add per output element for its bias, norms count one
+  operation per input element (two with an affine transform), ReLU one per output element,
+  pooling one per input element, linear layers their multiply-adds without the bias; every
+  other operator counts nothing (upsampling through ``F.interpolate``, element-wise sums,
+  RoIAlign).
+"""
+from dataclasses import dataclass, field
+from math import prod
+from typing import Dict
+
+import torch
+from fvcore.nn import FlopCountAnalysis
+from fvcore.nn.jit_handles import conv_flop_count, get_shape
+
+__all__ = ["INVOLUTION_OPS", "CONVENTIONS", "involution_flop_jit", "flop_handles",
+           "FlopReport", "count_flops"]
+
+# How each backend's autograd function shows up in a traced graph.
+INVOLUTION_OPS = ("prim::PythonOp.ShiftedInvolution", "prim::PythonOp.CupyInvolution")
+CONVENTIONS = ("openmmlab", "detectron2")
+
+
+def involution_flop_jit(inputs, outputs):
+    """Multiply-adds of ``involution(x, weight)``: N * C * Ho * Wo * K * K."""
+    n, c = get_shape(inputs[0])[:2]
+    k = get_shape(inputs[1])[2]
+    ho, wo = get_shape(outputs[0])[2:]
+    return n * c * ho * wo * k * k
+
+
+def _numel(value):
+    shape = get_shape(value)
+    return prod(shape) if shape is not None else 0
+
+
+def _conv_with_bias(inputs, outputs):
+    x, w, out = (get_shape(v) for v in (inputs[0], inputs[1], outputs[0]))
+    transposed = inputs[6].toIValue()
+    flops = conv_flop_count(x, w, out, transposed=transposed)
+    if get_shape(inputs[2]) is not None:  # one add per output element for the bias
+        flops += prod(out)
+    return flops
+
+
+def _norm(weight_index):
+    def handle(inputs, outputs):
+        affine = get_shape(inputs[weight_index]) is not None
+        return _numel(inputs[0]) * (2 if affine else 1)
+    return handle
+
+
+def _input_elements(inputs, outputs):
+    return _numel(inputs[0])
+
+
+def _output_elements(inputs, outputs):
+    return _numel(outputs[0])
+
+
+def _linear_no_bias(inputs, outputs):
+    # mmcv: input elements x output features; works for aten::linear (x, W, b) and
+    # aten::addmm (b, x, W^T) alike once the operand with the batch is found.
+    out = get_shape(outputs[0])
+    x = get_shape(inputs[1]) if len(get_shape(inputs[0]) or ()) == 1 else get_shape(inputs[0])
+    return prod(x) * out[-1]
+
+
+def _matmul(inputs, outputs):
+    a = get_shape(inputs[0])
+    return prod(a) * get_shape(outputs[0])[-1]
+
+
+_OPENMMLAB = {
+    "aten::_convolution": _conv_with_bias,
+    "aten::batch_norm": _norm(1),
+    "aten::group_norm": _norm(2),
+    "aten::layer_norm": _norm(2),
+    "aten::instance_norm": _norm(1),
+    "aten::relu": _output_elements,
+    "aten::relu_": _output_elements,
+    "aten::max_pool2d": _input_elements,
+    "aten::avg_pool2d": _input_elements,
+    "aten::adaptive_avg_pool2d": _input_elements,
+    "aten::adaptive_max_pool2d": _input_elements,
+    "aten::linear": _linear_no_bias,
+    "aten::addmm": _linear_no_bias,
+    "aten::matmul": _matmul,
+    "aten::mm": _matmul,
+    # Operators OpenMMLab's counter cannot see: functional upsampling, einsum, bmm.
+    "aten::upsample_nearest2d": None,
+    "aten::upsample_bilinear2d": None,
+    "aten::grid_sampler": None,
+    "aten::einsum": None,
+    "aten::bmm": None,
+}
+
+
+def flop_handles(convention):
+    """Handles to set on an fvcore ``FlopCountAnalysis`` (``None`` ignores an operator)."""
+    if convention not in CONVENTIONS:
+        raise ValueError(f"unknown FLOP convention {convention!r}; choose one of {CONVENTIONS}")
+    handles = dict(_OPENMMLAB) if convention == "openmmlab" else {}
+    handles.update({op: involution_flop_jit for op in INVOLUTION_OPS})
+    return handles
+
+
+@dataclass
+class FlopReport:
+    """FLOPs (multiply-adds, as fvcore and OpenMMLab count) of one forward pass."""
+
+    total: int
+    aggregation: int
+    by_operator: Dict[str, int] = field(default_factory=dict)
+    analysis: object = None  # the fvcore FlopCountAnalysis, for its tables
+
+    @property
+    def without_aggregation(self):
+        return self.total - self.aggregation
+
+
+def count_flops(model, inputs, convention="openmmlab", analysis=None):
+    """Counts the FLOPs of ``model(*inputs)``.
+
+    Args:
+        model (nn.Module): traced with ``torch.jit``; its involution layers are switched
+            to the "torch" backend for the trace (the same arithmetic on any device).
+        inputs (tuple): positional inputs of ``model``.
+        convention (str): "openmmlab" or "detectron2" (see the module's docstring).
+        analysis: an fvcore ``FlopCountAnalysis`` to use instead of a plain one (e.g.
+            Detectron2's, which traces models that take ``list[dict]``).
+    """
+    from ..layers import Involution
+
+    layers = [m for m in model.modules() if isinstance(m, Involution)]
+    saved = [m.backend for m in layers]
+    for m in layers:
+        m.backend = "torch"
+    try:
+        if analysis is None:
+            analysis = FlopCountAnalysis(model, inputs)
+        analysis.set_op_handle(**flop_handles(convention))
+        analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+        with torch.no_grad():
+            by_operator = dict(analysis.by_operator())
+    finally:
+        for m, backend in zip(layers, saved):
+            m.backend = backend
+    # fvcore names operators without their namespace ("PythonOp.ShiftedInvolution").
+    aggregation = sum(by_operator.get(op.split("::", 1)[1], 0) for op in INVOLUTION_OPS)
+    return FlopReport(int(analysis.total()), int(aggregation), by_operator, analysis)
