@@ -15,16 +15,19 @@ with glibc only).
     python3 tools/benchmark_involution.py --device cuda --dtypes float32 bfloat16
 """
 import argparse
-import re
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from involution_d2.ops import involution, output_size  # noqa: E402
+from involution_d2.utils.benchmark import (  # noqa: E402
+    Glibc,
+    PeakMemory,
+    print_table,
+    time_round_robin,
+)
 
 # name: (batch, channels, height, width, kernel, stride) of RedNet-50's involutions.
 # "cls": ImageNet, batch 64 at 224x224; "det": COCO, batch 2 at 800x1216.
@@ -42,58 +45,6 @@ for prefix, batch, (h, w) in (("cls", 64, (224, 224)), ("det", 2, (800, 1216))):
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
           "float64": torch.float64}
-
-
-def _rss_mib(field):
-    status = open("/proc/self/status").read()
-    return int(re.search(rf"{field}:\s+(\d+)", status).group(1)) / 1024
-
-
-class _Glibc:
-    """glibc's mmap threshold decides whether a freed block leaves the resident set.  For
-    memory runs: a fixed 64 KiB, so that every large block is mmapped and unmapped on free
-    and the RSS high-water mark sees each allocation.  For timing runs: a fixed 64 MiB, so
-    that temporaries are reused from the heap as in a long-running process, not page-faulted
-    in anew each time (which would charge the page faults to backends with temporaries)."""
-
-    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-
-    def __init__(self):
-        import ctypes
-
-        self.libc = ctypes.CDLL("libc.so.6")
-
-    def set(self, threshold):
-        self.libc.mallopt(self.M_MMAP_THRESHOLD, threshold)
-        self.libc.mallopt(self.M_TRIM_THRESHOLD, threshold)
-        if threshold < 2**20:
-            # Free heap pages go back to the OS, so reusing them counts in the RSS again.
-            self.libc.malloc_trim(0)
-
-
-class PeakMemory:
-    """Extra memory (MiB) that a call needs beyond what is allocated when it starts."""
-
-    def __init__(self, device):
-        self.device = device
-
-    def __enter__(self):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self.base = torch.cuda.memory_allocated(self.device) / 2**20
-        else:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")  # reset VmHWM to the current RSS
-            self.base = _rss_mib("VmRSS")
-        return self
-
-    def __exit__(self, *exc):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            self.peak = torch.cuda.max_memory_allocated(self.device) / 2**20 - self.base
-        else:
-            self.peak = _rss_mib("VmHWM") - self.base
 
 
 def make_runner(backend):
@@ -114,26 +65,16 @@ def run_once(run, inputs, mode):
         x.grad = w.grad = None
 
 
-def time_once(run, inputs, mode, device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    t0 = time.perf_counter()
-    run_once(run, inputs, mode)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return (time.perf_counter() - t0) * 1e3
-
-
 def peak_once(run, inputs, mode, device, glibc):
     if glibc is not None:
-        glibc.set(64 * 1024)
+        glibc.memory_mode()
     try:
         with PeakMemory(device) as mem:
             run_once(run, inputs, mode)
         return mem.peak
     finally:
         if glibc is not None:
-            glibc.set(64 * 2**20)
+            glibc.timing_mode()
 
 
 def benchmark_shape(name, dtype, device, backends, modes, repeat, warmup, glibc):
@@ -149,22 +90,18 @@ def benchmark_shape(name, dtype, device, backends, modes, repeat, warmup, glibc)
     runners = {b: make_runner(b) for b in backends}
     results = {}
     for mode in modes:
-        times = {b: [] for b in backends}
-        for rnd in range(warmup + repeat):
-            for b in backends:  # round-robin
-                ms = time_once(runners[b], inputs, mode, device)
-                if rnd >= warmup:
-                    times[b].append(ms)
+        runs = {b: (lambda b=b: run_once(runners[b], inputs, mode)) for b in backends}
+        times = time_round_robin(runs, device, repeat, warmup)
         for b in backends:
             peak = peak_once(runners[b], inputs, mode, device, glibc)
-            results[(b, mode)] = (statistics.median(times[b]), peak)
+            results[(b, mode)] = (times[b], peak)
     return results
 
 
-def print_table(rows, backends, baselines):
+def print_results(rows, backends, baselines):
     header = ["shape", "dtype", "mode", "backend", "time ms", "peak MiB"]
     header += [f"speed-up vs {b}" for b in baselines] + [f"memory / {b}" for b in baselines]
-    table = [header]
+    lines = []
     for (name, dtype, mode), res in rows:
         for b in backends:
             t, m = res[(b, mode)]
@@ -172,12 +109,8 @@ def print_table(rows, backends, baselines):
             line += [f"{res[(base, mode)][0] / t:.2f}x" for base in baselines]
             line += [f"{m / res[(base, mode)][1]:.3f}" if res[(base, mode)][1] > 0 else "-"
                      for base in baselines]
-            table.append(line)
-    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
-    for i, r in enumerate(table):
-        print("  ".join(cell.ljust(wd) for cell, wd in zip(r, widths)))
-        if i == 0:
-            print("  ".join("-" * wd for wd in widths))
+            lines.append(line)
+    print_table(lines, header)
 
 
 def main(argv=None):
@@ -199,8 +132,8 @@ def main(argv=None):
     cuda = device.type == "cuda"
     glibc = None
     if not cuda:
-        glibc = _Glibc()
-        glibc.set(64 * 2**20)
+        glibc = Glibc()
+        glibc.timing_mode()
     if cuda and not torch.cuda.is_available():
         parser.error("--device cuda but torch sees no GPU")
     shapes = args.shapes or list(SHAPES)
@@ -223,7 +156,7 @@ def main(argv=None):
             for mode in args.modes:
                 rows.append(((name, dtype, mode), res))
     print()
-    print_table(rows, backends, baselines)
+    print_results(rows, backends, baselines)
 
 
 if __name__ == "__main__":

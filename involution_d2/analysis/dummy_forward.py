@@ -97,11 +97,13 @@ class OpenMMLabDummyForward(nn.Module):
         rpn = m.proposal_generator
         outs.append(rpn.rpn_head([features[f] for f in rpn.in_features]))
         heads = m.roi_heads
+        n = next(iter(features.values())).shape[0]
         boxes = _dummy_boxes(NUM_DUMMY_PROPOSALS, *image_size).to(m.device)
-        x = heads.box_pooler([features[f] for f in heads.box_in_features], [Boxes(boxes)])
+        # One image as in OpenMMLab's tools; every image of a batch gets the same boxes.
+        x = heads.box_pooler([features[f] for f in heads.box_in_features], [Boxes(boxes)] * n)
         outs.append(heads.box_predictor(heads.box_head(x)))
         if getattr(heads, "mask_on", False):
-            mask_boxes = Boxes(boxes[:NUM_DUMMY_MASK_ROIS])
-            x = heads.mask_pooler([features[f] for f in heads.mask_in_features], [mask_boxes])
+            mask_boxes = [Boxes(boxes[:NUM_DUMMY_MASK_ROIS])] * n
+            x = heads.mask_pooler([features[f] for f in heads.mask_in_features], mask_boxes)
             outs.append(heads.mask_head.layers(x))
         return _flatten(outs)

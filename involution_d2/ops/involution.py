@@ -8,6 +8,7 @@ from .reference import involution_reference
 from .shifted import involution_shifted
 
 BACKENDS = ("auto", "reference", "torch", "cupy")
+AGGREGATION_RANGE = "involution_d2::aggregation"  # profiler range of every operator call
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -119,8 +120,11 @@ def involution(x, weight, stride=1, padding=0, dilation=1, backend="auto"):
     _validate(x, weight, stride, padding, dilation)
     x, weight = _autocast(x, weight)
     backend = resolve_backend(backend, x.device)
-    if backend == "reference" and x.shape[0] > 0:
-        return involution_reference(x, weight, stride, padding, dilation)
-    if backend == "cupy":
-        return involution_cupy(x, weight, stride, padding, dilation)
-    return involution_shifted(x, weight, stride, padding, dilation)
+    # A named range, so that profiles show the aggregation's share (the backward shows as
+    # the backend's autograd node, e.g. ShiftedInvolutionBackward).
+    with torch.profiler.record_function(AGGREGATION_RANGE):
+        if backend == "reference" and x.shape[0] > 0:
+            return involution_reference(x, weight, stride, padding, dilation)
+        if backend == "cupy":
+            return involution_cupy(x, weight, stride, padding, dilation)
+        return involution_shifted(x, weight, stride, padding, dilation)

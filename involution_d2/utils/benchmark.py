@@ -1,0 +1,102 @@
+"""What the benchmark scripts share: peak-memory measurement on CPU and GPU, round-robin
+timing, and a plain-text table."""
+import re
+import statistics
+import time
+
+import torch
+
+__all__ = ["Glibc", "PeakMemory", "time_round_robin", "print_table", "synchronize"]
+
+
+def _rss_mib(field):
+    with open("/proc/self/status") as f:
+        status = f.read()
+    return int(re.search(rf"{field}:\s+(\d+)", status).group(1)) / 1024
+
+
+class Glibc:
+    """glibc's mmap threshold decides whether a freed block leaves the resident set.  For
+    memory runs (``memory_mode``): a fixed 64 KiB, so that every large block is mmapped and
+    unmapped on free and the RSS high-water mark sees each allocation.  For timing runs
+    (``timing_mode``): a fixed 64 MiB, so that temporaries are reused from the heap as in a
+    long-running process, not page-faulted in anew each time (which would charge the page
+    faults to the code with temporaries)."""
+
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+
+    def __init__(self):
+        import ctypes
+
+        self.libc = ctypes.CDLL("libc.so.6")
+
+    def _set(self, threshold):
+        self.libc.mallopt(self.M_MMAP_THRESHOLD, threshold)
+        self.libc.mallopt(self.M_TRIM_THRESHOLD, threshold)
+        if threshold < 2**20:
+            # Free heap pages go back to the OS, so reusing them counts in the RSS again.
+            self.libc.malloc_trim(0)
+
+    def memory_mode(self):
+        self._set(64 * 1024)
+
+    def timing_mode(self):
+        self._set(64 * 2**20)
+
+
+def synchronize(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class PeakMemory:
+    """Extra memory (MiB, in ``.peak``) that the code in the ``with`` block needs beyond
+    what is allocated when it starts: the CUDA allocator's peak on a GPU, the resident-set
+    high-water mark on the CPU (Linux; pair it with :meth:`Glibc.memory_mode`)."""
+
+    def __init__(self, device):
+        self.device = torch.device(device)
+
+    def __enter__(self):
+        synchronize(self.device)
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.base = torch.cuda.memory_allocated(self.device) / 2**20
+        else:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # reset VmHWM to the current RSS
+            self.base = _rss_mib("VmRSS")
+        return self
+
+    def __exit__(self, *exc):
+        synchronize(self.device)
+        if self.device.type == "cuda":
+            self.peak = torch.cuda.max_memory_allocated(self.device) / 2**20 - self.base
+        else:
+            self.peak = _rss_mib("VmHWM") - self.base
+
+
+def time_round_robin(runs, device, repeat, warmup=1):
+    """Median milliseconds of each callable in ``runs`` ({name: fn}), called in turn
+    (A B C A B C ...) so that a noisy machine slows all of them alike."""
+    device = torch.device(device)
+    times = {name: [] for name in runs}
+    for rnd in range(warmup + repeat):
+        for name, fn in runs.items():
+            synchronize(device)
+            t0 = time.perf_counter()
+            fn()
+            synchronize(device)
+            if rnd >= warmup:
+                times[name].append((time.perf_counter() - t0) * 1e3)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def print_table(rows, header):
+    """Prints ``rows`` (lists of strings) under ``header`` in aligned columns."""
+    table = [list(header)] + [list(r) for r in rows]
+    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+    for i, r in enumerate(table):
+        print("  ".join(cell.ljust(wd) for cell, wd in zip(r, widths)))
+        if i == 0:
+            print("  ".join("-" * wd for wd in widths))

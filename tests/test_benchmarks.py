@@ -1,0 +1,77 @@
+"""The benchmark scripts run and print their tables (no timing is asserted: these machines
+are noisy), and the measuring helpers measure what they claim."""
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import requires_detectron2
+from involution_d2.utils.benchmark import Glibc, PeakMemory, time_round_robin
+
+REPO = os.path.join(os.path.dirname(__file__), "..")
+
+
+def run_tool(name, *args):
+    cmd = [sys.executable, os.path.join(REPO, "tools", name), *args]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout
+
+
+def table_rows(stdout, first_cell):
+    return [line.split("  ") for line in stdout.splitlines() if line.startswith(first_cell)]
+
+
+def test_round_robin_interleaves_and_returns_medians():
+    calls = []
+    runs = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
+    times = time_round_robin(runs, "cpu", repeat=3, warmup=1)
+    assert calls == ["a", "b"] * 4
+    assert set(times) == {"a", "b"} and all(t >= 0 for t in times.values())
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self")
+def test_cpu_peak_memory_sees_a_temporary():
+    glibc = Glibc()
+    glibc.memory_mode()
+    try:
+        with PeakMemory("cpu") as mem:
+            t = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
+            del t
+    finally:
+        glibc.timing_mode()
+    assert 60 < mem.peak < 200
+
+
+def test_operator_benchmark_prints_ratios():
+    out = run_tool("benchmark_involution.py", "--device", "cpu", "--shapes", "cls.res5",
+                   "--repeat", "1", "--warmup", "0")
+    rows = [re.split(r"\s{2,}", line.strip()) for line in out.splitlines()
+            if line.startswith("cls.res5")]
+    assert {(r[2], r[3]) for r in rows} == {
+        ("fwd", "reference"), ("fwd", "torch"), ("fwd+bwd", "reference"), ("fwd+bwd", "torch")}
+    for r in rows:
+        assert r[6].endswith("x") and float(r[6][:-1]) > 0  # speed-up vs reference
+        if r[3] == "torch":
+            assert float(r[7]) < 0.5  # a fraction of unfold's memory
+
+
+@requires_detectron2
+def test_model_benchmark_prints_throughput_and_profile():
+    out = run_tool("benchmark_models.py", "--device", "cpu", "--suites", "backbone",
+                   "--size", "64", "96", "--repeat", "1", "--warmup", "0",
+                   "--dtypes", "float32", "--modes", "inference", "--profile")
+    lines = [re.split(r"\s{2,}", line.strip()) for line in out.splitlines()
+             if line.startswith("backbone")]
+    speed = {r[1]: r for r in lines if len(r) == 10}
+    profile = {r[1]: r for r in lines if len(r) == 11}
+    assert set(speed) == {"RedNet-50 [torch]", "RedNet-50 [reference]", "ResNet-50"}
+    assert speed["ResNet-50"][7] == "1.00x"  # the twin against itself
+    assert float(speed["RedNet-50 [torch]"][4]) > 0  # images/s
+    assert set(profile) == set(speed)
+    aggregation = {name: float(r[5].rstrip(" %")) for name, r in profile.items()}
+    assert aggregation["ResNet-50"] == 0.0
+    assert aggregation["RedNet-50 [torch]"] > 0 and aggregation["RedNet-50 [reference]"] > 0

@@ -1,0 +1,415 @@
+#!/usr/bin/env python3
+"""Throughput and peak memory of RedNet-50 models against Detectron2's ResNet-50 twins,
+side by side in one run, in float32 and bfloat16 (autocast), with a profile of where the
+time goes.
+
+    python3 tools/benchmark_models.py --suites backbone faster_rcnn            # GPU
+    python3 tools/benchmark_models.py --device cpu --backends torch reference  # CPU
+    python3 tools/benchmark_models.py --suites mask_rcnn --size 800 1216 --batch 2 --profile
+
+Every model of a suite is built from its config (Detectron2's model-zoo config for the
+ResNet-50 twin) with random weights and measured on the same synthetic batch. The models
+take turns (A B C A B C ...) so that a noisy machine slows them alike; the table gives the
+median, and ratios against the twin (> 1: faster than ResNet-50) and, with several involution
+backends, against the first one.
+
+- inference: the network's forward pass as OpenMMLab's benchmarks run it (two-stage
+  detectors: box head on 1000 proposals and mask head on 100 per image), so that every
+  model does the same work whatever its random weights detect; no post-processing.
+- train: forward with losses, backward and an SGD step on synthetic annotations (three
+  boxes per image; Cityscapes-style labels for segmentation).
+- peak memory: what one iteration adds on top of the model and batch (the CUDA allocator's
+  peak on a GPU; the resident-set high-water mark on the CPU).
+"""
+import argparse
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from involution_d2.utils.benchmark import (  # noqa: E402
+    Glibc,
+    PeakMemory,
+    print_table,
+    synchronize,
+    time_round_robin,
+)
+
+TWIN = "twin"
+# suite: [(label, config)], the ResNet-50 twin last. "model-zoo:" configs are Detectron2's.
+SUITES = {
+    "backbone": [("RedNet-50", "COCO-Detection/faster_rcnn_rednet50_fpn_1x.yaml"),
+                 ("ResNet-50", "model-zoo:COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml")],
+    "faster_rcnn": [
+        ("Faster R-CNN RedNet-50 FPN", "COCO-Detection/faster_rcnn_rednet50_fpn_1x.yaml"),
+        ("Faster R-CNN RedNet-50 invFPN invhead",
+         "COCO-Detection/faster_rcnn_rednet50_invfpn_invhead_1x.yaml"),
+        ("Faster R-CNN ResNet-50 FPN", "model-zoo:COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml")],
+    "mask_rcnn": [
+        ("Mask R-CNN RedNet-50 FPN", "COCO-InstanceSegmentation/mask_rcnn_rednet50_fpn_1x.yaml"),
+        ("Mask R-CNN RedNet-50 invFPN invhead",
+         "COCO-InstanceSegmentation/mask_rcnn_rednet50_invfpn_invhead_1x.yaml"),
+        ("Mask R-CNN ResNet-50 FPN",
+         "model-zoo:COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml")],
+    "retinanet": [
+        ("RetinaNet RedNet-50 FPN", "COCO-Detection/retinanet_rednet50_fpn_1x.yaml"),
+        ("RetinaNet RedNet-50 invFPN", "COCO-Detection/retinanet_rednet50_invfpn_1x.yaml"),
+        ("RetinaNet ResNet-50 FPN", "model-zoo:COCO-Detection/retinanet_R_50_FPN_1x.yaml")],
+    "semantic_fpn": [
+        ("Semantic FPN RedNet-50 FPN",
+         "Cityscapes-SemanticSegmentation/semantic_fpn_rednet50_fpn_80k.yaml"),
+        ("Semantic FPN RedNet-50 invFPN",
+         "Cityscapes-SemanticSegmentation/semantic_fpn_rednet50_invfpn_80k.yaml"),
+        # The conv-FPN config on Detectron2's ResNet-50 FPN (same head).
+        ("Semantic FPN ResNet-50 FPN",
+         "Cityscapes-SemanticSegmentation/semantic_fpn_rednet50_fpn_80k.yaml"
+         "+MODEL.BACKBONE.NAME=build_resnet_fpn_backbone")],
+}
+DEFAULT_SIZES = {"semantic_fpn": (512, 1024)}  # training crops; detection: 800x1216
+DTYPES = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def build_config(spec, device):
+    from detectron2 import model_zoo
+    from detectron2.config import get_cfg
+
+    from involution_d2.config import add_involution_config
+
+    spec, _, override = spec.partition("+")
+    cfg = get_cfg()
+    add_involution_config(cfg)
+    if spec.startswith("model-zoo:"):
+        cfg.merge_from_file(model_zoo.get_config_file(spec[len("model-zoo:"):]))
+    else:
+        cfg.merge_from_file(os.path.join(REPO, "configs", spec))
+    if override:
+        key, value = override.split("=")
+        cfg.merge_from_list([key, value, "MODEL.RESNETS.DEPTH", "50"])
+    cfg.MODEL.DEVICE = str(device)
+    _single_process_norms(cfg)
+    return cfg
+
+
+def _single_process_norms(node):
+    """SyncBN needs a process group; one process computes the same with BN."""
+    for key, value in node.items():
+        if isinstance(value, dict):
+            _single_process_norms(value)
+        elif key.endswith("NORM") and value == "SyncBN":
+            node[key] = "BN"
+
+
+class BackboneOnly(torch.nn.Module):
+    """A detector's bottom-up network (RedNet / ResNet with its frozen stages)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.net = model.backbone.bottom_up
+        self.device = model.device
+
+    def forward(self, images):
+        return tuple(self.net(images).values())
+
+
+def synthetic_batch(cfg, batch, size, device, seed=0):
+    """Detectron2-format inputs with annotations for training, and the normalised image
+    tensor the network sees for inference."""
+    from detectron2.structures import BitMasks, Boxes, Instances
+
+    g = torch.Generator().manual_seed(seed)
+    h, w = size
+    inputs = []
+    for _ in range(batch):
+        image = torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8)
+        item = {"image": image, "height": h, "width": w}
+        if cfg.MODEL.META_ARCHITECTURE == "SemanticSegmentor" or "Segmentor" in \
+                cfg.MODEL.META_ARCHITECTURE:
+            item["sem_seg"] = torch.randint(0, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, (h, w),
+                                            generator=g)
+        else:
+            inst = Instances((h, w))
+            xy = torch.rand(3, 2, generator=g) * torch.tensor([w * 0.6, h * 0.6])
+            wh = (torch.rand(3, 2, generator=g) * 0.3 + 0.05) * torch.tensor([w, h])
+            boxes = torch.cat([xy, xy + wh], dim=1)
+            inst.gt_boxes = Boxes(boxes)
+            inst.gt_classes = torch.randint(0, 80, (3,), generator=g)
+            masks = torch.zeros(3, h, w, dtype=torch.bool)
+            for i, (x0, y0, x1, y1) in enumerate(boxes.round().long().tolist()):
+                masks[i, y0:y1, x0:x1] = True
+            inst.gt_masks = BitMasks(masks)
+            item["instances"] = inst
+        inputs.append(item)
+    tensor = torch.randn(batch, 3, h, w, generator=g).to(device)
+    return inputs, tensor
+
+
+def set_backend(model, backend):
+    from involution_d2.layers import Involution
+
+    layers = [m for m in model.modules() if isinstance(m, Involution)]
+    for m in layers:
+        m.backend = backend
+    return len(layers)
+
+
+class Case:
+    """One model variant (label, involution backend) with its step functions."""
+
+    def __init__(self, label, model, backend, is_twin, suite):
+        from involution_d2.analysis import OpenMMLabDummyForward
+
+        self.label, self.model, self.backend, self.is_twin = label, model, backend, is_twin
+        self.network = BackboneOnly(model) if suite == "backbone" else \
+            OpenMMLabDummyForward(model)
+        self.suite = suite
+        self.optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad],
+                                         lr=1e-4, momentum=0.9)
+
+    @property
+    def name(self):
+        return self.label if self.is_twin else f"{self.label} [{self.backend}]"
+
+    def _prepare(self):
+        if not self.is_twin:
+            set_backend(self.model, self.backend)
+
+    def inference(self, tensor, dtype):
+        self._prepare()
+        self.model.eval()
+        with torch.no_grad(), torch.autocast(tensor.device.type, dtype=dtype or torch.float32,
+                                             enabled=dtype is not None):
+            self.network(tensor)
+
+    def train(self, inputs, tensor, dtype):
+        from detectron2.utils.events import EventStorage
+
+        self._prepare()
+        self.model.train()
+        with EventStorage(0), torch.autocast(tensor.device.type, dtype=dtype or torch.float32,
+                            enabled=dtype is not None):
+            if self.suite == "backbone":
+                loss = sum(o.float().mean() for o in self.network(tensor))
+            else:
+                loss = sum(self.model(inputs).values())
+        loss.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+
+def residual_branches_start_at_zero(model):
+    """Random weights with frozen BatchNorm statistics let activations grow without bound
+    through 16 blocks (involution is quadratic in its input: it overflows to NaN by res4).
+    Pretrained residual branches contribute little; here each block's last norm scale is
+    zeroed, in the twins too. The work done is the same; only the values stay finite."""
+    for block in model.modules():
+        norm = getattr(block, "bn3", None) or getattr(getattr(block, "conv3", None), "norm", None)
+        if norm is not None and hasattr(norm, "weight"):
+            with torch.no_grad():
+                norm.weight.zero_()
+
+
+def build_cases(suite, backends, device):
+    cases = []
+    for label, spec in SUITES[suite]:
+        cfg = build_config(spec, device)
+        from detectron2.modeling import build_model
+
+        torch.manual_seed(0)
+        model = build_model(cfg)
+        residual_branches_start_at_zero(model)
+        is_twin = set_backend(model, "auto") == 0
+        for backend in ([None] if is_twin else backends):
+            cases.append(Case(label, model, backend, is_twin, suite))
+        cases[-1].cfg = cfg
+    return cases
+
+
+def measure(cases, mode, dtype, inputs, tensor, device, repeat, warmup, glibc):
+    def step(case):
+        if mode == "inference":
+            return lambda: case.inference(tensor, DTYPES[dtype])
+        return lambda: case.train(inputs, tensor, DTYPES[dtype])
+
+    times = time_round_robin({c.name: step(c) for c in cases}, device, repeat, warmup)
+    peaks = {}
+    for c in cases:
+        if glibc is not None:
+            glibc.memory_mode()
+        try:
+            with PeakMemory(device) as mem:
+                step(c)()
+            peaks[c.name] = mem.peak
+        finally:
+            if glibc is not None:
+                glibc.timing_mode()
+    return times, peaks
+
+
+CATEGORIES = ("involution aggregation", "involution kernel generation", "convolution",
+              "normalization", "RoIAlign / NMS", "other")
+
+
+def _category(event):
+    """The category of a profiler event: the involution ranges it runs in, else its name.
+    (In training, the backward of the kernel-generating convolutions counts as
+    "convolution": autograd runs it outside the layer's forward range.)"""
+    from involution_d2.ops.involution import AGGREGATION_RANGE
+
+    inside_layer = False
+    parent = event
+    while parent is not None:
+        if parent.name == AGGREGATION_RANGE or "InvolutionBackward" in parent.name:
+            return "involution aggregation"
+        inside_layer = inside_layer or parent.name == LAYER_RANGE
+        parent = parent.cpu_parent
+    if inside_layer:
+        return "involution kernel generation"
+    name = event.name
+    if "conv" in name:
+        return "convolution"
+    if "norm" in name:
+        return "normalization"
+    if "roi_align" in name or "nms" in name:
+        return "RoIAlign / NMS"
+    return "other"
+
+
+LAYER_RANGE = "involution_d2::Involution"
+
+
+def _annotate_layers(model):
+    """Profiler ranges around each Involution layer (forward), through module hooks."""
+    from involution_d2.layers import Involution
+
+    handles = []
+    for m in model.modules():
+        if isinstance(m, Involution):
+            def pre(mod, args):
+                mod._range = torch.profiler.record_function(LAYER_RANGE)
+                mod._range.__enter__()
+
+            def post(mod, args, out):
+                mod._range.__exit__(None, None, None)
+
+            handles += [m.register_forward_pre_hook(pre), m.register_forward_hook(post)]
+    return handles
+
+
+def profile(case, mode, dtype, inputs, tensor, device):
+    """Share of self time per category in one iteration (device time on a GPU)."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda"
+                                           else [])
+    handles = _annotate_layers(case.model)
+    try:
+        run = (lambda: case.inference(tensor, DTYPES[dtype])) if mode == "inference" else \
+            (lambda: case.train(inputs, tensor, DTYPES[dtype]))
+        run()  # warm-up
+        synchronize(device)
+        with torch_profile(activities=activities) as prof:
+            run()
+            synchronize(device)
+    finally:
+        for h in handles:
+            h.remove()
+    shares = dict.fromkeys(CATEGORIES, 0.0)
+    gpu = device.type == "cuda"
+    for e in prof.events():
+        t = e.self_device_time_total if gpu else e.self_cpu_time_total
+        if t:
+            shares[_category(e)] += t
+    return shares
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split("\n\n", 1)[1])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--suites", nargs="+", choices=sorted(SUITES),
+                        default=["backbone", "faster_rcnn"])
+    parser.add_argument("--backends", nargs="+", default=None,
+                        choices=["auto", "torch", "reference", "cupy"],
+                        help="involution backends to compare (default: auto on GPU; torch "
+                             "and reference, i.e. unfold, on CPU)")
+    parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"],
+                        choices=sorted(DTYPES))
+    parser.add_argument("--modes", nargs="+", default=["inference", "train"],
+                        choices=["inference", "train"])
+    parser.add_argument("--batch", type=int, default=None, help="default: 2 GPU, 1 CPU")
+    parser.add_argument("--size", nargs=2, type=int, metavar=("H", "W"),
+                        help="image size (default: 800 1216; 512 1024 for semantic_fpn)")
+    parser.add_argument("--repeat", type=int, default=None, help="default: 20 GPU, 3 CPU")
+    parser.add_argument("--warmup", type=int, default=None, help="default: 5 GPU, 1 CPU")
+    parser.add_argument("--profile", action="store_true",
+                        help="also print where the time goes, per model and mode")
+    args = parser.parse_args(argv)
+
+    warnings.filterwarnings("ignore", category=UserWarning)
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    if cuda and not torch.cuda.is_available():
+        parser.error("--device cuda but torch sees no GPU; use --device cpu")
+    backends = args.backends or (["auto"] if cuda else ["torch", "reference"])
+    batch = args.batch or (2 if cuda else 1)
+    repeat = args.repeat or (20 if cuda else 3)
+    warmup = args.warmup if args.warmup is not None else (5 if cuda else 1)
+    glibc = None
+    if not cuda:
+        glibc = Glibc()
+        glibc.timing_mode()
+
+    print(f"# device: {torch.cuda.get_device_name(device) if cuda else 'cpu'}, torch "
+          f"{torch.__version__}, {torch.get_num_threads()} CPU threads; batch {batch}, median "
+          f"of {repeat} after {warmup} warm-up", flush=True)
+    rows, profile_rows = [], []
+    for suite in args.suites:
+        size = tuple(args.size) if args.size else DEFAULT_SIZES.get(suite, (800, 1216))
+        cases = build_cases(suite, backends, device)
+        inputs, tensor = synthetic_batch(cases[-1].cfg, batch, size, device)
+        twin = next(c for c in cases if c.is_twin)
+        first = {c.label: c for c in reversed(cases) if not c.is_twin}
+        for mode in args.modes:
+            for dtype in args.dtypes:
+                print(f"# {suite}, {mode}, {dtype}, {batch}x3x{size[0]}x{size[1]}", flush=True)
+                times, peaks = measure(cases, mode, dtype, inputs, tensor, device, repeat,
+                                       warmup, glibc)
+                for c in cases:
+                    t, m = times[c.name], peaks[c.name]
+                    base = first.get(c.label)
+                    rows.append([
+                        suite, c.name, mode, dtype, f"{batch * 1e3 / t:.2f}", f"{t:.1f}",
+                        f"{m:.0f}", f"{times[twin.name] / t:.2f}x",
+                        f"{m / peaks[twin.name]:.2f}" if peaks[twin.name] > 0 else "-",
+                        f"{times[base.name] / t:.2f}x" if base is not None else "-",
+                    ])
+                if args.profile:
+                    for c in cases:
+                        shares = profile(c, mode, dtype, inputs, tensor, device)
+                        total = sum(shares.values()) or 1.0
+                        profile_rows.append([suite, c.name, mode, dtype, f"{total / 1e3:.1f}"]
+                                            + [f"{100 * shares[k] / total:.1f} %"
+                                               for k in CATEGORIES])
+        del cases
+    print()
+    first_backend = backends[0]
+    print_table(rows, ["suite", "model [involution backend]", "mode", "dtype", "images/s",
+                       "ms/iter", "peak MiB", "speed vs ResNet-50", "memory / ResNet-50",
+                       f"speed vs [{first_backend}]"])
+    if profile_rows:
+        print()
+        print("# where the time goes: share of self time"
+              + (" on the GPU" if cuda else " on the CPU") + " in one iteration")
+        print_table(profile_rows, ["suite", "model", "mode", "dtype", "total ms"]
+                    + list(CATEGORIES))
+
+
+if __name__ == "__main__":
+    main()
