@@ -369,8 +369,9 @@ def main(argv=None):
     print(f"# device: {torch.cuda.get_device_name(device) if cuda else 'cpu'}, torch "
           f"{torch.__version__}, {torch.get_num_threads()} CPU threads; batch {batch}, median "
           f"of {repeat} after {warmup} warm-up", flush=True)
-    rows, profile_rows = [], []
+    first_backend = backends[0]
     for suite in args.suites:
+        rows, profile_rows = [], []
         size = tuple(args.size) if args.size else DEFAULT_SIZES.get(suite, (800, 1216))
         cases = build_cases(suite, backends, device)
         inputs, tensor = synthetic_batch(cases[-1].cfg, batch, size, device)
@@ -398,17 +399,17 @@ def main(argv=None):
                                             + [f"{100 * shares[k] / total:.1f} %"
                                                for k in CATEGORIES])
         del cases
-    print()
-    first_backend = backends[0]
-    print_table(rows, ["suite", "model [involution backend]", "mode", "dtype", "images/s",
-                       "ms/iter", "peak MiB", "speed vs ResNet-50", "memory / ResNet-50",
-                       f"speed vs [{first_backend}]"])
-    if profile_rows:
         print()
-        print("# where the time goes: share of self time"
-              + (" on the GPU" if cuda else " on the CPU") + " in one iteration")
-        print_table(profile_rows, ["suite", "model", "mode", "dtype", "total ms"]
-                    + list(CATEGORIES))
+        print_table(rows, ["suite", "model [involution backend]", "mode", "dtype", "images/s",
+                           "ms/iter", "peak MiB", "speed vs ResNet-50", "memory / ResNet-50",
+                           f"speed vs [{first_backend}]"])
+        if profile_rows:
+            print()
+            print("# where the time goes: share of self time"
+                  + (" on the GPU" if cuda else " on the CPU") + " in one iteration")
+            print_table(profile_rows, ["suite", "model", "mode", "dtype", "total ms"]
+                        + list(CATEGORIES))
+        print(flush=True)
 
 
 if __name__ == "__main__":

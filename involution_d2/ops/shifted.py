@@ -22,24 +22,43 @@ def _tap_range(out_size, in_size, stride, offset):
     return o0, max(o0, o1)
 
 
-def _axis_taps(k, out_size, in_size, stride, padding, dilation):
-    """Per tap a along one axis: (a, output slice, input slice), skipping empty taps."""
+def _axis_taps(k, out_size, in_size, stride, padding, dilation, phased=False):
+    """Per tap a along one axis: (a, output slice, input slice, phase), skipping empty
+    taps.  With ``phased``, the input slice indexes the phase plane ``x[phase::stride]``
+    (contiguous) instead of ``x`` with a step."""
     taps = []
     for a in range(k):
         offset = a * dilation - padding
         o0, o1 = _tap_range(out_size, in_size, stride, offset)
         if o0 < o1:
-            i0 = o0 * stride + offset
-            taps.append((a, slice(o0, o1), slice(i0, i0 + (o1 - o0 - 1) * stride + 1, stride)))
+            i0, n = o0 * stride + offset, o1 - o0
+            if phased:
+                taps.append((a, slice(o0, o1), slice(i0 // stride, i0 // stride + n),
+                             i0 % stride))
+            else:
+                taps.append((a, slice(o0, o1), slice(i0, i0 + (n - 1) * stride + 1, stride), 0))
     return taps
 
 
-def _taps(k, ho, wo, h, w, stride, padding, dilation):
-    """Yields (a, b, output rows, output cols, input rows, input cols) as slices."""
-    cols = _axis_taps(k, wo, w, stride, padding, dilation)
-    for a, rows_out, rows_in in _axis_taps(k, ho, h, stride, padding, dilation):
-        for b, cols_out, cols_in in cols:
-            yield a, b, rows_out, cols_out, rows_in, cols_in
+def _taps(k, ho, wo, h, w, stride, padding, dilation, phased=False):
+    """Yields (a, b, output rows, output cols, input rows, input cols, phase) with slices
+    and the phase (row phase, column phase) the input slices refer to."""
+    cols = _axis_taps(k, wo, w, stride, padding, dilation, phased)
+    for a, rows_out, rows_in, pr in _axis_taps(k, ho, h, stride, padding, dilation, phased):
+        for b, cols_out, cols_in, pc in cols:
+            yield a, b, rows_out, cols_out, rows_in, cols_in, (pr, pc)
+
+
+def _phased(x, stride):
+    """On the CPU with stride > 1, taps read the input through contiguous phase planes
+    ``x[..., p::s, q::s]`` (copied per block, so a block's worth of memory) rather than
+    with a step, which vectorises poorly."""
+    return stride > 1 and x.device.type == "cpu"
+
+
+def _phase_planes(xb, stride):
+    return {(p, q): xb[:, :, p::stride, q::stride].contiguous()
+            for p in range(stride) for q in range(stride)}
 
 
 def _acc_dtype(dtype):
@@ -63,11 +82,13 @@ def _forward(x, weight, stride, padding, dilation):
     x5 = x.reshape(n * g, c // g, h, w)
     w5 = weight.reshape(n * g, k, k, ho, wo)
     out = torch.zeros((n * g, c // g, ho, wo), dtype=_acc_dtype(x.dtype), device=x.device)
-    taps = list(_taps(k, ho, wo, h, w, stride, padding, dilation))
+    phased = _phased(x, stride)
+    taps = list(_taps(k, ho, wo, h, w, stride, padding, dilation, phased))
     for blk in _blocks(out):
         ob, xb, wb = out[blk], x5[blk], w5[blk]
-        for a, b, ro, co, ri, ci in taps:
-            ob[:, :, ro, co].addcmul_(xb[:, :, ri, ci], wb[:, None, a, b, ro, co])
+        planes = _phase_planes(xb, stride) if phased else {(0, 0): xb}
+        for a, b, ro, co, ri, ci, phase in taps:
+            ob[:, :, ro, co].addcmul_(planes[phase][:, :, ri, ci], wb[:, None, a, b, ro, co])
     return out.to(x.dtype).view(n, c, ho, wo)
 
 
@@ -80,16 +101,27 @@ def _backward(grad_out, x, weight, stride, padding, dilation, need_x, need_w):
     acc = _acc_dtype(x.dtype)
     gx = torch.zeros((n * g, c // g, h, w), dtype=acc, device=x.device) if need_x else None
     gw = torch.zeros((n * g, k, k, ho, wo), dtype=acc, device=x.device) if need_w else None
-    taps = list(_taps(k, ho, wo, h, w, stride, padding, dilation))
+    phased = _phased(x, stride)
+    taps = list(_taps(k, ho, wo, h, w, stride, padding, dilation, phased))
     for blk in _blocks(x5):
         gob, xb, wb = go5[blk], x5[blk], w5[blk]
-        for a, b, ro, co, ri, ci in taps:
+        if phased:
+            x_planes = _phase_planes(xb, stride) if need_w else None
+            gx_planes = _phase_planes(gx[blk], stride) if need_x else None
+        else:
+            x_planes, gx_planes = {(0, 0): xb}, ({(0, 0): gx[blk]} if need_x else None)
+        for a, b, ro, co, ri, ci, phase in taps:
             go = gob[:, :, ro, co]
             if need_x:
-                gx[blk][:, :, ri, ci].addcmul_(go, wb[:, None, a, b, ro, co])
+                gx_planes[phase][:, :, ri, ci].addcmul_(go, wb[:, None, a, b, ro, co])
             if need_w:
                 # One output-sized temporary per tap, freed before the next one.
-                torch.sum(go * xb[:, :, ri, ci], dim=1, dtype=acc, out=gw[blk][:, a, b, ro, co])
+                torch.sum(go * x_planes[phase][:, :, ri, ci], dim=1, dtype=acc,
+                          out=gw[blk][:, a, b, ro, co])
+        if phased and need_x:
+            gxb = gx[blk]
+            for (p, q), plane in gx_planes.items():
+                gxb[:, :, p::stride, q::stride] = plane
     if gx is not None:
         gx = gx.to(x.dtype).view(n, c, h, w)
     if gw is not None:
