@@ -75,3 +75,16 @@ def test_model_benchmark_prints_throughput_and_profile():
     aggregation = {name: float(r[5].rstrip(" %")) for name, r in profile.items()}
     assert aggregation["ResNet-50"] == 0.0
     assert aggregation["RedNet-50 [torch]"] > 0 and aggregation["RedNet-50 [reference]"] > 0
+
+
+def test_bytes_moved_counts_each_tensor_once():
+    sys.path.insert(0, os.path.join(REPO, "tools"))
+    try:
+        import benchmark_involution as bench
+    finally:
+        sys.path.pop(0)
+    # det.res5: x (2, 512, 25, 38), 32 groups of 16 channels, K = 7, stride 1.
+    x, w = 2 * 512 * 25 * 38, 2 * 32 * 49 * 25 * 38
+    assert bench.bytes_moved("det.res5", "float32", "fwd") == 4 * (x + w + x)
+    # fwd: x, w -> out; bwd: grad_out, x, w -> grad_x, grad_w (out and grads: x-sized here)
+    assert bench.bytes_moved("det.res5", "bfloat16", "fwd+bwd") == 2 * (5 * x + 3 * w)

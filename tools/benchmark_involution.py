@@ -98,9 +98,37 @@ def benchmark_shape(name, dtype, device, backends, modes, repeat, warmup, glibc)
     return results
 
 
-def print_results(rows, backends, baselines):
+def bytes_moved(name, dtype, mode):
+    """The least traffic to device memory of one call: each input read once and each
+    output written once (forward: x, w -> out; backward: grad_out, x, w -> grad_x, grad_w)."""
+    n, c, h, w, k, s = SHAPES[name]
+    p = (k - 1) // 2
+    ho, wo = output_size(h, k, s, p), output_size(w, k, s, p)
+    x, wt, out = n * c * h * w, n * (c // 16) * k * k * ho * wo, n * c * ho * wo
+    elements = x + wt + out
+    if mode == "fwd+bwd":
+        elements += out + x + wt + x + wt
+    return elements * torch.empty((), dtype=DTYPES[dtype]).element_size()
+
+
+def device_bandwidth(device):
+    """Peak memory bandwidth (bytes/s) from the device's memory clock and bus width, or None
+    where CuPy cannot tell."""
+    try:
+        import cupy
+
+        props = cupy.cuda.runtime.getDeviceProperties(device.index or 0)
+        # Double data rate: two transfers per clock of memoryClockRate (kHz).
+        return 2 * props["memoryClockRate"] * 1e3 * props["memoryBusWidth"] / 8
+    except Exception:  # noqa: BLE001 - no CuPy, no answer: the column is left out
+        return None
+
+
+def print_results(rows, backends, baselines, bandwidth=None):
     header = ["shape", "dtype", "mode", "backend", "time ms", "peak MiB"]
     header += [f"speed-up vs {b}" for b in baselines] + [f"memory / {b}" for b in baselines]
+    if bandwidth:
+        header += ["x of bandwidth bound"]
     lines = []
     for (name, dtype, mode), res in rows:
         for b in backends:
@@ -109,6 +137,9 @@ def print_results(rows, backends, baselines):
             line += [f"{res[(base, mode)][0] / t:.2f}x" for base in baselines]
             line += [f"{m / res[(base, mode)][1]:.3f}" if res[(base, mode)][1] > 0 else "-"
                      for base in baselines]
+            if bandwidth:
+                # Our time over the time the bytes need at peak bandwidth (1.0 is the limit).
+                line.append(f"{t / 1e3 / (bytes_moved(name, dtype, mode) / bandwidth):.2f}")
             lines.append(line)
     print_table(lines, header)
 
@@ -126,6 +157,9 @@ def main(argv=None):
                         choices=["fwd", "fwd+bwd"])
     parser.add_argument("--repeat", type=int, default=None, help="default: 3 CPU, 20 CUDA")
     parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--bandwidth", type=float, default=None, metavar="GB/s",
+                        help="the GPU's peak memory bandwidth for the 'x of bandwidth bound' "
+                             "column (default: from CuPy's device properties; H200: 4800)")
     args = parser.parse_args(argv)
 
     device = torch.device(args.device)
@@ -156,7 +190,11 @@ def main(argv=None):
             for mode in args.modes:
                 rows.append(((name, dtype, mode), res))
     print()
-    print_results(rows, backends, baselines)
+    bandwidth = (args.bandwidth * 1e9 if args.bandwidth else device_bandwidth(device)) \
+        if cuda else None
+    if bandwidth:
+        print(f"# peak memory bandwidth {bandwidth / 1e9:.0f} GB/s")
+    print_results(rows, backends, baselines, bandwidth)
 
 
 if __name__ == "__main__":
