@@ -56,6 +56,13 @@ def _phased(x, stride):
     return stride > 1 and x.device.type == "cpu"
 
 
+def _block_operand(t, acc):
+    """On the CPU, half-precision operands are widened once per block: mixed-dtype
+    multiply-adds convert every element on every one of the K*K taps, which costs more
+    than the float32 arithmetic itself."""
+    return t.to(acc) if t.device.type == "cpu" and t.dtype != acc else t
+
+
 def _phase_planes(xb, stride):
     return {(p, q): xb[:, :, p::stride, q::stride].contiguous()
             for p in range(stride) for q in range(stride)}
@@ -85,7 +92,8 @@ def _forward(x, weight, stride, padding, dilation):
     phased = _phased(x, stride)
     taps = list(_taps(k, ho, wo, h, w, stride, padding, dilation, phased))
     for blk in _blocks(out):
-        ob, xb, wb = out[blk], x5[blk], w5[blk]
+        ob = out[blk]
+        xb, wb = (_block_operand(t[blk], out.dtype) for t in (x5, w5))
         planes = _phase_planes(xb, stride) if phased else {(0, 0): xb}
         for a, b, ro, co, ri, ci, phase in taps:
             ob[:, :, ro, co].addcmul_(planes[phase][:, :, ri, ci], wb[:, None, a, b, ro, co])
@@ -104,7 +112,7 @@ def _backward(grad_out, x, weight, stride, padding, dilation, need_x, need_w):
     phased = _phased(x, stride)
     taps = list(_taps(k, ho, wo, h, w, stride, padding, dilation, phased))
     for blk in _blocks(x5):
-        gob, xb, wb = go5[blk], x5[blk], w5[blk]
+        gob, xb, wb = (_block_operand(t[blk], acc) for t in (go5, x5, w5))
         if phased:
             x_planes = _phase_planes(xb, stride) if need_w else None
             gx_planes = _phase_planes(gx[blk], stride) if need_x else None
