@@ -29,7 +29,7 @@ from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 
 from involution_d2.engine import AtomicCheckpointer, build_components, check_dataset
-from involution_d2.engine import dataset_names, setup_config
+from involution_d2.engine import config_device, dataset_names, setup_config
 
 logger = logging.getLogger("involution_d2")
 
@@ -42,10 +42,6 @@ def setup(args):
 
 def output_dir(cfg):
     return cfg.OUTPUT_DIR if hasattr(cfg, "OUTPUT_DIR") else cfg.train.output_dir
-
-
-def device(cfg):
-    return cfg.MODEL.DEVICE if hasattr(cfg, "MODEL") else cfg.train.device
 
 
 def evaluate(components, model):
@@ -61,12 +57,12 @@ def evaluate(components, model):
 
 def train(args, cfg, components):
     model = components.model
-    if components.amp and not str(device(cfg)).startswith("cuda"):
+    if components.amp and not str(config_device(cfg)).startswith("cuda"):
         raise ValueError("mixed precision (SOLVER.AMP.ENABLED / train.amp.enabled) needs a "
                          "GPU; turn it off to train on the CPU")
     optimizer = components.optimizer()
     train_loader = components.train_loader()
-    on_gpu = str(device(cfg)).startswith("cuda")
+    on_gpu = str(config_device(cfg)).startswith("cuda")
     # DistributedDataParallel takes device_ids for GPU modules only.
     ddp_model = create_ddp_model(model, broadcast_buffers=False,
                                  **({} if on_gpu else {"device_ids": None}))
@@ -100,7 +96,7 @@ def main(args):
     for name in dataset_names(cfg, train=not args.eval_only):
         check_dataset(name)
     components = build_components(cfg, output_dir(cfg))
-    components.model.to(device(cfg))
+    components.model.to(config_device(cfg))
     if args.eval_only:
         AtomicCheckpointer(components.model, components.output_dir).resume_or_load(
             components.init_weights, resume=args.resume)

@@ -61,10 +61,6 @@ def _build(config_file, opts):
     return build_model_from_config(cfg)
 
 
-def _m(n):
-    return f"{n / 1e6:,.3f} M"
-
-
 def _g(n):
     return f"{n / 1e9:,.2f} G"
 

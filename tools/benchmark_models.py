@@ -214,6 +214,7 @@ def residual_branches_start_at_zero(model):
 
 
 def build_cases(suite, backends, device):
+    """The suite's model variants, and the twin's config (for the synthetic batch)."""
     cases = []
     for label, spec in SUITES[suite]:
         cfg = build_config(spec, device)
@@ -225,8 +226,7 @@ def build_cases(suite, backends, device):
         is_twin = set_backend(model, "auto") == 0
         for backend in ([None] if is_twin else backends):
             cases.append(Case(label, model, backend, is_twin, suite))
-        cases[-1].cfg = cfg
-    return cases
+    return cases, cfg
 
 
 def measure(cases, mode, dtype, inputs, tensor, device, repeat, warmup, glibc):
@@ -373,8 +373,8 @@ def main(argv=None):
     for suite in args.suites:
         rows, profile_rows = [], []
         size = tuple(args.size) if args.size else DEFAULT_SIZES.get(suite, (800, 1216))
-        cases = build_cases(suite, backends, device)
-        inputs, tensor = synthetic_batch(cases[-1].cfg, batch, size, device)
+        cases, twin_cfg = build_cases(suite, backends, device)
+        inputs, tensor = synthetic_batch(twin_cfg, batch, size, device)
         twin = next(c for c in cases if c.is_twin)
         first = {c.label: c for c in reversed(cases) if not c.is_twin}
         for mode in args.modes:

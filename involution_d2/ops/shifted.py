@@ -63,8 +63,11 @@ def _block_operand(t, acc):
     return t.to(acc) if t.device.type == "cpu" and t.dtype != acc else t
 
 
-def _phase_planes(xb, stride):
-    return {(p, q): xb[:, :, p::stride, q::stride].contiguous()
+def _phase_planes(xb, stride, zeros=False):
+    """Contiguous ``xb[..., p::stride, q::stride]`` per phase (p, q), or zeros of their
+    shapes (gradient accumulators)."""
+    make = torch.zeros_like if zeros else torch.Tensor.contiguous
+    return {(p, q): make(xb[:, :, p::stride, q::stride])
             for p in range(stride) for q in range(stride)}
 
 
@@ -115,7 +118,7 @@ def _backward(grad_out, x, weight, stride, padding, dilation, need_x, need_w):
         gob, xb, wb = (_block_operand(t[blk], acc) for t in (go5, x5, w5))
         if phased:
             x_planes = _phase_planes(xb, stride) if need_w else None
-            gx_planes = _phase_planes(gx[blk], stride) if need_x else None
+            gx_planes = _phase_planes(gx[blk], stride, zeros=True) if need_x else None
         else:
             x_planes, gx_planes = {(0, 0): xb}, ({(0, 0): gx[blk]} if need_x else None)
         for a, b, ro, co, ri, ci, phase in taps:
