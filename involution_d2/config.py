@@ -2,6 +2,7 @@
 from detectron2.config import CfgNode as CN
 
 from . import modeling  # noqa: F401  (registers the components the configs name)
+from .modeling.backbone.rednet import DETECTION_STEM_INVOLUTION_KERNEL
 
 
 def add_involution_config(cfg):
@@ -13,6 +14,9 @@ def add_involution_config(cfg):
     cfg.MODEL.REDNET.NORM = "FrozenBN"
     cfg.MODEL.REDNET.STEM_OUT_CHANNELS = 64
     cfg.MODEL.REDNET.RES2_OUT_CHANNELS = 256
+    # K of the stem's involution: 7 in the official detection and segmentation RedNets,
+    # 3 in the official ImageNet classifier (its configs set it).
+    cfg.MODEL.REDNET.STEM_INVOLUTION_KERNEL = DETECTION_STEM_INVOLUTION_KERNEL
 
     cfg.MODEL.INVOLUTION = CN()
     cfg.MODEL.INVOLUTION.KERNEL_SIZE = 7

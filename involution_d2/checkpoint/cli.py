@@ -7,7 +7,9 @@ from .official import (
     CheckpointFormatError,
     convert,
     load_official_state_dict,
+    STEM_KERNEL_GENERATION,
     rednet_depth,
+    stem_involution_kernel,
     to_detectron2_checkpoint,
 )
 from .save import save_atomically
@@ -48,7 +50,20 @@ def main(argv=None):
             return 1
     save_atomically(to_detectron2_checkpoint(converted, family), args.dst)
     print(f"wrote {args.dst}")
+    if family == "classification":
+        print(_stem_note(converted))
     return 0
+
+
+def _stem_note(converted):
+    kernel = stem_involution_kernel(converted[STEM_KERNEL_GENERATION[0]])
+    return (
+        f"note: the stem involution of this checkpoint is {kernel}x{kernel}, as in the official "
+        "ImageNet classifier. It initialises every tensor of the classifier configs "
+        "(configs/ImageNet-Classification), and every RedNet tensor of the detection and "
+        "segmentation configs except the stem involution's kernel generation "
+        f"({', '.join(STEM_KERNEL_GENERATION)}): their stem involution is 7x7, so it keeps its "
+        "initialisation, as in the official detectors and segmentors trained from these weights.")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ Switch depth from the command line: ``model.backbone.bottom_up.depth=101`` (26/3
 """
 from detectron2.config import LazyCall as L
 
-from involution_d2.modeling import RedNet
+from involution_d2.modeling import DETECTION_STEM_INVOLUTION_KERNEL, RedNet
 
 # ImageNet mean/std in RGB order: RedNet weights expect RGB input (Detectron2 defaults to BGR).
 PIXEL_MEAN_RGB = [123.675, 116.28, 103.53]
@@ -23,6 +23,8 @@ def rednet(out_features, depth=50):
         norm="FrozenBN",
         freeze_at=2,
         out_features=out_features,
+        # 7x7 as in the official detection and segmentation RedNets (3x3 in the classifier).
+        stem_involution_kernel=DETECTION_STEM_INVOLUTION_KERNEL,
         involution_kwargs=dict(kernel_size=7, group_channels=16, reduction_ratio=4,
                                backend="auto"),
     )

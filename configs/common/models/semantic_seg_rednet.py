@@ -6,6 +6,7 @@ from detectron2.modeling.backbone import FPN
 from detectron2.modeling.backbone.fpn import LastLevelMaxPool
 
 from involution_d2.modeling import (
+    DETECTION_STEM_INVOLUTION_KERNEL,
     EncoderDecoderSegmentor,
     FCNHead,
     InvolutionFPN,
@@ -27,6 +28,8 @@ RES_SHAPES = {"res2": ShapeSpec(channels=256, stride=4), "res3": ShapeSpec(chann
 def rednet(depth=50):
     return L(RedNet)(depth=depth, norm="SyncBN", freeze_at=0,
                      out_features=["res2", "res3", "res4", "res5"],
+                     # 7x7 as in the official segmentation RedNet (3x3 in the classifier)
+                     stem_involution_kernel=DETECTION_STEM_INVOLUTION_KERNEL,
                      involution_kwargs=dict(INVOLUTION))
 
 
