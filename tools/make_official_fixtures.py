@@ -302,7 +302,8 @@ def summarize(row, stage, tensor, samples):
 
 def record_row(official_repo, row, workdir, samples):
     toolkit, config, project_config, input_shape = ROWS[row]
-    model = build_official(toolkit, official_config(official_repo, toolkit, config, workdir))
+    cfg = official_config(official_repo, toolkit, config, workdir)
+    model = build_official(toolkit, cfg)
     shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     state = seeded.seeded_state_dict(shapes)
     model.load_state_dict(state, strict=True)
@@ -324,6 +325,11 @@ def record_row(official_repo, row, workdir, samples):
         "shapes": [list(s) for s in shapes.values()],
         "weights_fingerprint": seeded.fingerprint(state),
         "input_shape": list(input_shape),
+        # The official data pipeline's normalisation: the recorded input is already
+        # normalised, the project's models normalise pixels themselves.
+        "img_norm_cfg": {"mean": [float(v) for v in cfg.img_norm_cfg["mean"]],
+                         "std": [float(v) for v in cfg.img_norm_cfg["std"]],
+                         "to_rgb": bool(cfg.img_norm_cfg["to_rgb"])},
         "input_fingerprint": seeded.fingerprint({"input": x}),
         "roi_boxes": torch.tensor(ROI_BOXES) if toolkit == "det" else None,
         "stages": {stage: summarize(row, stage, value, samples)
