@@ -11,6 +11,7 @@ max |ours - official| / max |official| <= 1e-4.
 
     python tests/test_official_fidelity.py    # prints the fidelity table of README.md
 """
+import math
 import os
 import subprocess
 import sys
@@ -218,6 +219,9 @@ def stage_errors(fixture, outputs):
     for stage, record in fixture["stages"].items():
         ours = outputs[stage].detach().float()
         assert list(ours.shape) == record["shape"], (stage, list(ours.shape), record["shape"])
+        if not torch.isfinite(ours).all():
+            errors[stage] = math.inf  # NaN would compare as "not above the tolerance"
+            continue
         flat = ours.reshape(-1)
         index = seeded.sample_indices(f"{fixture['row']}/{stage}", flat.numel(),
                                       record["sample"].numel())
