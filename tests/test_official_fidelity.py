@@ -146,6 +146,13 @@ def _hook_backbone(rednet, out):
         for name in ("stem", "res2", "res3", "res4", "res5")]
 
 
+def _per_anchor(deltas):
+    """(1, A * 4, H, W) head deltas -> (H * W * A, 4), as Detectron2 pairs them with its
+    anchors (location-major)."""
+    _, a4, h, w = deltas.shape
+    return deltas[0].view(a4 // 4, 4, h, w).permute(2, 3, 0, 1).reshape(-1, 4)
+
+
 def run_project(model, image, fixture):
     """Stage name -> our output, named as the fixture names the official ones."""
     from detectron2.structures import Boxes
@@ -181,25 +188,39 @@ def run_project(model, image, fixture):
         if model.aux_head is not None:
             out["aux.logits"] = model.aux_head.conv_seg(model.aux_head.layers(features))
     elif meta == "RetinaNet":
-        logits, deltas = model.head([features[f] for f in model.head_in_features])
-        for f, c, d in zip(model.head_in_features, logits, deltas):
-            # Ours are size-major; the recorded mmdet outputs ratio-major.  The inverse of
-            # mmdet_to_detectron2_anchor_order is itself with scales and ratios swapped.
-            def mmdet_order(t):
-                return mmdet_to_detectron2_anchor_order(
-                    t[0], num_scales=RETINANET_RATIOS, num_ratios=RETINANET_SCALES)[None]
-            out[f"retina.logits.{f}"], out[f"retina.deltas.{f}"] = mmdet_order(c), mmdet_order(d)
+        # Ours are size-major, the recorded mmdet outputs ratio-major.  The inverse of
+        # mmdet_to_detectron2_anchor_order is itself with scales and ratios swapped.
+        def mmdet_order(t):  # dim 0: anchor blocks
+            return mmdet_to_detectron2_anchor_order(
+                t, num_scales=RETINANET_RATIOS, num_ratios=RETINANET_SCALES)
+
+        level_features = [features[f] for f in model.head_in_features]
+        logits, deltas = model.head(level_features)
+        anchors = model.anchor_generator(level_features)
+        for f, c, d, a in zip(model.head_in_features, logits, deltas, anchors):
+            out[f"retina.logits.{f}"] = mmdet_order(c[0])[None]
+            out[f"retina.deltas.{f}"] = mmdet_order(d[0])[None]
+            boxes = model.box2box_transform.apply_deltas(_per_anchor(d), a.tensor)
+            for name, t in (("anchors", a.tensor), ("boxes", boxes)):
+                a_first = t.view(-1, d.shape[1] // 4, 4).transpose(0, 1)  # (A, H * W, 4)
+                out[f"retina.{name}.{f}"] = mmdet_order(a_first).transpose(0, 1).reshape(-1, 4)
     else:  # GeneralizedRCNN
         rpn = model.proposal_generator
-        objectness, deltas = rpn.rpn_head([features[f] for f in rpn.in_features])
-        for f, o, d in zip(rpn.in_features, objectness, deltas):
+        level_features = [features[f] for f in rpn.in_features]
+        objectness, deltas = rpn.rpn_head(level_features)
+        anchors = rpn.anchor_generator(level_features)
+        for f, o, d, a in zip(rpn.in_features, objectness, deltas, anchors):
             out[f"rpn.objectness.{f}"], out[f"rpn.deltas.{f}"] = o, d
+            out[f"rpn.anchors.{f}"] = a.tensor
+            out[f"rpn.boxes.{f}"] = rpn.box2box_transform.apply_deltas(_per_anchor(d), a.tensor)
         roi = model.roi_heads
         boxes = [Boxes(fixture["roi_boxes"])]
         box_features = roi.box_pooler([features[f] for f in roi.box_in_features], boxes)
         scores, box_deltas = roi.box_predictor(roi.box_head(box_features))
         out.update({"roi.box_features": box_features, "roi.cls_score": scores,
-                    "roi.bbox_pred": box_deltas})
+                    "roi.bbox_pred": box_deltas,
+                    "roi.boxes": roi.box_predictor.box2box_transform.apply_deltas(
+                        box_deltas, boxes[0].tensor)})
         if roi.mask_on:
             mask_features = roi.mask_pooler([features[f] for f in roi.mask_in_features], boxes)
             out.update({"roi.mask_features": mask_features,

@@ -266,12 +266,16 @@ def run_official(toolkit, model, x):
         objectness, deltas = model.rpn_head(neck)
         for k, (o, d) in enumerate(zip(objectness, deltas)):
             out[f"rpn.objectness.p{k + 2}"], out[f"rpn.deltas.p{k + 2}"] = o, d
+        out.update(anchors_and_boxes(model.rpn_head, "rpn", 2, deltas))
         from mmdet.core import bbox2roi
 
         rois = bbox2roi([torch.tensor(ROI_BOXES)])
         box = model.roi_head._bbox_forward(neck, rois)
         out.update({"roi.box_features": box["bbox_feats"], "roi.cls_score": box["cls_score"],
-                    "roi.bbox_pred": box["bbox_pred"]})
+                    "roi.bbox_pred": box["bbox_pred"],
+                    # Class-specific boxes (K x 4 per RoI) from the official box coder.
+                    "roi.boxes": model.roi_head.bbox_head.bbox_coder.decode(
+                        rois[:, 1:], box["bbox_pred"])})
         if model.roi_head.with_mask:
             mask = model.roi_head._mask_forward(neck, rois)
             out.update({"roi.mask_features": mask["mask_feats"],
@@ -281,6 +285,21 @@ def run_official(toolkit, model, x):
         logits, deltas = model.bbox_head(neck)
         for k, (c, d) in enumerate(zip(logits, deltas)):
             out[f"retina.logits.p{k + 3}"], out[f"retina.deltas.p{k + 3}"] = c, d
+        out.update(anchors_and_boxes(model.bbox_head, "retina", 3, deltas))
+    return out
+
+
+def anchors_and_boxes(head, name, first_level, deltas):
+    """The official anchors of each level ((H * W * A, 4), location-major) and the boxes its
+    box coder decodes from them and the head's deltas (no clipping to the image)."""
+    out = {}
+    sizes = [tuple(d.shape[-2:]) for d in deltas]
+    for k, (anchors, d) in enumerate(zip(head.anchor_generator.grid_priors(sizes, device="cpu"),
+                                         deltas)):
+        level = f"p{k + first_level}"
+        out[f"{name}.anchors.{level}"] = anchors
+        out[f"{name}.boxes.{level}"] = head.bbox_coder.decode(
+            anchors, d[0].permute(1, 2, 0).reshape(-1, 4))
     return out
 
 
