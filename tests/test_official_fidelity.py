@@ -21,7 +21,6 @@ import torch
 
 from conftest import CONFIG_ROOT, requires_detectron2, yacs_config
 from official_fixtures import (
-    CLASSIFICATION,
     FIXTURES,
     ROWS,
     load_fixture,
@@ -35,9 +34,8 @@ REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 TOLERANCE = 1e-4  # max-abs error relative to the official output's max-abs
 # Converted by the command-line tool in a subprocess (the others by the same function).
 CLI_ROW = "mask_rcnn_red50_neck_fpn_head_1x_coco"
-# Built from the LazyConfig .py files (the others from the yacs .yaml files).
-LAZY_ROWS = set(CLASSIFICATION) | {"mask_rcnn_red50_neck_fpn_head_1x_coco",
-                                   "upernet_red50_512x1024_80k_cityscapes"}
+# Each row's project config in both formats: yacs and LazyConfig.
+CASES = [(row, ext) for row in ROWS for ext in (".yaml", ".py")]
 
 
 def convert_checkpoint(official, row, tmp_path):
@@ -60,12 +58,12 @@ def convert_checkpoint(official, row, tmp_path):
     return dst, torch.load(dst, weights_only=True)
 
 
-def build_project_model(row, name):
+def build_project_model(name, ext):
     from detectron2.config import LazyConfig, instantiate
     from detectron2.modeling import build_model
 
     torch.manual_seed(0)
-    if row in LAZY_ROWS:
+    if ext == ".py":
         model = instantiate(LazyConfig.load(os.path.join(CONFIG_ROOT, name + ".py")).model)
     else:
         model = build_model(yacs_config(name))
@@ -218,11 +216,22 @@ def stage_errors(fixture, outputs):
     return errors
 
 
-def fidelity(row, tmp_path):
-    fixture = load_fixture(row)
-    official = official_checkpoint(fixture)
-    path, checkpoint = convert_checkpoint(official, row, tmp_path)
-    model = build_project_model(row, fixture["project_config"])
+_converted = {}  # the last row's (fixture, file, checkpoint): both formats convert once
+
+
+def converted(row, folder):
+    if row not in _converted:
+        _converted.clear()
+        fixture = load_fixture(row)
+        path, checkpoint = convert_checkpoint(official_checkpoint(fixture), row, folder)
+        _converted[row] = fixture, path, checkpoint
+    return _converted[row]
+
+
+def fidelity(row, ext, folder):
+    """Stage -> relative error of the project's ``ext`` config of ``row``."""
+    fixture, path, checkpoint = converted(row, folder)
+    model = build_project_model(fixture["project_config"], ext)
     load_every_tensor(model, path, checkpoint)
     with torch.no_grad():
         outputs = run_project(model, official_image(fixture), fixture)
@@ -240,23 +249,27 @@ def test_the_fixtures_cover_every_row_of_the_model_zoo():
         assert os.path.exists(os.path.join(CONFIG_ROOT, fixture["project_config"] + ".py"))
 
 
-@pytest.mark.parametrize("row", ROWS)
-def test_converted_checkpoint_reproduces_the_official_stages(row, tmp_path):
-    fixture, errors = fidelity(row, tmp_path)
+@pytest.mark.parametrize("row,ext", CASES, ids=[f"{row}{ext}" for row, ext in CASES])
+def test_converted_checkpoint_reproduces_the_official_stages(row, ext, tmp_path_factory):
+    fixture, errors = fidelity(row, ext, tmp_path_factory.mktemp(row))
     worst = max(errors, key=errors.get)
     assert errors[worst] <= TOLERANCE, (
-        f"{row} ({fixture['project_config']}): {worst} differs from the official output by "
-        f"{errors[worst]:.2e} of its max-abs; all stages: "
+        f"{row} ({fixture['project_config']}{ext}): {worst} differs from the official output "
+        f"by {errors[worst]:.2e} of its max-abs; all stages: "
         + ", ".join(f"{k} {v:.1e}" for k, v in errors.items()))
 
 
 if __name__ == "__main__":
+    import pathlib
     import tempfile
 
     sys.path.insert(0, REPO)
-    print("| Row | Project config | Stage | Max relative error |\n| --- | --- | --- | --- |")
-    for row in ROWS:
-        with tempfile.TemporaryDirectory() as tmp:
-            fixture, errors = fidelity(row, __import__("pathlib").Path(tmp))
-        for stage, error in errors.items():
-            print(f"| {row} | {fixture['project_config']} | {stage} | {error:.1e} |")
+    print("| Row | Project config | Stage | Max relative error (.yaml, .py) |")
+    print("| --- | --- | --- | --- |")
+    with tempfile.TemporaryDirectory() as tmp:
+        for row in ROWS:
+            fixture, errors = fidelity(row, ".yaml", pathlib.Path(tmp))
+            _, lazy_errors = fidelity(row, ".py", pathlib.Path(tmp))
+            for stage, error in errors.items():
+                print(f"| {row} | {fixture['project_config']} | {stage} | "
+                      f"{error:.1e}, {lazy_errors[stage]:.1e} |")
