@@ -31,8 +31,10 @@ def official_checkpoint(fixture):
 
     assert fixture["seeding_rule"] == seeded.RULE, "regenerate the fixtures (see README.md)"
     state = seeded.seeded_state_dict(dict(zip(fixture["keys"], fixture["shapes"])))
-    torch.testing.assert_close(seeded.fingerprint(state), fixture["weights_fingerprint"],
-                               rtol=1e-6, atol=1e-3)
+    torch.testing.assert_close(
+        seeded.fingerprint(state), fixture["weights_fingerprint"], rtol=1e-6, atol=1e-3,
+        msg=f"{fixture['row']}: the seeded checkpoint is not the one recorded (seeded.py "
+            "changed? regenerate the fixtures: README.md, Fidelity to the official code)")
     return state
 
 
@@ -42,8 +44,9 @@ def official_image(fixture):
     from involution_d2.checkpoint import seeded
 
     x = seeded.seeded_input(fixture["row"], fixture["input_shape"])
-    torch.testing.assert_close(seeded.fingerprint({"x": x}), fixture["input_fingerprint"],
-                               rtol=1e-6, atol=1e-3)
+    torch.testing.assert_close(
+        seeded.fingerprint({"x": x}), fixture["input_fingerprint"], rtol=1e-6, atol=1e-3,
+        msg=f"{fixture['row']}: the seeded input is not the one recorded")
     norm = fixture["img_norm_cfg"]
     assert norm["to_rgb"], "the official models take RGB, as the project's configs"
     mean = torch.tensor(norm["mean"]).view(1, 3, 1, 1)
