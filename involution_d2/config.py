@@ -2,6 +2,7 @@
 from detectron2.config import CfgNode as CN
 
 from . import modeling  # noqa: F401  (registers the components the configs name)
+from .layers import DEFAULT_GROUP_CHANNELS, DEFAULT_KERNEL_SIZE, DEFAULT_REDUCTION_RATIO
 from .modeling.backbone.rednet import DETECTION_STEM_INVOLUTION_KERNEL
 
 
@@ -19,9 +20,9 @@ def add_involution_config(cfg):
     cfg.MODEL.REDNET.STEM_INVOLUTION_KERNEL = DETECTION_STEM_INVOLUTION_KERNEL
 
     cfg.MODEL.INVOLUTION = CN()
-    cfg.MODEL.INVOLUTION.KERNEL_SIZE = 7
-    cfg.MODEL.INVOLUTION.GROUP_CHANNELS = 16  # channels sharing one generated kernel
-    cfg.MODEL.INVOLUTION.REDUCTION_RATIO = 4  # of the kernel-generation bottleneck
+    cfg.MODEL.INVOLUTION.KERNEL_SIZE = DEFAULT_KERNEL_SIZE
+    cfg.MODEL.INVOLUTION.GROUP_CHANNELS = DEFAULT_GROUP_CHANNELS
+    cfg.MODEL.INVOLUTION.REDUCTION_RATIO = DEFAULT_REDUCTION_RATIO
     # "auto": CuPy kernels on CUDA when CuPy works, else the memory-efficient torch path.
     cfg.MODEL.INVOLUTION.BACKEND = "auto"
     # Norm in the kernel generation of the involutions of necks and heads.

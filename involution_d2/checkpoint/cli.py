@@ -12,6 +12,7 @@ from .official import (
     stem_involution_kernel,
     to_detectron2_checkpoint,
 )
+from ..modeling.backbone.rednet import DETECTION_STEM_INVOLUTION_KERNEL
 from .save import save_atomically
 
 
@@ -51,19 +52,22 @@ def main(argv=None):
     save_atomically(to_detectron2_checkpoint(converted, family), args.dst)
     print(f"wrote {args.dst}")
     if family == "classification":
-        print(_stem_note(converted))
+        kernel = stem_involution_kernel(converted[STEM_KERNEL_GENERATION[0]])
+        if kernel != DETECTION_STEM_INVOLUTION_KERNEL:
+            print(_stem_note(kernel))
     return 0
 
 
-def _stem_note(converted):
-    kernel = stem_involution_kernel(converted[STEM_KERNEL_GENERATION[0]])
+def _stem_note(kernel):
+    k = DETECTION_STEM_INVOLUTION_KERNEL
     return (
         f"note: the stem involution of this checkpoint is {kernel}x{kernel}, as in the official "
         "ImageNet classifier. It initialises every tensor of the classifier configs "
         "(configs/ImageNet-Classification), and every RedNet tensor of the detection and "
         "segmentation configs except the stem involution's kernel generation "
-        f"({', '.join(STEM_KERNEL_GENERATION)}): their stem involution is 7x7, so it keeps its "
-        "initialisation, as in the official detectors and segmentors trained from these weights.")
+        f"({', '.join(STEM_KERNEL_GENERATION)}): their stem involution is {k}x{k}, so it keeps "
+        "its initialisation, as in the official detectors and segmentors trained from these "
+        "weights.")
 
 
 if __name__ == "__main__":

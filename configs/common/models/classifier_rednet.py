@@ -8,7 +8,7 @@ from involution_d2.modeling import (
     RedNet,
 )
 
-from .rednet import PIXEL_MEAN_RGB, PIXEL_STD_RGB
+from .rednet import PIXEL_MEAN_RGB, PIXEL_STD_RGB, involution_kwargs
 
 model = L(ImageNetClassifier)(
     backbone=L(RedNet)(
@@ -19,8 +19,7 @@ model = L(ImageNetClassifier)(
         out_features=None,  # the logits, "linear" (["linear"] would drop the stages)
         # The official ImageNet RedNet's stem involution is 3x3 (7x7 in detection/segmentation).
         stem_involution_kernel=CLASSIFICATION_STEM_INVOLUTION_KERNEL,
-        involution_kwargs=dict(kernel_size=7, group_channels=16, reduction_ratio=4,
-                               backend="auto"),
+        involution_kwargs=involution_kwargs(),
     ),
     pixel_mean=PIXEL_MEAN_RGB,
     pixel_std=PIXEL_STD_RGB,

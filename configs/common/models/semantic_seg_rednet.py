@@ -15,11 +15,10 @@ from involution_d2.modeling import (
     UPerNetHead,
 )
 
-from .rednet import PIXEL_MEAN_RGB, PIXEL_STD_RGB
+from .rednet import PIXEL_MEAN_RGB, PIXEL_STD_RGB, involution_kwargs
 
 NUM_CLASSES = 19
-INVOLUTION = dict(kernel_size=7, group_channels=16, reduction_ratio=4, backend="auto",
-                  norm="SyncBN")
+INVOLUTION = involution_kwargs(norm="SyncBN")
 RES_SHAPES = {"res2": ShapeSpec(channels=256, stride=4), "res3": ShapeSpec(channels=512, stride=8),
               "res4": ShapeSpec(channels=1024, stride=16),
               "res5": ShapeSpec(channels=2048, stride=32)}

@@ -72,7 +72,7 @@ class RedNetBottleneck(CNNBlockBase):
     def __init__(self, in_channels, out_channels, *, bottleneck_channels, stride=1, norm="BN",
                  involution_kwargs=None):
         super().__init__(in_channels, out_channels, stride)
-        kw = dict(kernel_size=7, norm=norm)
+        kw = dict(norm=norm)
         kw.update(involution_kwargs or {})
         self.conv1 = nn.Conv2d(in_channels, bottleneck_channels, 1, bias=False)
         self.bn1 = get_norm(norm, bottleneck_channels)
