@@ -5,9 +5,9 @@ official d-li14/involution models computed under OpenMMLab (tools/make_official_
 with a checkpoint seeded from its key names (involution_d2/checkpoint/seeded.py), sampled
 at every stage.  Each test rebuilds that checkpoint and input here (no OpenMMLab needed),
 converts it (the CLI for one row, the same function for the others), loads it into the
-project's config through Detectron2's checkpointer, checks that every tensor of the model
-came from the checkpoint, runs the input, and compares each recorded stage:
-max |ours - official| / max |official| <= 1e-4.
+project's config, yacs and LazyConfig, through Detectron2's checkpointer, checks that every
+tensor of the model came from the checkpoint, runs the input, and compares each recorded
+stage: max |ours - official| / max |official| <= 1e-4.
 
     python tests/test_official_fidelity.py [--stages]  # README.md's fidelity table
 """
