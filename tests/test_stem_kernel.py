@@ -6,12 +6,12 @@ import glob
 import io
 import logging
 import os
-import re
 
 import pytest
 import torch
 
 from conftest import CONFIG_ROOT, build_yacs_model, requires_detectron2, yacs_config
+from official_fixtures import load_fixture, official_checkpoint
 
 pytestmark = requires_detectron2
 
@@ -63,18 +63,12 @@ def test_built_stems_have_the_official_shapes():
 
 @pytest.fixture(scope="module")
 def imagenet_weights(tmp_path_factory):
-    """An official-layout RedNet-26 ImageNet checkpoint converted by the CLI: the folder
-    (official.pth, d2.pth) and what the CLI printed."""
+    """The official RedNet-26 ImageNet checkpoint (the official code's keys and shapes, seeded
+    values) converted by the CLI: the folder (official.pth, d2.pth) and what the CLI printed."""
     from involution_d2.checkpoint import cli
 
-    classifier = build_yacs_model(yacs_config("ImageNet-Classification/rednet26"))
-    official = {}
-    for key, value in classifier.state_dict().items():
-        key = key[len("backbone."):]
-        stage = re.match(r"res(\d)\.(.*)", key)
-        if stage:
-            key = f"layer{int(stage[1]) - 1}.{stage[2]}"
-        official["head.fc." + key[7:] if key.startswith("linear.") else "backbone." + key] = value
+    official = official_checkpoint(load_fixture("rednet26"))
+    assert official["backbone.stem.1.conv2.conv.weight"].shape == (18, 8, 1, 1)
     folder = tmp_path_factory.mktemp("weights")
     torch.save({"state_dict": official, "meta": {}}, folder / "official.pth")
     printed = io.StringIO()
