@@ -28,7 +28,7 @@ def add_involution_config(cfg):
     # Norm in the kernel generation of the involutions of necks and heads.
     cfg.MODEL.INVOLUTION.NORM = "BN"
 
-    # Semantic segmentation (Cityscapes): the seed's heads have dropout before the classifier.
+    # Semantic segmentation (Cityscapes): the official heads have dropout before the classifier.
     cfg.MODEL.SEM_SEG_HEAD.DROPOUT = 0.1
     cfg.MODEL.UPERNET = CN()
     cfg.MODEL.UPERNET.CHANNELS = 512

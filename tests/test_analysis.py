@@ -1,5 +1,5 @@
 """FLOP and parameter analysis: the involution FLOP handle, OpenMMLab's counting rules,
-OpenMMLab's dummy forward (1000 proposals, 100 mask ROIs), the seed's figures for a
+OpenMMLab's dummy forward (1000 proposals, 100 mask ROIs), the official figures for a
 classifier and a detector, and tools/analyze_model.py."""
 import os
 import re
@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from conftest import CONFIG_ROOT, build_yacs_model, requires_detectron2, yacs_config
-from involution_d2.analysis import SEED_MODEL_ZOO, count_flops
+from involution_d2.analysis import OFFICIAL_MODEL_ZOO, count_flops
 from involution_d2.layers import Involution
 
 REPO = os.path.join(os.path.dirname(__file__), "..")
@@ -72,15 +72,15 @@ def test_unknown_convention_is_refused():
         count_flops(nn.Identity(), (torch.zeros(1),), "mmcv")
 
 
-def test_seed_rows_name_existing_configs():
-    assert len(SEED_MODEL_ZOO) == 16
-    for row in SEED_MODEL_ZOO:
+def test_official_rows_name_existing_configs():
+    assert len(OFFICIAL_MODEL_ZOO) == 16
+    for row in OFFICIAL_MODEL_ZOO:
         assert os.path.isfile(os.path.join(CONFIG_ROOT, row.config)), row.config
         assert os.path.isfile(os.path.join(CONFIG_ROOT, row.config[:-5] + ".py")), row.config
 
 
 @requires_detectron2
-def test_rednet26_classifier_reproduces_the_seed():
+def test_rednet26_classifier_reproduces_the_official_figures():
     from involution_d2.analysis import count_parameters, model_flops
 
     model = build_yacs_model(yacs_config("ImageNet-Classification/rednet26"))
@@ -116,7 +116,7 @@ def test_dummy_forward_runs_1000_boxes_and_100_mask_rois():
 
 @requires_detectron2
 def test_openmmlab_parameter_count_adds_trained_frozen_bn():
-    """Seed 31.6 M: OpenMMLab keeps the affine BatchNorm parameters of res3..res5 trainable
+    """Official 31.6 M: OpenMMLab keeps the affine BatchNorm parameters of res3..res5 trainable
     (norm_eval only freezes statistics); Detectron2's FrozenBN makes them buffers."""
     from involution_d2.analysis import count_parameters
 

@@ -1,4 +1,4 @@
-"""The eight COCO detection configs: parameter parity with the seed through both config
+"""The eight COCO detection configs: parameter parity with the official model zoo through both config
 systems, a training step, inference, and the empty cases, on CPU with tiny images."""
 import os
 
@@ -11,16 +11,16 @@ from conftest import build_yacs_model, requires_detectron2, yacs_config
 pytestmark = requires_detectron2
 
 
-# config: (trainable parameters of our model, the seed's Params(M))
+# config: trainable parameters of our model
 CONFIGS = {
-    "COCO-Detection/faster_rcnn_rednet50_fpn_1x": (31_546_496, 31.6),
-    "COCO-Detection/faster_rcnn_rednet50_invfpn_1x": (29_456_064, 29.5),
-    "COCO-Detection/faster_rcnn_rednet50_invfpn_invhead_1x": (28_933_456, 29.0),
-    "COCO-InstanceSegmentation/mask_rcnn_rednet50_fpn_1x": (34_189_776, 34.2),
-    "COCO-InstanceSegmentation/mask_rcnn_rednet50_invfpn_1x": (32_099_344, 32.2),
-    "COCO-InstanceSegmentation/mask_rcnn_rednet50_invfpn_invhead_1x": (29_486_304, 29.5),
-    "COCO-Detection/retinanet_rednet50_fpn_1x": (27_762_132, 27.8),
-    "COCO-Detection/retinanet_rednet50_invfpn_1x": (26_194_308, 26.3),
+    "COCO-Detection/faster_rcnn_rednet50_fpn_1x": 31_546_496,
+    "COCO-Detection/faster_rcnn_rednet50_invfpn_1x": 29_456_064,
+    "COCO-Detection/faster_rcnn_rednet50_invfpn_invhead_1x": 28_933_456,
+    "COCO-InstanceSegmentation/mask_rcnn_rednet50_fpn_1x": 34_189_776,
+    "COCO-InstanceSegmentation/mask_rcnn_rednet50_invfpn_1x": 32_099_344,
+    "COCO-InstanceSegmentation/mask_rcnn_rednet50_invfpn_invhead_1x": 29_486_304,
+    "COCO-Detection/retinanet_rednet50_fpn_1x": 27_762_132,
+    "COCO-Detection/retinanet_rednet50_invfpn_1x": 26_194_308,
 }
 # OpenMMLab keeps the BatchNorm affine parameters of res3-res5 trainable (norm_eval only
 # fixes the statistics); Detectron2's FrozenBN has none. That is the whole difference.
@@ -53,14 +53,16 @@ def build_yacs(name, tiny_model=False, **overrides):
 def test_parameter_parity_through_both_config_systems(name):
     from detectron2.config import LazyConfig, instantiate
 
-    ours, seed = CONFIGS[name]
+    from involution_d2.analysis import official_row
+
+    ours, official = CONFIGS[name], official_row(name).params_m
     assert trainable(build_yacs(name)) == ours
     lazy = LazyConfig.load(os.path.join(ROOT, name + ".py"))
     assert trainable(instantiate(lazy.model)) == ours
-    assert abs(ours / 1e6 - seed) / seed < 0.01
+    assert abs(ours / 1e6 - official) / official < 0.01
     if "retinanet_rednet50_invfpn" not in name:
-        # With the BN affine parameters OpenMMLab trains, the seed's figure exactly.
-        assert round((ours + BN_AFFINE_RES3_TO_RES5) / 1e6, 1) == seed
+        # With the BN affine parameters OpenMMLab trains, the official figure exactly.
+        assert round((ours + BN_AFFINE_RES3_TO_RES5) / 1e6, 1) == official
 
 
 def synthetic_batch(with_masks, empty_second=False):
@@ -187,7 +189,7 @@ def test_bad_head_widths_are_reported():
                    **{"MODEL.RPN.CONV_DIMS": [128]})
 
 
-def test_lazy_solver_matches_the_seed_schedule_and_clips():
+def test_lazy_solver_matches_the_official_schedule_and_clips():
     from detectron2.config import LazyConfig, instantiate
 
     cfg = LazyConfig.load(os.path.join(ROOT, "COCO-Detection/retinanet_rednet50_invfpn_1x.py"))

@@ -4,15 +4,15 @@ the involution aggregation counted, and the comparison with the official model z
 
     python3 tools/analyze_model.py --config-file configs/COCO-Detection/faster_rcnn_rednet50_invfpn_invhead_1x.yaml
     python3 tools/analyze_model.py --config-file CONFIG --tasks flop --convention detectron2 --input-size 800 1216
-    python3 tools/analyze_model.py --seed-table                 # every row of the seed's tables
-    python3 tools/analyze_model.py --seed-table --rows rednet26 retinanet
+    python3 tools/analyze_model.py --official-table             # every row of the official model zoo
+    python3 tools/analyze_model.py --official-table --rows rednet26 retinanet
 
 FLOPs are multiply-adds (fvcore's and OpenMMLab's unit). --convention openmmlab (default)
-measures what the seed's FLOPs column measured: OpenMMLab's get_flops.py forward on one
+measures what the official model zoo's FLOPs column measured: OpenMMLab's get_flops.py forward on one
 image of that tool's default size (224x224, 1280x800, 2048x1024 as height x width) and its
 counting rules; --convention detectron2 counts the model's real inference with fvcore's
 rules. Both report the total with and without the involution aggregation, which
-OpenMMLab's counter cannot see inside a custom operator (the seed's figures agree with the
+OpenMMLab's counter cannot see inside a custom operator (the official figures agree with the
 total *with* it; see README).
 """
 import argparse
@@ -38,16 +38,18 @@ def _parse(argv):
                         help="image height and width (default: OpenMMLab's for the task)")
     parser.add_argument("--max-depth", type=int, default=3,
                         help="depth of the per-module tables")
-    parser.add_argument("--seed-table", action="store_true",
-                        help="analyse every config of the seed's model zoo and print our "
-                             "Params and FLOPs beside the seed's (about 25 min on 2 CPU cores)")
+    parser.add_argument("--official-table", action="store_true",
+                        help="analyse every config of the official model zoo and print our "
+                             "Params and FLOPs beside the official ones (about 25 min on 2 "
+                             "CPU cores)")
     parser.add_argument("--rows", nargs="+", default=[],
-                        help="with --seed-table: only configs whose path contains one of these")
+                        help="with --official-table: only configs whose path contains one of "
+                             "these")
     parser.add_argument("opts", nargs=argparse.REMAINDER, default=[],
                         help="config overrides (yacs KEY VALUE pairs, LazyConfig key=value)")
     args = parser.parse_args(argv)
-    if not args.seed_table and not args.config_file:
-        parser.error("give --config-file CONFIG, or --seed-table")
+    if not args.official_table and not args.config_file:
+        parser.error("give --config-file CONFIG, or --official-table")
     if args.input_size and min(args.input_size) < 32:
         parser.error(f"--input-size {args.input_size[0]} {args.input_size[1]}: both sides must "
                      "be at least 32 pixels (the backbone's total stride)")
@@ -93,27 +95,32 @@ def analyze(args):
         print(f"  the aggregation alone                    {_g(report.aggregation):>12}")
 
 
-def seed_table(args):
-    from involution_d2.analysis import SEED_MODEL_ZOO, count_parameters, model_flops
+def official_table(args):
+    from tabulate import tabulate
 
-    rows = [r for r in SEED_MODEL_ZOO
+    from involution_d2.analysis import OFFICIAL_MODEL_ZOO, count_parameters, model_flops
+
+    rows = [r for r in OFFICIAL_MODEL_ZOO
             if not args.rows or any(key in r.config for key in args.rows)]
     if not rows:
-        raise SystemExit(f"--rows {' '.join(args.rows)}: no seed config matches; configs are "
-                         + ", ".join(r.config for r in SEED_MODEL_ZOO))
-    print("| Model | Params (M): ours | seed | diff | FLOPs (G): ours, with aggregation | "
-          "without | seed | diff (with) | diff (without) |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        raise SystemExit(f"--rows {' '.join(args.rows)}: no official config matches; configs "
+                         "are " + ", ".join(r.config for r in OFFICIAL_MODEL_ZOO))
+    table = []
     for row in rows:
         model = _build(os.path.join(REPO, "configs", row.config), [])
         params = count_parameters(model).openmmlab / 1e6
         report, _ = model_flops(model, "openmmlab")
         with_agg, without = report.total / 1e9, report.without_aggregation / 1e9
-        print(f"| {row.name} | {params:.3f} | {row.params_m} | "
-              f"{100 * (params / row.params_m - 1):+.1f} % | {with_agg:.2f} | {without:.2f} | "
-              f"{row.flops_g} | {100 * (with_agg / row.flops_g - 1):+.1f} % | "
-              f"{100 * (without / row.flops_g - 1):+.1f} % |", flush=True)
+        table.append([row.name, f"{params:.3f}", row.params_m,
+                      f"{100 * (params / row.params_m - 1):+.1f} %", f"{with_agg:.2f}",
+                      f"{without:.2f}", row.flops_g, f"{100 * (with_agg / row.flops_g - 1):+.1f} %",
+                      f"{100 * (without / row.flops_g - 1):+.1f} %"])
+        print(f"{row.name}: done", file=sys.stderr, flush=True)  # a row takes minutes
         del model
+    print(tabulate(table, tablefmt="github", disable_numparse=True, colalign=(
+        "left",) + ("right",) * 8, headers=[
+        "Model", "Params (M): ours", "official", "diff", "FLOPs (G): ours, with aggregation",
+        "without", "official", "diff (with)", "diff (without)"]))
 
 
 def main(argv=None):
@@ -121,8 +128,8 @@ def main(argv=None):
     import warnings
 
     warnings.filterwarnings("ignore", category=FutureWarning)  # torch.jit deprecation notes
-    if args.seed_table:
-        seed_table(args)
+    if args.official_table:
+        official_table(args)
     else:
         analyze(args)
 

@@ -1,4 +1,4 @@
-"""Faster R-CNN, RedNet-50-FPN, convolution neck and heads, 1x (seed: 31.6 M, 39.5 box AP)."""
+"""Faster R-CNN, RedNet-50-FPN, convolution neck and heads, 1x."""
 from ..common.coco_1x import dataloader, lr_multiplier, optimizer, train
 from ..common.models.rcnn_rednet_fpn import model, without_masks
 

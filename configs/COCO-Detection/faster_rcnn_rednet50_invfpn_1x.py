@@ -1,4 +1,4 @@
-"""Faster R-CNN, RedNet-50, involution FPN, convolution heads, 1x (seed: 29.5 M, 40.2 box AP)."""
+"""Faster R-CNN, RedNet-50, involution FPN, convolution heads, 1x."""
 from ..common.coco_1x import dataloader, lr_multiplier, optimizer, train
 from ..common.models.rcnn_rednet_fpn import model, use_involution_fpn, without_masks
 

@@ -1,3 +1,3 @@
-"""Mask R-CNN, RedNet-50-FPN, convolution neck and heads, 1x (seed: 34.2 M, 39.9 / 35.7 AP)."""
+"""Mask R-CNN, RedNet-50-FPN, convolution neck and heads, 1x."""
 from ..common.coco_1x import dataloader, lr_multiplier, optimizer, train
 from ..common.models.rcnn_rednet_fpn import model

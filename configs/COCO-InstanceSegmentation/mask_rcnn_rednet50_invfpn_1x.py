@@ -1,4 +1,4 @@
-"""Mask R-CNN, RedNet-50, involution FPN, convolution heads, 1x (seed: 32.2 M, 40.8 / 36.4 AP)."""
+"""Mask R-CNN, RedNet-50, involution FPN, convolution heads, 1x."""
 from ..common.coco_1x import dataloader, lr_multiplier, optimizer, train
 from ..common.models.rcnn_rednet_fpn import model, use_involution_fpn
 

@@ -1,5 +1,5 @@
 """Mask R-CNN, RedNet-50, involution FPN, RPN head and mask head (box head: 2 FC), 1x,
-gradient clipping at max-norm 5 (seed: 29.5 M, 39.6 / 35.1 AP)."""
+gradient clipping at max-norm 5."""
 from ..common.coco_1x import clip_gradients, dataloader, lr_multiplier, optimizer, train
 from ..common.models.rcnn_rednet_fpn import model, use_involution_fpn, use_involution_heads
 

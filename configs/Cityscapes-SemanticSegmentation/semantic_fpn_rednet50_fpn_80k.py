@@ -1,4 +1,4 @@
-"""Semantic FPN, RedNet-50, convolution neck, 512x1024, 80k (seed: 18.5 M, 78.0 mIoU)."""
+"""Semantic FPN, RedNet-50, convolution neck, 512x1024, 80k."""
 from ..common.cityscapes_80k import dataloader, lr_multiplier, optimizer, train
 from ..common.models.semantic_seg_rednet import semantic_fpn
 

@@ -1,4 +1,4 @@
-"""RedNet-152 on ImageNet, the official recipe (seed: 33.99 M, 79.12 / 94.38 top-1 / top-5)."""
+"""RedNet-152 on ImageNet, the official recipe."""
 from ..common.imagenet import dataloader, lr_multiplier, optimizer, train
 from ..common.models.classifier_rednet import model
 

@@ -1,4 +1,4 @@
-"""Cityscapes (fine) data and the seed's 80k schedule: 8 images per batch of 512x1024 crops,
+"""Cityscapes (fine) data and the official 80k schedule: 8 images per batch of 512x1024 crops,
 SGD lr 0.01, momentum 0.9, weight decay 5e-4 (on every parameter), poly decay (power 0.9)
 to 1e-4; mIoU with Detectron2's SemSegEvaluator.  Data: $DETECTRON2_DATASETS/cityscapes."""
 from detectron2 import model_zoo

@@ -1,6 +1,7 @@
-"""COCO data and the seed's 1x schedule: 90k iterations of 16 images (12 epochs), SGD lr 0.02
-(RetinaNet 0.01), momentum 0.9, weight decay 1e-4, 2000 linear warm-up iterations from
-0.001x, lr x0.1 at 60k and 80k (epochs 8 and 11); single-scale 800 training as in the seed."""
+"""COCO data and the official 1x schedule: 90k iterations of 16 images (12 epochs), SGD
+lr 0.02 (RetinaNet 0.01), momentum 0.9, weight decay 1e-4, 2000 linear warm-up iterations
+from 0.001x, lr x0.1 at 60k and 80k (epochs 8 and 11); single-scale 800 training as in the
+official configs."""
 from detectron2 import model_zoo
 from detectron2.config import LazyCall as L
 from detectron2.data import transforms as T

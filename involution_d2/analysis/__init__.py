@@ -14,10 +14,11 @@ from .flops import (
 )
 from .model_flops import model_flops
 from .parameters import ParameterCounts, count_parameters
-from .seed import SEED_MODEL_ZOO, SeedRow
+from .official_zoo import OFFICIAL_MODEL_ZOO, OfficialRow, official_row
 
 __all__ = [
-    "CONVENTIONS", "INVOLUTION_OPS", "OPENMMLAB_INPUT_SIZES", "SEED_MODEL_ZOO", "FlopReport",
-    "OpenMMLabDummyForward", "ParameterCounts", "SeedRow", "count_flops", "count_parameters",
-    "flop_handles", "involution_flop_jit", "model_flops", "model_task",
+    "CONVENTIONS", "INVOLUTION_OPS", "OFFICIAL_MODEL_ZOO", "OPENMMLAB_INPUT_SIZES",
+    "FlopReport", "OfficialRow", "OpenMMLabDummyForward", "ParameterCounts", "count_flops",
+    "count_parameters", "flop_handles", "involution_flop_jit", "model_flops", "model_task",
+    "official_row",
 ]

@@ -1,6 +1,6 @@
 """The forward pass OpenMMLab's ``get_flops.py`` tools measure (their ``forward_dummy``).
 
-The seed's FLOPs were counted on one image tensor fed straight to the network, not on a
+The official FLOPs were counted on one image tensor fed straight to the network, not on a
 real inference: two-stage detectors run the box head on 1000 proposals and the mask head
 on the first 100 of them whatever the image holds, single-stage detectors stop at the head's
 raw outputs, segmentors run the decode head without the auxiliary head, classifiers return

@@ -10,7 +10,7 @@ Two sets of handles:
 - ``"detectron2"``: fvcore's defaults with Detectron2's ignore list (what Detectron2's
   ``tools/analyze_model.py`` reports);
 - ``"openmmlab"``: the rules of OpenMMLab's complexity counter (mmcv's
-  ``get_model_complexity_info``), with which the seed's FLOPs column was measured: a
+  ``get_model_complexity_info``), with which the official FLOPs column was measured: a
   convolution also counts one add per output element for its bias, norms count one
   operation per input element (two with an affine transform), ReLU one per output element,
   pooling one per input element, linear layers their multiply-adds without the bias; every

@@ -10,7 +10,7 @@ __all__ = ["model_flops"]
 def model_flops(model, convention="openmmlab", input_size=None, seed=0):
     """FLOPs of one image through ``model`` (a Detectron2 model), in eval mode.
 
-    - "openmmlab": the seed's measurement. The network runs as OpenMMLab's ``get_flops.py``
+    - "openmmlab": the official model zoo's measurement. The network runs as OpenMMLab's ``get_flops.py``
       tools run it (:class:`OpenMMLabDummyForward`) on a (1, 3, H, W) tensor, counted with
       OpenMMLab's rules. ``input_size`` defaults to those tools' default for the task.
     - "detectron2": what Detectron2's ``tools/analyze_model.py`` measures: the model's own

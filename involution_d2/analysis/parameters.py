@@ -1,4 +1,4 @@
-"""Parameter counts, including the one the seed's tables use."""
+"""Parameter counts, including the one the official tables use."""
 from dataclasses import dataclass
 
 from torch import nn

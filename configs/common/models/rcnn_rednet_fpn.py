@@ -17,7 +17,7 @@ def use_involution_fpn(model):
 
 
 def use_involution_heads(model):
-    """The seed's "Head: involution": RPN conv and (with masks) the mask head's convs."""
+    """The official "Head: involution": RPN conv and (with masks) the mask head's convs."""
     model.proposal_generator.head._target_ = InvolutionRPNHead
     model.proposal_generator.head.involution_kwargs = dict(NECK_HEAD_INVOLUTION)
     if model.roi_heads.get("mask_head") is not None:

@@ -10,7 +10,7 @@ __all__ = ["EncoderDecoderSegmentor"]
 @META_ARCH_REGISTRY.register()
 class EncoderDecoderSegmentor(SemanticSegmentor):
     """Detectron2's :class:`SemanticSegmentor` (pixels ignored with the head's
-    ``ignore_value``, 255 for Cityscapes) plus what the seed's segmentors have:
+    ``ignore_value``, 255 for Cityscapes) plus what the official segmentors have:
 
     - an optional auxiliary head trained beside the main one (its loss carries its own
       weight, 0.4 for UPerNet's FCN head on res4) and dropped at inference;

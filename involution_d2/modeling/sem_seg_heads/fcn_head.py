@@ -1,4 +1,4 @@
-"""FCN head, used as UPerNet's auxiliary head on res4 (loss weight 0.4 in the seed)."""
+"""FCN head, used as UPerNet's auxiliary head on res4 (loss weight 0.4 in the official configs)."""
 from detectron2.config import configurable
 from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 from torch import nn

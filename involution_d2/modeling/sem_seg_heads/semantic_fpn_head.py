@@ -1,4 +1,4 @@
-"""The semantic FPN head of the seed: Detectron2's SemSegFPNHead plus what OpenMMLab's
+"""The official semantic FPN head: Detectron2's SemSegFPNHead plus what OpenMMLab's
 FPNHead has: dropout (0.1) before the classifier and a classifier initialised N(0, 0.01)."""
 from detectron2.config import configurable
 from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
@@ -20,7 +20,7 @@ class SemanticFPNHead(SemSegFPNHead):
         # By keyword: a positional DictConfig would look like a cfg to @configurable.
         super().__init__(input_shape=input_shape, **kwargs)
         self.dropout = nn.Dropout2d(dropout) if dropout > 0 else None
-        # The seed's classifier starts near zero (initial loss ~ log(classes)).
+        # The official classifier starts near zero (initial loss ~ log(classes)).
         nn.init.normal_(self.predictor.weight, std=0.01)
         nn.init.zeros_(self.predictor.bias)
 

@@ -30,7 +30,7 @@ class UPerNetHead(ClassifierHead):
         Args:
             input_shape (dict[str, ShapeSpec]): the backbone's output shapes.
             in_features (list[str]): fine to coarse, e.g. ["res2", "res3", "res4", "res5"].
-            channels (int): width of the fusion (512 in the seed).
+            channels (int): width of the fusion (512 in the official configs).
         """
         shapes = [input_shape[f] for f in in_features]
         super().__init__(channels, num_classes=num_classes, common_stride=shapes[0].stride,
