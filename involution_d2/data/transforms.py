@@ -1,36 +1,10 @@
 """Training augmentations of OpenMMLab's Cityscapes recipe, as Detectron2 augmentations."""
+import cv2
 import numpy as np
 from detectron2.data import transforms as T
 
-# OpenCV's 8-bit hue unit: half a degree, so a full turn is 180 and a sector of the hexcone 30.
-_HUE_TURN = 180.0
-_HUE_SECTOR = _HUE_TURN / 6
-
-
-def _rgb_to_hsv(rgb):
-    """float RGB in [0, 255] -> H in [0, 180) (OpenCV's 8-bit units), S and V in [0, 255]."""
-    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
-    v = rgb.max(axis=-1)
-    spread = v - rgb.min(axis=-1)
-    s = np.where(v > 0, 255 * spread / np.where(v > 0, v, 1), 0)
-    safe = np.where(spread > 0, spread, 1)
-    sector = np.where(v == r, (g - b) / safe,
-                      np.where(v == g, 2 + (b - r) / safe, 4 + (r - g) / safe))
-    h = np.where(spread > 0, (sector * _HUE_SECTOR) % _HUE_TURN, 0)
-    return np.stack([h, s, v], axis=-1).astype(np.float32)
-
-
-def _hsv_to_rgb(hsv):
-    """The inverse of ``_rgb_to_hsv``."""
-    h, s, v = hsv[..., 0], hsv[..., 1] / 255, hsv[..., 2]
-    sector = h / _HUE_SECTOR
-    i = np.floor(sector).astype(np.int64) % 6
-    f = sector - np.floor(sector)
-    p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
-    r = np.choose(i, [v, q, p, p, t, v])
-    g = np.choose(i, [t, v, v, q, p, p])
-    b = np.choose(i, [p, p, t, v, v, q])
-    return np.stack([r, g, b], axis=-1).astype(np.float32)
+# OpenCV's 8-bit hue unit (mmseg's hue_delta): half a degree, where float images use degrees.
+_DEGREES_PER_HUE_UNIT = 2.0
 
 
 class PhotoMetricTransform(T.Transform):
@@ -59,12 +33,14 @@ class PhotoMetricTransform(T.Transform):
         if self.saturation != 1 or self.hue:
             # One HSV round trip does mmseg's two (saturation, then hue): in float, the trip
             # back to RGB between them changes nothing.
-            rgb = out if self.image_format == "RGB" else out[..., ::-1]
-            hsv = _rgb_to_hsv(rgb)
-            hsv[..., 1] = np.clip(hsv[..., 1] * self.saturation, 0, 255)
-            hsv[..., 0] = (hsv[..., 0] + self.hue) % _HUE_TURN
-            rgb = np.clip(_hsv_to_rgb(hsv), 0, 255)
-            out = rgb if self.image_format == "RGB" else rgb[..., ::-1]
+            to_hsv, from_hsv = ((cv2.COLOR_RGB2HSV, cv2.COLOR_HSV2RGB)
+                                if self.image_format == "RGB"
+                                else (cv2.COLOR_BGR2HSV, cv2.COLOR_HSV2BGR))
+            # On float images OpenCV gives H in degrees and S in [0, 1].
+            hsv = cv2.cvtColor(out, to_hsv)
+            hsv[..., 1] = np.clip(hsv[..., 1] * self.saturation, 0, 1)
+            hsv[..., 0] = (hsv[..., 0] + self.hue * _DEGREES_PER_HUE_UNIT) % 360
+            out = np.clip(cv2.cvtColor(hsv, from_hsv), 0, 255)
         if self.contrast_last:
             out = self._contrast(out)
         return np.rint(out).astype(np.uint8)
