@@ -21,6 +21,7 @@ from detectron2.data import (
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from PIL import Image
+from torchvision.datasets.folder import find_classes, make_dataset
 
 __all__ = [
     "CenterCrop",
@@ -68,16 +69,13 @@ def imagenet_dicts(split, root=None):
     folder = os.path.join(root if root is not None else imagenet_root(), split)
     if not os.path.isdir(folder):
         raise _not_found("no such folder", folder)
-    classes = sorted(d.name for d in os.scandir(folder) if d.is_dir())
-    if not classes:
-        raise _not_found("no class folders in", folder)
-    dicts = []
-    for label, name in enumerate(classes):
-        class_dir = os.path.join(folder, name)
-        for file in sorted(os.listdir(class_dir)):
-            if file.lower().endswith(_EXTENSIONS):
-                path = os.path.join(class_dir, file)
-                dicts.append({"file_name": path, "image_id": len(dicts), "label": label})
+    try:
+        _, class_to_idx = find_classes(folder)  # sorted folder names, as torchvision's
+    except FileNotFoundError:
+        raise _not_found("no class folders in", folder) from None
+    samples = make_dataset(folder, class_to_idx, extensions=_EXTENSIONS, allow_empty=True)
+    dicts = [{"file_name": path, "image_id": i, "label": label}
+             for i, (path, label) in enumerate(samples)]
     if not dicts:
         raise _not_found(f"no {'/'.join(_EXTENSIONS)} images in the class folders of", folder)
     return dicts
