@@ -16,6 +16,7 @@ def _with_full_model_clipping(optimizer_cls, max_norm, norm_type):
             return super().step(closure)
 
     FullModelClipped.__name__ = f"{optimizer_cls.__name__}WithFullModelClipping"
+    FullModelClipped.max_norm, FullModelClipped.norm_type = max_norm, norm_type
     return FullModelClipped
 
 
@@ -56,6 +57,13 @@ class PolyParamScheduler(ParamScheduler):
         return (self.start_value - self.end_value) * (1 - where) ** self.power + self.end_value
 
 
+def poly_lr_multiplier(base_lr, min_lr, power=0.9):
+    """LR multiplier of OpenMMLab's poly policy down to the absolute floor ``min_lr``: the
+    floor stays where it is when the base LR changes (a LazyConfig passes
+    ``base_lr="${optimizer.lr}"``)."""
+    return PolyParamScheduler(1.0, min_lr / base_lr, power)
+
+
 def build_lr_scheduler(cfg, optimizer):
     """Detectron2's yacs LR scheduler builder, plus SOLVER.LR_SCHEDULER_NAME "WarmupPolyLR"
     (poly decay with SOLVER.POLY_LR_POWER down to SOLVER.POLY_LR_MIN)."""
@@ -65,7 +73,7 @@ def build_lr_scheduler(cfg, optimizer):
     solver = cfg.SOLVER
     if solver.LR_SCHEDULER_NAME != "WarmupPolyLR":
         return d2_build_lr_scheduler(cfg, optimizer)
-    sched = PolyParamScheduler(1.0, solver.POLY_LR_MIN / solver.BASE_LR, solver.POLY_LR_POWER)
+    sched = poly_lr_multiplier(solver.BASE_LR, solver.POLY_LR_MIN, solver.POLY_LR_POWER)
     sched = WarmupParamScheduler(sched, solver.WARMUP_FACTOR,
                                  min(solver.WARMUP_ITERS / solver.MAX_ITER, 1.0),
                                  solver.WARMUP_METHOD, solver.RESCALE_INTERVAL)

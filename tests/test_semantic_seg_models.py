@@ -156,6 +156,18 @@ def test_poly_schedule_for_yacs():
         assert abs(lrs[it] - want) < 1e-9, (it, lrs[it], want)
 
 
+@pytest.mark.parametrize("base_lr", [0.01, 0.04])
+def test_poly_floor_stays_absolute_when_the_lazy_lr_changes(base_lr):
+    from detectron2.config import LazyConfig, instantiate
+
+    cfg = LazyConfig.load(os.path.join(ROOT, "Cityscapes-SemanticSegmentation",
+                                       "upernet_rednet50_80k.py"))
+    cfg = LazyConfig.apply_overrides(cfg, [f"optimizer.lr={base_lr}"])
+    multiplier = instantiate(cfg.lr_multiplier)
+    assert multiplier(0.0) == 1.0
+    assert base_lr * multiplier(1.0) == pytest.approx(1e-4)  # OpenMMLab's min_lr
+
+
 def test_bad_inference_mode():
     with pytest.raises(ValueError, match="test_mode must be 'whole' or 'slide', got 'tiles'"):
         build_yacs("Cityscapes-SemanticSegmentation/upernet_rednet50_80k", tiny_model=True,

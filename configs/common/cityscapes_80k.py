@@ -8,7 +8,7 @@ from detectron2.evaluation import SemSegEvaluator
 from omegaconf import OmegaConf
 
 from involution_d2.data import cityscapes_sem_seg_dicts, cityscapes_train_augmentations
-from involution_d2.solver import PolyParamScheduler
+from involution_d2.solver import poly_lr_multiplier
 
 dataloader = OmegaConf.create()
 dataloader.train = L(build_detection_train_loader)(
@@ -42,4 +42,5 @@ optimizer.momentum = 0.9
 optimizer.weight_decay = 5e-4
 optimizer.params.weight_decay_norm = 5e-4
 
-lr_multiplier = L(PolyParamScheduler)(start_value=1.0, end_value=1e-4 / 0.01, power=0.9)
+# Down to the absolute floor 1e-4 whatever optimizer.lr is.
+lr_multiplier = L(poly_lr_multiplier)(base_lr="${optimizer.lr}", min_lr=1e-4, power=0.9)

@@ -21,6 +21,8 @@ dataloader.train.total_batch_size = 16
 
 train = model_zoo.get_config("common/train.py").train
 train.max_iter = 90000
+# Evaluate every epoch of COCO train2017 (117,266 images / 16), as the official configs.
+train.eval_period = 7330
 train.init_checkpoint = ""  # converted ImageNet RedNet weights (tools/convert_official_weights.py)
 
 optimizer = model_zoo.get_config("common/optim.py").SGD
