@@ -3,7 +3,6 @@ code, truncated and foreign files, colliding demo paths, unreadable images, typo
 overrides, a kill -9 during a save followed by --resume, a killed launcher, a full disk,
 leftovers of interrupted runs, the umask. Each case asserts its outcome; the user's commands
 run in subprocesses, on a tiny LazyConfig of the shapes demo (no evaluation)."""
-import errno
 import importlib.util
 import json
 import os
@@ -269,7 +268,8 @@ def test_demo_keeps_inputs_skips_unreadable_images_and_warns_without_weights(cac
         "bad.jpg", "good.jpg", "good.png", "good_jpg.png", "good_png.png"]
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert f"skipped {folder / 'bad.jpg'}: not a readable image" in proc.stderr
-    assert f"{folder / 'good.jpg'} -> {folder / 'good_jpg.png'} (good.png is the input" in proc.stderr
+    renamed = f"{folder / 'good.jpg'} -> {folder / 'good_jpg.png'} (good.png is the input"
+    assert renamed in proc.stderr
     assert last_line(proc.stderr) == (f"drew 2 of 3 images into {folder}; skipped 1 that could "
                                       f"not be read: {folder / 'bad.jpg'}")
     assert proc.stderr.count("UNTRAINED model") == 1

@@ -25,7 +25,7 @@ def stop_with_launcher(launcher_pid):
     the kernel sends SIGTERM (prctl PR_SET_PDEATHSIG); elsewhere a thread watches the parent
     pid. (torch's workers ask for SIGINT, which is ignored by processes started with ``&``
     from a script: they survived.)"""
-    if signal.getsignal(signal.SIGTERM) == signal.SIG_IGN:  # inherited: the kernel's SIGTERM would do nothing
+    if signal.getsignal(signal.SIGTERM) == signal.SIG_IGN:  # inherited; would void the signal
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if sys.platform.startswith("linux"):
         try:
