@@ -1,4 +1,22 @@
+import glob
+import os
+
 from setuptools import find_packages, setup
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def model_zoo_configs():
+    """configs/ as package data of involution_d2.model_zoo (as Detectron2 ships its own):
+    linked into the package before the build, so that an installed package has them."""
+    source = os.path.join(HERE, "configs")
+    link = os.path.join(HERE, "involution_d2", "model_zoo", "configs")
+    if not os.path.lexists(link):
+        os.symlink(os.path.relpath(source, os.path.dirname(link)), link)
+    return [os.path.relpath(p, os.path.dirname(link)) for ext in ("yaml", "py")
+            for p in glob.glob(os.path.join(link, "**", "*." + ext), recursive=True)]
+
+
 
 setup(
     name="involution-d2",
@@ -9,7 +27,8 @@ setup(
     license="MIT",
     python_requires=">=3.9",
     packages=find_packages(include=["involution_d2", "involution_d2.*"]),
-    package_data={"involution_d2.ops": ["cuda/*.cuh"]},
+    package_data={"involution_d2.ops": ["cuda/*.cuh"],
+                  "involution_d2.model_zoo": model_zoo_configs()},
     # torch is installed first, as a pinned pair with torchvision (see README.md);
     # Detectron2 is built from source against it and is not on PyPI.
     # OpenCV: Detectron2's Visualizer (demo.py) imports it.

@@ -2,6 +2,8 @@
 from detectron2.config import CfgNode as CN
 
 from . import modeling  # noqa: F401  (registers the components the configs name)
+from .layers import DEFAULT_GROUP_CHANNELS, DEFAULT_KERNEL_SIZE, DEFAULT_REDUCTION_RATIO
+from .modeling.backbone.rednet import DETECTION_STEM_INVOLUTION_KERNEL
 
 
 def add_involution_config(cfg):
@@ -13,11 +15,14 @@ def add_involution_config(cfg):
     cfg.MODEL.REDNET.NORM = "FrozenBN"
     cfg.MODEL.REDNET.STEM_OUT_CHANNELS = 64
     cfg.MODEL.REDNET.RES2_OUT_CHANNELS = 256
+    # K of the stem's involution: 7 in the official detection and segmentation RedNets,
+    # 3 in the official ImageNet classifier (its configs set it).
+    cfg.MODEL.REDNET.STEM_INVOLUTION_KERNEL = DETECTION_STEM_INVOLUTION_KERNEL
 
     cfg.MODEL.INVOLUTION = CN()
-    cfg.MODEL.INVOLUTION.KERNEL_SIZE = 7
-    cfg.MODEL.INVOLUTION.GROUP_CHANNELS = 16  # channels sharing one generated kernel
-    cfg.MODEL.INVOLUTION.REDUCTION_RATIO = 4  # of the kernel-generation bottleneck
+    cfg.MODEL.INVOLUTION.KERNEL_SIZE = DEFAULT_KERNEL_SIZE
+    cfg.MODEL.INVOLUTION.GROUP_CHANNELS = DEFAULT_GROUP_CHANNELS
+    cfg.MODEL.INVOLUTION.REDUCTION_RATIO = DEFAULT_REDUCTION_RATIO
     # "auto": CuPy kernels on CUDA when CuPy works, else the memory-efficient torch path.
     cfg.MODEL.INVOLUTION.BACKEND = "auto"
     # Norm in the kernel generation of the involutions of necks and heads.

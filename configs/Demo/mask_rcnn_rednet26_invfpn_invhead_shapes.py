@@ -2,6 +2,7 @@
 trained from scratch on the built-in shapes dataset (generated on first use, 128x128).
 GroupNorm instead of FrozenBN: there are no pretrained statistics to freeze.
 The LazyConfig twin of mask_rcnn_rednet26_invfpn_invhead_shapes.yaml."""
+import torch
 from detectron2.config import LazyCall as L
 from detectron2.data import transforms as T
 from detectron2.layers import ShapeSpec
@@ -48,6 +49,8 @@ train.max_iter = 250
 train.eval_period = 0  # evaluate once, at the end
 train.checkpointer.period = 100
 train.output_dir = "output/demo_mask_rcnn_shapes_lazy"
+# Runs anywhere, also under Detectron2's own tools/lazyconfig_train_net.py.
+train.device = "cuda" if torch.cuda.is_available() else "cpu"
 lr_multiplier = L(WarmupParamScheduler)(
     scheduler=L(MultiStepParamScheduler)(values=[1.0, 0.1, 0.01], milestones=[200, 235, 250]),
     warmup_length=30 / 250,

@@ -23,7 +23,14 @@ from typing import Dict
 
 import torch
 from fvcore.nn import FlopCountAnalysis
-from fvcore.nn.jit_handles import conv_flop_count, get_shape
+from fvcore.nn.jit_handles import (
+    addmm_flop_jit,
+    conv_flop_count,
+    elementwise_flop_counter,
+    get_shape,
+    linear_flop_jit,
+    matmul_flop_jit,
+)
 
 __all__ = ["INVOLUTION_OPS", "CONVENTIONS", "involution_flop_jit", "flop_handles",
            "FlopReport", "count_flops"]
@@ -62,26 +69,8 @@ def _norm(weight_index):
     return handle
 
 
-def _input_elements(inputs, outputs):
-    return _numel(inputs[0])
-
-
-def _output_elements(inputs, outputs):
-    return _numel(outputs[0])
-
-
-def _linear_no_bias(inputs, outputs):
-    # mmcv: input elements x output features; works for aten::linear (x, W, b) and
-    # aten::addmm (b, x, W^T) alike once the operand with the batch is found.
-    out = get_shape(outputs[0])
-    x = get_shape(inputs[1]) if len(get_shape(inputs[0]) or ()) == 1 else get_shape(inputs[0])
-    return prod(x) * out[-1]
-
-
-def _matmul(inputs, outputs):
-    a = get_shape(inputs[0])
-    return prod(a) * get_shape(outputs[0])[-1]
-
+_INPUT_ELEMENTS = elementwise_flop_counter(input_scale=1, output_scale=0)
+_OUTPUT_ELEMENTS = elementwise_flop_counter(input_scale=0, output_scale=1)
 
 _OPENMMLAB = {
     "aten::_convolution": _conv_with_bias,
@@ -89,16 +78,17 @@ _OPENMMLAB = {
     "aten::group_norm": _norm(2),
     "aten::layer_norm": _norm(2),
     "aten::instance_norm": _norm(1),
-    "aten::relu": _output_elements,
-    "aten::relu_": _output_elements,
-    "aten::max_pool2d": _input_elements,
-    "aten::avg_pool2d": _input_elements,
-    "aten::adaptive_avg_pool2d": _input_elements,
-    "aten::adaptive_max_pool2d": _input_elements,
-    "aten::linear": _linear_no_bias,
-    "aten::addmm": _linear_no_bias,
-    "aten::matmul": _matmul,
-    "aten::mm": _matmul,
+    "aten::relu": _OUTPUT_ELEMENTS,
+    "aten::relu_": _OUTPUT_ELEMENTS,
+    "aten::max_pool2d": _INPUT_ELEMENTS,
+    "aten::avg_pool2d": _INPUT_ELEMENTS,
+    "aten::adaptive_avg_pool2d": _INPUT_ELEMENTS,
+    "aten::adaptive_max_pool2d": _INPUT_ELEMENTS,
+    # fvcore's linear handles count mmcv's way: multiply-adds, without the bias.
+    "aten::linear": linear_flop_jit,
+    "aten::addmm": addmm_flop_jit,
+    "aten::matmul": matmul_flop_jit,
+    "aten::mm": matmul_flop_jit,
     # Operators OpenMMLab's counter cannot see: functional upsampling, einsum, bmm.
     "aten::upsample_nearest2d": None,
     "aten::upsample_bilinear2d": None,

@@ -8,9 +8,12 @@ from .official import (
     CheckpointFormatError,
     convert,
     load_official_state_dict,
+    STEM_KERNEL_GENERATION,
     rednet_depth,
+    stem_involution_kernel,
     to_detectron2_checkpoint,
 )
+from ..modeling.backbone.rednet import DETECTION_STEM_INVOLUTION_KERNEL
 from .save import is_disk_full, save_atomically
 
 
@@ -71,7 +74,23 @@ def main(argv=None):
               f": {args.dst} was not written", file=sys.stderr)
         return 2
     print(f"wrote {args.dst}")
+    if family == "classification":
+        kernel = stem_involution_kernel(converted[STEM_KERNEL_GENERATION[0]])
+        if kernel != DETECTION_STEM_INVOLUTION_KERNEL:
+            print(_stem_note(kernel))
     return 0
+
+
+def _stem_note(kernel):
+    k = DETECTION_STEM_INVOLUTION_KERNEL
+    return (
+        f"note: the stem involution of this checkpoint is {kernel}x{kernel}, as in the official "
+        "ImageNet classifier. It initialises every tensor of the classifier configs "
+        "(configs/ImageNet-Classification), and every RedNet tensor of the detection and "
+        "segmentation configs except the stem involution's kernel generation "
+        f"({', '.join(STEM_KERNEL_GENERATION)}): their stem involution is {k}x{k}, so it keeps "
+        "its initialisation, as in the official detectors and segmentors trained from these "
+        "weights.")
 
 
 if __name__ == "__main__":

@@ -31,11 +31,14 @@ __all__ = [
     "AUTHOR",
     "KINDS",
     "CheckpointFormatError",
+    "STEM_KERNEL_GENERATION",
     "convert",
     "detect_family",
     "load_official_state_dict",
     "mmdet_to_detectron2_anchor_order",
     "rednet_depth",
+    "stem_involution_kernel",
+    "stem_kernel_generation_note",
     "to_detectron2_checkpoint",
 ]
 
@@ -167,6 +170,29 @@ _RULES = {
     "semantic_fpn": _semantic_fpn_rules,
     "upernet": _upernet_rules,
 }
+
+
+# The stem involution's kernel generation (its last 1x1 conv, K*K*G outputs), by converted
+# key suffix.  Its shape depends on the stem's K, which differs between the official ImageNet
+# classifier (3) and the official detectors and segmentors (7).
+STEM_KERNEL_GENERATION = ("stem.1.conv2.conv.weight", "stem.1.conv2.conv.bias")
+_STEM_GROUPS = 2  # 32 stem channels, 16 per group
+
+
+def stem_involution_kernel(tensor):
+    """K of the stem involution whose kernel-generation weight or bias is ``tensor``."""
+    return round((tensor.shape[0] // _STEM_GROUPS) ** 0.5)
+
+
+def stem_kernel_generation_note(checkpoint_kernel, model_kernel, keys):
+    """The one line that says why the stem involution's kernel generation is not loaded."""
+    return (
+        f"{', '.join(keys)} not loaded: the checkpoint's stem involution is "
+        f"{checkpoint_kernel}x{checkpoint_kernel} (as in the official ImageNet classifier), this "
+        f"model's is {model_kernel}x{model_kernel} (as in the official detectors and segmentors; "
+        "MODEL.REDNET.STEM_INVOLUTION_KERNEL / stem_involution_kernel), so its kernel "
+        "generation keeps its initialisation, as when OpenMMLab starts them from the same "
+        "ImageNet weights; every other ImageNet tensor is loaded")
 
 
 def mmdet_to_detectron2_anchor_order(tensor, num_scales, num_ratios):

@@ -6,6 +6,13 @@ from ..ops.involution import BACKENDS
 from .conv_norm_act import ConvNormAct
 
 
+# The official involution layer's design, used by RedNet and by every involution neck and head
+# (MODEL.INVOLUTION and the LazyConfig files take their defaults from here).
+DEFAULT_KERNEL_SIZE = 7
+DEFAULT_GROUP_CHANNELS = 16  # channels sharing one generated kernel
+DEFAULT_REDUCTION_RATIO = 4  # of the kernel-generation bottleneck
+
+
 class Involution(nn.Module):
     """Involution with kernel generation (official RedNet design).
 
@@ -22,9 +29,9 @@ class Involution(nn.Module):
     size does; even sizes give exactly the official result.
     """
 
-    def __init__(self, channels, kernel_size=7, stride=1, *, reduction_ratio=4,
-                 group_channels=16, dilation=1, norm="BN", activation=None,
-                 backend="auto"):
+    def __init__(self, channels, kernel_size=DEFAULT_KERNEL_SIZE, stride=1, *,
+                 reduction_ratio=DEFAULT_REDUCTION_RATIO, group_channels=DEFAULT_GROUP_CHANNELS,
+                 dilation=1, norm="BN", activation=None, backend="auto"):
         """
         Args:
             channels (int): input and output channels C.

@@ -2,9 +2,13 @@
 linear layer, on RGB images normalised with the ImageNet mean/std."""
 from detectron2.config import LazyCall as L
 
-from involution_d2.modeling import ImageNetClassifier, RedNet
+from involution_d2.modeling import (
+    CLASSIFICATION_STEM_INVOLUTION_KERNEL,
+    ImageNetClassifier,
+    RedNet,
+)
 
-from .rednet import PIXEL_MEAN_RGB, PIXEL_STD_RGB
+from .rednet import PIXEL_MEAN_RGB, PIXEL_STD_RGB, involution_kwargs
 
 model = L(ImageNetClassifier)(
     backbone=L(RedNet)(
@@ -13,8 +17,9 @@ model = L(ImageNetClassifier)(
         freeze_at=0,
         num_classes=1000,
         out_features=None,  # the logits, "linear" (["linear"] would drop the stages)
-        involution_kwargs=dict(kernel_size=7, group_channels=16, reduction_ratio=4,
-                               backend="auto"),
+        # The official ImageNet RedNet's stem involution is 3x3 (7x7 in detection/segmentation).
+        stem_involution_kernel=CLASSIFICATION_STEM_INVOLUTION_KERNEL,
+        involution_kwargs=involution_kwargs(),
     ),
     pixel_mean=PIXEL_MEAN_RGB,
     pixel_std=PIXEL_STD_RGB,

@@ -6,6 +6,7 @@ from detectron2.modeling.backbone import FPN
 from detectron2.modeling.backbone.fpn import LastLevelMaxPool
 
 from involution_d2.modeling import (
+    DETECTION_STEM_INVOLUTION_KERNEL,
     EncoderDecoderSegmentor,
     FCNHead,
     InvolutionFPN,
@@ -14,11 +15,10 @@ from involution_d2.modeling import (
     UPerNetHead,
 )
 
-from .rednet import PIXEL_MEAN_RGB, PIXEL_STD_RGB
+from .rednet import PIXEL_MEAN_RGB, PIXEL_STD_RGB, involution_kwargs
 
 NUM_CLASSES = 19
-INVOLUTION = dict(kernel_size=7, group_channels=16, reduction_ratio=4, backend="auto",
-                  norm="SyncBN")
+INVOLUTION = involution_kwargs(norm="SyncBN")
 RES_SHAPES = {"res2": ShapeSpec(channels=256, stride=4), "res3": ShapeSpec(channels=512, stride=8),
               "res4": ShapeSpec(channels=1024, stride=16),
               "res5": ShapeSpec(channels=2048, stride=32)}
@@ -27,6 +27,8 @@ RES_SHAPES = {"res2": ShapeSpec(channels=256, stride=4), "res3": ShapeSpec(chann
 def rednet(depth=50):
     return L(RedNet)(depth=depth, norm="SyncBN", freeze_at=0,
                      out_features=["res2", "res3", "res4", "res5"],
+                     # 7x7 as in the official segmentation RedNet (3x3 in the classifier)
+                     stem_involution_kernel=DETECTION_STEM_INVOLUTION_KERNEL,
                      involution_kwargs=dict(INVOLUTION))
 
 

@@ -6,6 +6,14 @@ from .fpn import (
     build_retinanet_rednet_fpn_backbone,
     build_retinanet_rednet_invfpn_backbone,
 )
-from .rednet import REDNET_DEPTHS, RedNet, RedNetBottleneck, RedNetStem, build_rednet_backbone
+from .rednet import (
+    CLASSIFICATION_STEM_INVOLUTION_KERNEL,
+    DETECTION_STEM_INVOLUTION_KERNEL,
+    REDNET_DEPTHS,
+    RedNet,
+    RedNetBottleneck,
+    RedNetStem,
+    build_rednet_backbone,
+)
 
 __all__ = [k for k in globals() if not k.startswith("_")]

@@ -1,8 +1,12 @@
 """FPNs over RedNet: Detectron2's FPN, and the involution FPN whose 3x3 output convolutions
-are involutions (the seed's "Neck: involution"); the 1x1 laterals and the extra levels
+are involutions (the official "Neck: involution"); the 1x1 laterals and the extra levels
 (max-pool P6, or conv P6/P7 for RetinaNet) stay as in Detectron2."""
-from detectron2.layers import ShapeSpec
-from detectron2.modeling.backbone import BACKBONE_REGISTRY, FPN
+import math
+
+import fvcore.nn.weight_init as weight_init
+import torch.nn.functional as F
+from detectron2.layers import Conv2d, ShapeSpec, get_norm
+from detectron2.modeling.backbone import BACKBONE_REGISTRY, FPN, Backbone
 from detectron2.modeling.backbone.fpn import LastLevelMaxPool, LastLevelP6P7
 
 from ...layers import Involution
@@ -18,33 +22,88 @@ __all__ = [
 ]
 
 
-class InvolutionFPN(FPN):
-    """Detectron2's :class:`FPN` (same semantics, outputs and top blocks) with each output
-    convolution ``fpn_output{stage}`` replaced by an involution of ``out_channels``."""
+class InvolutionFPN(Backbone):
+    """Detectron2's :class:`FPN` (same arguments, outputs, module names and top blocks) whose
+    3x3 output convolutions ``fpn_output{stage}`` are involutions of ``out_channels`` (no norm
+    and no activation after them, as in the official neck).  Built directly: FPN has no hook
+    for its output convolutions."""
 
     def __init__(self, bottom_up, in_features, out_channels, norm="", top_block=None,
                  fuse_type="sum", square_pad=0, involution_kwargs=None):
         """
         Args:
+            norm (str): of the 1x1 lateral convolutions, as in FPN.
             involution_kwargs (dict): arguments of the output :class:`Involution` layers
-                (kernel_size 7, 16 channels per group, reduction 4 and BN by default).
+                (the official design by default; their own norm is their kernel generation's).
             others: as :class:`detectron2.modeling.FPN`.
         """
-        super().__init__(bottom_up, in_features, out_channels, norm=norm, top_block=top_block,
-                         fuse_type=fuse_type, square_pad=square_pad)
-        kw = dict(kernel_size=7)
-        kw.update(involution_kwargs or {})
-        replaced = {}
-        for name, module in list(self.named_children()):
-            if name.startswith("fpn_output"):
-                replaced[module] = Involution(out_channels, stride=1, **kw)
-                setattr(self, name, replaced[module])
-        # forward() runs the convs through this list (top-down order).
-        self.output_convs = [replaced[m] for m in self.output_convs]
+        super().__init__()
+        if not isinstance(bottom_up, Backbone):
+            raise TypeError(f"InvolutionFPN: bottom_up must be a Detectron2 Backbone, got "
+                            f"{type(bottom_up).__name__}")
+        if not in_features:
+            raise ValueError("InvolutionFPN: in_features is empty; name the bottom-up "
+                             "features to use, e.g. ['res2', 'res3', 'res4', 'res5']")
+        if fuse_type not in ("sum", "avg"):
+            raise ValueError(f"InvolutionFPN: fuse_type={fuse_type!r}; use 'sum' or 'avg'")
+        shapes = bottom_up.output_shape()
+        strides = [shapes[f].stride for f in in_features]
+        lateral_convs, output_convs = [], []
+        for feature, stride in zip(in_features, strides):
+            stage = int(math.log2(stride))
+            lateral = Conv2d(shapes[feature].channels, out_channels, kernel_size=1,
+                             bias=norm == "", norm=get_norm(norm, out_channels))
+            weight_init.c2_xavier_fill(lateral)  # as FPN
+            output = Involution(out_channels, stride=1, **(involution_kwargs or {}))
+            self.add_module(f"fpn_lateral{stage}", lateral)
+            self.add_module(f"fpn_output{stage}", output)
+            lateral_convs.append(lateral)
+            output_convs.append(output)
+        # Top-down order (low to high resolution), as FPN.forward runs them.
+        self.lateral_convs = lateral_convs[::-1]
+        self.output_convs = output_convs[::-1]
+        self.top_block = top_block
+        self.in_features = tuple(in_features)
+        self.bottom_up = bottom_up
+        self._out_feature_strides = {f"p{int(math.log2(s))}": s for s in strides}
+        if top_block is not None:
+            for s in range(stage, stage + top_block.num_levels):
+                self._out_feature_strides[f"p{s + 1}"] = 2 ** (s + 1)
+        self._out_features = list(self._out_feature_strides)
+        self._out_feature_channels = {k: out_channels for k in self._out_features}
+        self._size_divisibility = strides[-1]
+        self._square_pad = square_pad
+        self._fuse_type = fuse_type
+
+    @property
+    def size_divisibility(self):
+        return self._size_divisibility
+
+    @property
+    def padding_constraints(self):
+        return {"square_size": self._square_pad}
+
+    def forward(self, x):
+        """As FPN's: {"p<stage>": feature} from high to low resolution, then the top block's."""
+        bottom_up = self.bottom_up(x)
+        prev = self.lateral_convs[0](bottom_up[self.in_features[-1]])
+        results = [self.output_convs[0](prev)]
+        for idx in range(1, len(self.lateral_convs)):
+            lateral = self.lateral_convs[idx](bottom_up[self.in_features[-idx - 1]])
+            prev = lateral + F.interpolate(prev, scale_factor=2.0, mode="nearest")
+            if self._fuse_type == "avg":
+                prev = prev / 2
+            results.insert(0, self.output_convs[idx](prev))
+        if self.top_block is not None:
+            top_in = self.top_block.in_feature
+            source = (bottom_up[top_in] if top_in in bottom_up
+                      else results[self._out_features.index(top_in)])
+            results.extend(self.top_block(source))
+        return dict(zip(self._out_features, results))
 
 
 class LastLevelP6P7NoReLU(LastLevelP6P7):
-    """RetinaNet's P6 (from res5) and P7 (from P6) as the seed builds them: OpenMMLab's FPN
+    """RetinaNet's P6 (from res5) and P7 (from P6) as the official configs build them: OpenMMLab's FPN
     leaves ``relu_before_extra_convs`` off, so P7 = conv(P6), where Detectron2 applies a ReLU
     first.  Same parameters; converted official weights then give the official P7."""
 

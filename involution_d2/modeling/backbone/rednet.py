@@ -17,7 +17,8 @@ from detectron2.modeling.backbone import BACKBONE_REGISTRY, ResNet
 from ...layers import ConvNormAct, Involution
 
 __all__ = ["RedNetStem", "RedNetBottleneck", "RedNet", "build_rednet_backbone",
-           "REDNET_DEPTHS"]
+           "REDNET_DEPTHS", "CLASSIFICATION_STEM_INVOLUTION_KERNEL",
+           "DETECTION_STEM_INVOLUTION_KERNEL"]
 
 # Blocks per stage of each RedNet depth.
 REDNET_DEPTHS = {
@@ -28,18 +29,28 @@ REDNET_DEPTHS = {
     152: (3, 8, 36, 3),
 }
 
+# K of the stem's involution in the official RedNets: the ImageNet classification backbone
+# (mmcls) uses 3, the detection and segmentation backbones (mmdet, mmseg) use 7.  The blocks
+# use the involution K of ``involution_kwargs`` (7 in all official RedNets).
+CLASSIFICATION_STEM_INVOLUTION_KERNEL = 3
+DETECTION_STEM_INVOLUTION_KERNEL = 7
+
 
 class RedNetStem(CNNBlockBase):
     """3x3 conv (stride 2) -> involution -> norm -> ReLU -> 3x3 conv -> max-pool: stride 4.
 
     Children are numbered like the official ``nn.Sequential`` stem (0, 1, 2, 3, 4).
+    ``involution_kernel`` is the stem involution's K: 3 in the official ImageNet
+    classification RedNet, 7 in the official detection and segmentation RedNets.
     """
 
-    def __init__(self, in_channels=3, out_channels=64, *, norm="BN", involution_kwargs=None):
+    def __init__(self, in_channels=3, out_channels=64, *, norm="BN",
+                 involution_kernel=DETECTION_STEM_INVOLUTION_KERNEL, involution_kwargs=None):
         super().__init__(in_channels, out_channels, 4)
         mid = out_channels // 2
-        kw = dict(kernel_size=7, norm=norm)
+        kw = dict(norm=norm)
         kw.update(involution_kwargs or {})
+        kw["kernel_size"] = involution_kernel
         self.add_module("0", ConvNormAct(in_channels, mid, 3, 2, norm=norm))
         self.add_module("1", Involution(mid, stride=1, **kw))
         self.add_module("2", get_norm(norm, mid))
@@ -61,7 +72,7 @@ class RedNetBottleneck(CNNBlockBase):
     def __init__(self, in_channels, out_channels, *, bottleneck_channels, stride=1, norm="BN",
                  involution_kwargs=None):
         super().__init__(in_channels, out_channels, stride)
-        kw = dict(kernel_size=7, norm=norm)
+        kw = dict(norm=norm)
         kw.update(involution_kwargs or {})
         self.conv1 = nn.Conv2d(in_channels, bottleneck_channels, 1, bias=False)
         self.bn1 = get_norm(norm, bottleneck_channels)
@@ -103,7 +114,8 @@ class RedNet(ResNet):
     @configurable
     def __init__(self, *, depth=50, in_channels=3, stem_out_channels=64,
                  res2_out_channels=256, norm="BN", out_features=None, freeze_at=0,
-                 num_classes=None, involution_kwargs=None):
+                 num_classes=None, stem_involution_kernel=DETECTION_STEM_INVOLUTION_KERNEL,
+                 involution_kwargs=None):
         """
         Args:
             depth (int): 26, 38, 50, 101 or 152.
@@ -115,12 +127,15 @@ class RedNet(ResNet):
                 num_classes); default: the last one.
             freeze_at (int): Detectron2's meaning: 1 freezes the stem, 2 also res2, ...
             num_classes (int or None): add global pooling and a linear classifier.
+            stem_involution_kernel (int): K of the stem's involution: 3 as in the official
+                ImageNet classifier, 7 as in the official detectors and segmentors.
             involution_kwargs (dict): extra arguments of every :class:`Involution`
                 (kernel_size, reduction_ratio, group_channels, backend, ...).
         """
         if depth not in REDNET_DEPTHS:
             raise ValueError(f"RedNet depth must be one of {sorted(REDNET_DEPTHS)}, got {depth}")
         stem = RedNetStem(in_channels, stem_out_channels, norm=norm,
+                          involution_kernel=stem_involution_kernel,
                           involution_kwargs=involution_kwargs)
         stages = []
         in_ch, out_ch = stem_out_channels, res2_out_channels
@@ -148,6 +163,7 @@ class RedNet(ResNet):
             "norm": cfg.MODEL.REDNET.NORM,
             "out_features": cfg.MODEL.REDNET.OUT_FEATURES,
             "freeze_at": cfg.MODEL.BACKBONE.FREEZE_AT,
+            "stem_involution_kernel": cfg.MODEL.REDNET.STEM_INVOLUTION_KERNEL,
             "involution_kwargs": involution_kwargs_from_config(cfg, norm=cfg.MODEL.REDNET.NORM),
         }
 
