@@ -276,12 +276,12 @@ def test_demo_keeps_inputs_skips_unreadable_images_and_warns_without_weights(cac
 
 
 def test_converter_refuses_dst_equal_to_src_and_writes_into_a_folder(tmp_path, monkeypatch):
-    from test_convert_official_weights import random_official
+    from official_fixtures import load_fixture, official_checkpoint
 
     from involution_d2.checkpoint import cli
 
     src = tmp_path / "rednet26.pth"
-    torch.save({"state_dict": random_official(26), "meta": {}}, src)
+    torch.save({"state_dict": official_checkpoint(load_fixture("rednet26")), "meta": {}}, src)
     original = src.read_bytes()
     os.symlink(src, tmp_path / "link.pth")
     monkeypatch.chdir(tmp_path)
