@@ -12,8 +12,14 @@
 ``.yaml`` (overrides: ``SOLVER.MAX_ITER 100``).  Without a GPU, --num-gpus N starts N CPU
 processes (gloo).  Writes checkpoints (atomically), metrics.json and TensorBoard events to
 the output folder; evaluates with COCOEvaluator or SemSegEvaluator as the dataset requires.
+Workers stop when the launcher dies and share the CPU cores; errors the user can fix (a
+typo'd override, a refused checkpoint, a full disk) end with one line ``error: ...``.
 """
 import logging
+import os
+import sys
+
+import torch
 
 from detectron2.engine import (
     AMPTrainer,
@@ -22,14 +28,16 @@ from detectron2.engine import (
     default_setup,
     default_writers,
     hooks,
-    launch,
 )
 from detectron2.engine.defaults import create_ddp_model
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 from involution_d2.engine import AtomicCheckpointer, build_components, check_dataset
-from involution_d2.engine import config_device, dataset_names, setup_config
+from involution_d2.engine import config_device, config_weights, dataset_names, launch
+from involution_d2.engine import setup_config
+from involution_d2.engine.metrics import drop_metrics_from
 
 logger = logging.getLogger("involution_d2")
 
@@ -37,6 +45,13 @@ logger = logging.getLogger("involution_d2")
 def setup(args):
     cfg = setup_config(args.config_file, args.opts)
     default_setup(cfg, args)  # output folder, logging, seeds, config dump
+    setup_logger(output_dir(cfg), distributed_rank=comm.get_rank(), name=logger.name)
+    if comm.get_world_size() > 1:
+        threads = os.environ.get("OMP_NUM_THREADS")
+        logger.info(f"{comm.get_local_size()} processes on this machine, "
+                    f"{torch.get_num_threads()} CPU threads each "
+                    + (f"(OMP_NUM_THREADS={threads})" if threads
+                       else "(its cores shared; set OMP_NUM_THREADS to choose)"))
     return cfg
 
 
@@ -69,6 +84,8 @@ def train(args, cfg, components):
     trainer = (AMPTrainer if components.amp else SimpleTrainer)(ddp_model, train_loader,
                                                                  optimizer)
     checkpointer = AtomicCheckpointer(model, components.output_dir, trainer=trainer)
+    if comm.is_main_process():
+        checkpointer.remove_stale_temporaries()
     trainer.register_hooks([
         hooks.IterationTimer(),
         hooks.LRScheduler(scheduler=components.lr_scheduler(optimizer)),
@@ -84,9 +101,17 @@ def train(args, cfg, components):
     # A checkpoint holds the iteration that had just finished: continue after it.
     start_iter = trainer.iter + 1 if args.resume and checkpointer.has_checkpoint() else 0
     if start_iter >= components.max_iter:
-        logger.info(f"Training already finished ({start_iter} >= {components.max_iter} "
-                    "iterations); raise the iteration count to continue")
+        logger.info(f"Training already finished: the last checkpoint has {start_iter} of "
+                    f"{components.max_iter} iterations. Raise the iteration count "
+                    "(SOLVER.MAX_ITER / train.max_iter) to train further, or use "
+                    "--eval-only to evaluate")
         return {}
+    if comm.is_main_process():
+        dropped = drop_metrics_from(os.path.join(components.output_dir, "metrics.json"),
+                                    start_iter)
+        if dropped:
+            logger.info(f"metrics.json: dropped {dropped} records of iterations >= "
+                        f"{start_iter} from an earlier run (they are trained again now)")
     trainer.train(start_iter, components.max_iter)
     return trainer.storage.latest() if comm.is_main_process() else {}
 
@@ -98,13 +123,17 @@ def main(args):
     components = build_components(cfg, output_dir(cfg))
     components.model.to(config_device(cfg))
     if args.eval_only:
-        AtomicCheckpointer(components.model, components.output_dir).resume_or_load(
-            components.init_weights, resume=args.resume)
+        checkpointer = AtomicCheckpointer(components.model, components.output_dir)
+        if not config_weights(cfg) and not (args.resume and checkpointer.has_checkpoint()):
+            logger.warning("--eval-only without weights (MODEL.WEIGHTS / "
+                           "train.init_checkpoint is empty): evaluating an untrained model")
+        else:
+            checkpointer.resume_or_load(components.init_weights, resume=args.resume)
         return evaluate(components, components.model)
     return train(args, cfg, components)
 
 
 if __name__ == "__main__":
     args = default_argument_parser().parse_args()
-    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-           dist_url=args.dist_url, args=(args,))
+    # Typos and bad files fail here, before processes start.
+    sys.exit(launch(main, args, preflight=lambda a: setup_config(a.config_file, a.opts)))

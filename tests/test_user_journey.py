@@ -121,7 +121,7 @@ def test_two_processes_equal_one_with_the_same_total_batch(cache, tmp_path):
     # The final weights, compared in a fresh interpreter as a user would load them.
     compare = (
         "import sys, torch\n"
-        "a, b = (torch.load(f, weights_only=False)['model'] for f in sys.argv[1:])\n"
+        "a, b = (torch.load(f, weights_only=True)['model'] for f in sys.argv[1:])\n"
         "assert a.keys() == b.keys()\n"
         "for k in a:\n"
         "    torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)\n"

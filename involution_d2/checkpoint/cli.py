@@ -1,5 +1,6 @@
 """involution-convert: official RedNet checkpoint -> Detectron2 checkpoint of our configs."""
 import argparse
+import os
 import sys
 
 from .official import (
@@ -13,7 +14,7 @@ from .official import (
     to_detectron2_checkpoint,
 )
 from ..modeling.backbone.rednet import DETECTION_STEM_INVOLUTION_KERNEL
-from .save import save_atomically
+from .save import is_disk_full, save_atomically
 
 
 def parse_args(argv=None):
@@ -23,7 +24,8 @@ def parse_args(argv=None):
                     "2.x Faster/Mask R-CNN or RetinaNet, mmseg 0.x semantic FPN or UPerNet) "
                     "into a Detectron2 checkpoint for MODEL.WEIGHTS / train.init_checkpoint.")
     parser.add_argument("src", help="official .pth file")
-    parser.add_argument("dst", help="output .pth file (written atomically)")
+    parser.add_argument("dst", help="output .pth file (written atomically), or a folder to "
+                                    "write <SRC name>_d2.pth into; never SRC itself")
     parser.add_argument("--expect", choices=sorted(KINDS),
                         help="fail unless SRC is a checkpoint of this kind")
     parser.add_argument("--allow-unmatched", action="store_true",
@@ -31,9 +33,23 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
+def destination(src, dst):
+    """The file to write: ``dst``, or ``dst/<src name>_d2.pth`` when ``dst`` is a folder
+    (or ends with a separator). Refuses the file ``src`` itself, also through a link or
+    another path to it."""
+    if os.path.isdir(dst) or dst.endswith(("/", os.sep)):
+        dst = os.path.join(dst, os.path.splitext(os.path.basename(src))[0] + "_d2.pth")
+    if os.path.exists(src) and os.path.exists(dst) and os.path.samefile(src, dst):
+        raise CheckpointFormatError(
+            f"DST {dst} is the file SRC {src}: writing it would replace the official "
+            "checkpoint; give another file name (or a folder)")
+    return dst
+
+
 def main(argv=None):
     args = parse_args(argv)
     try:
+        args.dst = destination(args.src, args.dst)
         official = load_official_state_dict(args.src)
         converted, family, unmatched = convert(official, expect=args.expect)
         depth = rednet_depth(official)
@@ -49,7 +65,14 @@ def main(argv=None):
             print(f"nothing written; pass --allow-unmatched to write {args.dst} without them",
                   file=sys.stderr)
             return 1
-    save_atomically(to_detectron2_checkpoint(converted, family), args.dst)
+    try:
+        save_atomically(to_detectron2_checkpoint(converted, family), args.dst)
+    except Exception as exc:  # torch.save reports a full disk as a RuntimeError
+        if not is_disk_full(exc):
+            raise
+        print(f"error: no space left on device in {os.path.dirname(os.path.abspath(args.dst))}"
+              f": {args.dst} was not written", file=sys.stderr)
+        return 2
     print(f"wrote {args.dst}")
     if family == "classification":
         kernel = stem_involution_kernel(converted[STEM_KERNEL_GENERATION[0]])

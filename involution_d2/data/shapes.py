@@ -13,7 +13,6 @@ import json
 import math
 import os
 import shutil
-import tempfile
 
 import numpy as np
 
@@ -21,12 +20,16 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets.cityscapes import load_cityscapes_semantic
 from detectron2.data.datasets.coco import load_coco_json
 
+from ..checkpoint.save import make_temporary_folder, remove_stale_temporaries
+
 __all__ = ["SHAPE_CLASSES", "shapes_root", "generate_shapes", "register_shapes"]
 
 SHAPE_CLASSES = ["circle", "square", "triangle"]
 _SPLITS = {"train": (300, 0), "val": (50, 10_000)}  # images, seed offset
 _IMAGE_SIZE = 128
 _VERSION = "shapes_v1"  # bump when the generator changes: a new folder is made
+# Earlier versions built the dataset in tempfile.mkdtemp(prefix=".shapes-") folders.
+_LEGACY_TEMPORARY = r"^\.shapes-[a-z0-9_]{8}$"
 
 
 def shapes_root():
@@ -108,13 +111,14 @@ def _write_split(root, split):
 def generate_shapes(root=None):
     """Generate the dataset under ``root`` (default ``shapes_root()``) unless it is there.
     Safe for several processes at once: each writes a private folder and renames it into
-    place; a process that finds the folder already there keeps that one."""
+    place; a process that finds the folder already there keeps that one. Half-made folders
+    of runs that were killed are removed (those of running generators are kept)."""
     root = root or shapes_root()
+    parent = os.path.dirname(os.path.abspath(root))
+    remove_stale_temporaries(parent, legacy=_LEGACY_TEMPORARY)
     if os.path.isdir(root):
         return root
-    parent = os.path.dirname(root)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".shapes-", dir=parent)
+    tmp = make_temporary_folder(root)
     try:
         for split in _SPLITS:
             _write_split(tmp, split)

@@ -1,28 +1,49 @@
-"""Inference on single images for both config systems: Detectron2's DefaultPredictor for
-yacs configs and its equivalent for LazyConfig files."""
+"""Inference on single images for both config systems: Detectron2's DefaultPredictor,
+loading its weights through the project's checkpointer (which never runs code)."""
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import CfgNode, instantiate
+from detectron2.config import CfgNode, configurable, instantiate
 from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
-from detectron2.engine import DefaultPredictor
+from detectron2.modeling import build_model
 
+from .checkpointer import AtomicCheckpointer
 from .components import dataset_names
 
-__all__ = ["LazyPredictor", "build_predictor", "test_metadata"]
+__all__ = ["Predictor", "build_predictor", "test_metadata"]
 
 
-class LazyPredictor:
-    """DefaultPredictor for a LazyConfig: the test mapper's resize, the model's colour
-    order, the weights of ``train.init_checkpoint``; takes a BGR uint8 image."""
+class Predictor:
+    """Detectron2's DefaultPredictor for a yacs config or a LazyConfig: the test resize,
+    the model's colour order, the weights of ``MODEL.WEIGHTS`` / ``train.init_checkpoint``
+    (none: the model keeps its initialisation); takes a BGR uint8 image."""
 
-    def __init__(self, cfg):
-        self.model = instantiate(cfg.model).eval()
-        self.model.to(cfg.train.device)
-        DetectionCheckpointer(self.model).load(cfg.train.init_checkpoint)
+    @configurable
+    def __init__(self, *, model, weights, augmentations, input_format):
+        self.model = model.eval()
+        if weights:
+            AtomicCheckpointer(self.model).load(weights)
+        self.aug = T.AugmentationList(augmentations)
+        if input_format not in ("RGB", "BGR"):
+            raise ValueError(f"input format {input_format!r}: expected RGB or BGR")
+        self.input_format = input_format
+
+    @classmethod
+    def from_config(cls, cfg):
+        if isinstance(cfg, CfgNode):  # as DefaultPredictor
+            return {
+                "model": build_model(cfg),
+                "weights": cfg.MODEL.WEIGHTS,
+                "augmentations": [T.ResizeShortestEdge(
+                    [cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST], cfg.INPUT.MAX_SIZE_TEST)],
+                "input_format": cfg.INPUT.FORMAT,
+            }
         mapper = cfg.dataloader.test.mapper
-        self.aug = T.AugmentationList(instantiate(mapper.get("augmentations", [])))
-        self.input_format = mapper.get("image_format", "BGR")
+        return {
+            "model": instantiate(cfg.model).to(cfg.train.device),
+            "weights": cfg.train.init_checkpoint,
+            "augmentations": instantiate(mapper.get("augmentations", [])),
+            "input_format": mapper.get("image_format", "BGR"),
+        }
 
     def __call__(self, original_image):
         with torch.no_grad():
@@ -35,7 +56,7 @@ class LazyPredictor:
 
 
 def build_predictor(cfg):
-    return DefaultPredictor(cfg) if isinstance(cfg, CfgNode) else LazyPredictor(cfg)
+    return Predictor(cfg)
 
 
 def test_metadata(cfg):
