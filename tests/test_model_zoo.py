@@ -97,3 +97,16 @@ def test_installed_package_has_the_configs_outside_the_checkout(tmp_path):
     from involution_d2 import model_zoo
 
     assert summary.split() == ["DictConfig", str(len(model_zoo.list_configs()))]
+
+
+def test_every_lazy_config_has_exactly_detectron2s_top_level_keys():
+    """What Detectron2's lazyconfig_train_net.py reads, and no helper variable leaked in."""
+    from detectron2.config import LazyConfig
+
+    from involution_d2 import model_zoo
+
+    for name in model_zoo.list_configs():
+        if name.endswith(".py"):
+            cfg = LazyConfig.load(model_zoo.get_config_file(name))
+            assert sorted(cfg.keys()) == [
+                "dataloader", "lr_multiplier", "model", "optimizer", "train"], name

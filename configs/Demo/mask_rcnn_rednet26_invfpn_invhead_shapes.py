@@ -14,12 +14,13 @@ from ..common.models.rcnn_rednet_fpn import model, use_involution_fpn, use_invol
 
 use_involution_fpn(model)
 use_involution_heads(model)
-backbone = model.backbone.bottom_up
-backbone.depth, backbone.norm, backbone.freeze_at = 26, "GN", 0
-for inv in (backbone.involution_kwargs, model.backbone.involution_kwargs,
-            model.proposal_generator.head.involution_kwargs,
-            model.roi_heads.mask_head.involution_kwargs):
-    inv.norm = "GN"
+# Names starting with "_" stay out of the config (LazyConfig keeps other module globals).
+_rednet = model.backbone.bottom_up
+_rednet.depth, _rednet.norm, _rednet.freeze_at = 26, "GN", 0
+for _involutions in (_rednet.involution_kwargs, model.backbone.involution_kwargs,
+                     model.proposal_generator.head.involution_kwargs,
+                     model.roi_heads.mask_head.involution_kwargs):
+    _involutions.norm = "GN"
 model.proposal_generator.anchor_generator.sizes = [[16], [32], [64], [128], [256]]
 model.proposal_generator.batch_size_per_image = 128
 model.proposal_generator.pre_nms_topk = (1000, 500)
