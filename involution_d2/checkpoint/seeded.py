@@ -78,7 +78,7 @@ def seeded_input(name, shape):
 
 def sample_indices(name, numel, count):
     """Sorted flat indices of ``count`` distinct positions of a tensor of ``numel`` elements
-    (all of them if it has no more), drawn by the seed of ``name``."""
+    (all of them if it has no more), drawn by the generator seeded from ``name``."""
     if numel <= count:
         return torch.arange(numel)
     return torch.randperm(numel, generator=_generator(f"sample:{name}"))[:count].sort().values
