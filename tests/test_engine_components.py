@@ -138,3 +138,33 @@ def test_train_net_keeps_max_to_keep_checkpoints_and_logs_every_log_period(tmp_p
         "model_0000002.pth", "model_0000003.pth", "model_final.pth"]
     with open(out / "metrics.json") as f:
         assert [json.loads(line)["iteration"] for line in f] == [1, 3]
+
+
+def test_checkpointer_writes_through_its_path_manager():
+    """fvcore's save, through the checkpointer's path manager: a handler registered there
+    receives the checkpoint and last_checkpoint of a save folder it serves (local folders
+    are written atomically: test_safety.py, test_user_journey.py)."""
+    import io
+
+    import torch
+    from iopath.common.file_io import PathHandler
+
+    from involution_d2.engine import AtomicCheckpointer
+
+    written = {}
+
+    class Memory(PathHandler):
+        def _get_supported_prefixes(self):
+            return ["memory://"]
+
+        def _open(self, path, mode="r", **kwargs):
+            buffer = io.BytesIO() if "b" in mode else io.StringIO()
+            buffer.close = lambda: written.__setitem__(path, buffer.getvalue())
+            return buffer
+
+    checkpointer = AtomicCheckpointer(torch.nn.Linear(2, 2), "memory://run")
+    checkpointer.path_manager.register_handler(Memory())
+    checkpointer.save("model_final")
+    assert written["memory://run/last_checkpoint"] == "model_final.pth"
+    state = torch.load(io.BytesIO(written["memory://run/model_final.pth"]), weights_only=True)
+    assert set(state["model"]) == {"weight", "bias"}
