@@ -33,6 +33,7 @@ from detectron2.engine.defaults import create_ddp_model
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
+from fvcore.nn.precise_bn import get_bn_modules
 
 from involution_d2.engine import AtomicCheckpointer, build_components, check_dataset
 from involution_d2.engine import launch, read_config, setup_config
@@ -87,6 +88,10 @@ def train(args, components):
     trainer.register_hooks([
         hooks.IterationTimer(),
         hooks.LRScheduler(scheduler=components.lr_scheduler(optimizer)),
+        # Before the checkpointer, which then saves the statistics it computes.
+        hooks.PreciseBN(components.eval_period, model, components.precise_bn_loader(),
+                        components.precise_bn_iters)
+        if components.precise_bn_iters and get_bn_modules(model) else None,
         hooks.PeriodicCheckpointer(checkpointer, max_iter=components.max_iter,
                                    **components.checkpointer)
         if comm.is_main_process() else None,

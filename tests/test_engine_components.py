@@ -44,8 +44,10 @@ def test_lazy_options_reach_the_components():
 def test_yacs_options_are_those_of_default_trainer():
     from involution_d2.engine import build_components
 
-    cfg = yacs_config(DEMO, overrides={"DATASETS.TEST": ("shapes_val", "shapes_train")})
+    cfg = yacs_config(DEMO, overrides={"DATASETS.TEST": ("shapes_val", "shapes_train"),
+                                       "TEST.PRECISE_BN.ENABLED": True})
     components = build_components(cfg)
+    assert components.precise_bn_iters == cfg.TEST.PRECISE_BN.NUM_ITER == 200
     assert components.ddp == {"broadcast_buffers": False}
     assert components.checkpointer == {"period": cfg.SOLVER.CHECKPOINT_PERIOD}
     assert components.log_period == 20

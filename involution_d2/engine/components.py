@@ -2,7 +2,8 @@
 a LazyConfig is read here, and only here, into what training, evaluation and inference need,
 honouring the options that Detectron2's own trainers honour (``DefaultTrainer`` for yacs,
 ``tools/lazyconfig_train_net.py`` for LazyConfigs): DDP options, checkpointer options, every
-test set, log period, AMP, gradient clipping. Loaders come from the config (yacs:
+test set, log period, AMP, gradient clipping (and for yacs, PreciseBN and
+``SOLVER.REFERENCE_WORLD_SIZE``). Loaders come from the config (yacs:
 ``DATALOADER.PIPELINE``; LazyConfig: ``dataloader``), evaluators from the datasets'
 ``evaluator_type``, never from dataset names."""
 import copy
@@ -13,9 +14,11 @@ from typing import Callable, Dict, List
 import torch
 from detectron2.config import CfgNode, instantiate
 from detectron2.data import MetadataCatalog
+from detectron2.engine import DefaultTrainer
 from detectron2.evaluation import COCOEvaluator, SemSegEvaluator
 from detectron2.modeling import build_model
 from detectron2.solver import LRMultiplier
+from detectron2.utils import comm
 from omegaconf import OmegaConf
 
 from ..data import check_dataset, get_pipeline
@@ -74,6 +77,10 @@ class Components:
     train_loader: Callable[[], object]
     train_datasets: List[str] = field(default_factory=list)
     tests: List[TestSet] = field(default_factory=list)
+    # PreciseBN before each evaluation (yacs TEST.PRECISE_BN): iterations (0: none) and a
+    # factory of the training loader it reads.
+    precise_bn_iters: int = 0
+    precise_bn_loader: Callable[[], object] = None
 
     @property
     def checkpoint_period(self):
@@ -161,8 +168,13 @@ class _YacsReader(ConfigReader):
         return get_pipeline(self.cfg).test_augmentations(self.cfg), self.cfg.INPUT.FORMAT
 
     def components(self):
-        cfg, pipeline = self.cfg, get_pipeline(self.cfg)
+        # SOLVER.REFERENCE_WORLD_SIZE: batch size, LR and schedule scaled to the world size.
+        cfg = DefaultTrainer.auto_scale_workers(self.cfg, comm.get_world_size())
+        pipeline = get_pipeline(cfg)
         model = self.build_model()
+        precise_bn = cfg.clone()
+        precise_bn.defrost()
+        precise_bn.DATALOADER.NUM_WORKERS = 0  # as DefaultTrainer: less memory and time
         return Components(
             model=model,
             device=self.device,
@@ -183,6 +195,8 @@ class _YacsReader(ConfigReader):
                            lambda n=name: build_evaluator(
                                n, os.path.join(self.output_dir, "inference", n)))
                    for name in cfg.DATASETS.TEST],
+            precise_bn_iters=cfg.TEST.PRECISE_BN.NUM_ITER * cfg.TEST.PRECISE_BN.ENABLED,
+            precise_bn_loader=lambda: pipeline.build_train_loader(precise_bn),
         )
 
 
