@@ -82,10 +82,6 @@ class Components:
     precise_bn_iters: int = 0
     precise_bn_loader: Callable[[], object] = None
 
-    @property
-    def checkpoint_period(self):
-        return self.checkpointer["period"]
-
 
 # evaluator_type (dataset metadata) -> evaluator. Detectron2 tags Cityscapes
 # "cityscapes_sem_seg" (cityscapesscripts on labelIds); the official mIoU is SemSegEvaluator's
