@@ -52,6 +52,10 @@ class AtomicCheckpointer(DetectionCheckpointer):
     full, and says in one line why ImageNet weights leave a detector's 7x7 stem involution
     uninitialised (instead of a generic shape-mismatch and missing-key warning)."""
 
+    def __init__(self, model, save_dir="", **kwargs):
+        super().__init__(model, save_dir, **kwargs)
+        self.path_manager = _AtomicWrites(self.path_manager)
+
     def _load_model(self, checkpoint):
         left_out = self._drop_other_stem_kernel_generation(checkpoint["model"])
         incompatible = super()._load_model(checkpoint)
@@ -80,10 +84,6 @@ class AtomicCheckpointer(DetectionCheckpointer):
         if left_out:
             self.logger.warning(stem_kernel_generation_note(*kernels, left_out))
         return left_out
-
-    def __init__(self, model, save_dir="", **kwargs):
-        super().__init__(model, save_dir, **kwargs)
-        self.path_manager = _AtomicWrites(self.path_manager)
 
     def save(self, name, **kwargs):
         """fvcore's save (checkpoint, then ``last_checkpoint``), each file written
