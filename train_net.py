@@ -11,7 +11,7 @@
 --config-file takes a LazyConfig ``.py`` (overrides: ``train.max_iter=100``) or a yacs
 ``.yaml`` (overrides: ``SOLVER.MAX_ITER 100``).  Without a GPU, --num-gpus N starts N CPU
 processes (gloo).  Writes checkpoints (atomically), metrics.json and TensorBoard events to
-the output folder; evaluates with COCOEvaluator or SemSegEvaluator as the dataset requires.
+the output folder; evaluates every test set with the evaluator its dataset asks for.
 Workers stop when the launcher dies and share the CPU cores; errors the user can fix (a
 typo'd override, a refused checkpoint, a full disk) end with one line ``error: ...``.
 """
@@ -33,10 +33,10 @@ from detectron2.engine.defaults import create_ddp_model
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
+from fvcore.nn.precise_bn import get_bn_modules
 
 from involution_d2.engine import AtomicCheckpointer, build_components, check_dataset
-from involution_d2.engine import config_device, config_weights, dataset_names, launch
-from involution_d2.engine import setup_config
+from involution_d2.engine import launch, read_config, setup_config
 from involution_d2.engine.metrics import drop_metrics_from
 
 logger = logging.getLogger("involution_d2")
@@ -45,7 +45,7 @@ logger = logging.getLogger("involution_d2")
 def setup(args):
     cfg = setup_config(args.config_file, args.opts)
     default_setup(cfg, args)  # output folder, logging, seeds, config dump
-    setup_logger(output_dir(cfg), distributed_rank=comm.get_rank(), name=logger.name)
+    setup_logger(read_config(cfg).output_dir, distributed_rank=comm.get_rank(), name=logger.name)
     if comm.get_world_size() > 1:
         threads = os.environ.get("OMP_NUM_THREADS")
         logger.info(f"{comm.get_local_size()} processes on this machine, "
@@ -55,32 +55,31 @@ def setup(args):
     return cfg
 
 
-def output_dir(cfg):
-    return cfg.OUTPUT_DIR if hasattr(cfg, "OUTPUT_DIR") else cfg.train.output_dir
-
-
 def evaluate(components, model):
+    """Every test set with its evaluator; the results of all of them (one set: its results
+    alone, as Detectron2's trainers return them)."""
     results = {}
-    for name, loader, evaluator in components.tests:
-        res = inference_on_dataset(model, loader(), evaluator())
+    for test in components.tests:
+        res = inference_on_dataset(model, test.loader(), test.evaluator())
+        results[test.name] = res
         if comm.is_main_process():
-            logger.info(f"Evaluation on {name}:")
+            logger.info(f"Evaluation on {test.name}:")
             print_csv_format(res)
-        results.update(res)
-    return results
+    return next(iter(results.values())) if len(results) == 1 else results
 
 
-def train(args, cfg, components):
+def train(args, components):
     model = components.model
-    if components.amp and not str(config_device(cfg)).startswith("cuda"):
+    on_gpu = str(components.device).startswith("cuda")
+    if components.amp and not on_gpu:
         raise ValueError("mixed precision (SOLVER.AMP.ENABLED / train.amp.enabled) needs a "
                          "GPU; turn it off to train on the CPU")
     optimizer = components.optimizer()
     train_loader = components.train_loader()
-    on_gpu = str(config_device(cfg)).startswith("cuda")
     # DistributedDataParallel takes device_ids for GPU modules only.
-    ddp_model = create_ddp_model(model, broadcast_buffers=False,
-                                 **({} if on_gpu else {"device_ids": None}))
+    ddp_model = create_ddp_model(model, **components.ddp,
+                                 **({} if on_gpu or "device_ids" in components.ddp
+                                    else {"device_ids": None}))
     trainer = (AMPTrainer if components.amp else SimpleTrainer)(ddp_model, train_loader,
                                                                  optimizer)
     checkpointer = AtomicCheckpointer(model, components.output_dir, trainer=trainer)
@@ -89,8 +88,12 @@ def train(args, cfg, components):
     trainer.register_hooks([
         hooks.IterationTimer(),
         hooks.LRScheduler(scheduler=components.lr_scheduler(optimizer)),
-        hooks.PeriodicCheckpointer(checkpointer, components.checkpoint_period,
-                                   max_iter=components.max_iter)
+        # Before the checkpointer, which then saves the statistics it computes.
+        hooks.PreciseBN(components.eval_period, model, components.precise_bn_loader(),
+                        components.precise_bn_iters)
+        if components.precise_bn_iters and get_bn_modules(model) else None,
+        hooks.PeriodicCheckpointer(checkpointer, max_iter=components.max_iter,
+                                   **components.checkpointer)
         if comm.is_main_process() else None,
         hooks.EvalHook(components.eval_period, lambda: evaluate(components, model)),
         hooks.PeriodicWriter(default_writers(components.output_dir, components.max_iter),
@@ -117,20 +120,19 @@ def train(args, cfg, components):
 
 
 def main(args):
-    cfg = setup(args)
-    for name in dataset_names(cfg, train=not args.eval_only):
+    components = build_components(setup(args))
+    names = [t.name for t in components.tests]
+    for name in names if args.eval_only else components.train_datasets + names:
         check_dataset(name)
-    components = build_components(cfg, output_dir(cfg))
-    components.model.to(config_device(cfg))
     if args.eval_only:
         checkpointer = AtomicCheckpointer(components.model, components.output_dir)
-        if not config_weights(cfg) and not (args.resume and checkpointer.has_checkpoint()):
+        if not components.init_weights and not (args.resume and checkpointer.has_checkpoint()):
             logger.warning("--eval-only without weights (MODEL.WEIGHTS / "
                            "train.init_checkpoint is empty): evaluating an untrained model")
         else:
             checkpointer.resume_or_load(components.init_weights, resume=args.resume)
         return evaluate(components, components.model)
-    return train(args, cfg, components)
+    return train(args, components)
 
 
 if __name__ == "__main__":

@@ -60,3 +60,20 @@ def add_involution_config(cfg):
     # Shorter side before the center crop of the test pipeline (mmcls: resize 256, crop 224).
     cfg.INPUT.CLASSIFICATION_RESIZE_TEST = 256
     cfg.INPUT.CLASSIFICATION_CROP = 224
+
+    # Input pipeline (a name in involution_d2.data.DATA_PIPELINE_REGISTRY): how the datasets
+    # become model inputs. "Detectron2Pipeline": Detectron2's DatasetMapper and INPUT keys;
+    # "CityscapesSemSegPipeline": the official Cityscapes training augmentations;
+    # "ClassificationPipeline": the official ImageNet crops (ClassificationDatasetMapper).
+    cfg.DATALOADER.PIPELINE = "Detectron2Pipeline"
+    # Images per test batch (Detectron2's test loaders take 1 unless told).
+    cfg.TEST.IMS_PER_BATCH = 1
+    # Random rescale of CityscapesSemSegPipeline (mmseg's ratio_range and img_scale): the
+    # image is fitted to BASE_SIZE (height, width) times a factor drawn in RANGE. Its crop is
+    # Detectron2's INPUT.CROP (ENABLED, TYPE, SIZE, SINGLE_CATEGORY_MAX_AREA).
+    cfg.INPUT.RESIZE_SCALE = CN()
+    cfg.INPUT.RESIZE_SCALE.RANGE = (0.5, 2.0)
+    cfg.INPUT.RESIZE_SCALE.BASE_SIZE = (1024, 2048)
+    # Largest share of the crop one class may cover (mmseg's cat_max_ratio; the key of
+    # Detectron2's DeepLab project); 1.0: any crop.
+    cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA = 1.0

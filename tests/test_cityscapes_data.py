@@ -394,6 +394,7 @@ def test_lazy_config_pipeline_trains_and_evaluates(val_in_catalog):
     train.mapper.augmentations.base_size = (64, 128)  # the synthetic images' size
     train.mapper.augmentations.crop_size = (32, 64)
     cfg.dataloader.test.num_workers = 0
+    cfg.dataloader.test.mapper.augmentations[0].update(short_edge_length=H, max_size=W)
 
     torch.manual_seed(0)
     model = instantiate(cfg.model).train()

@@ -154,12 +154,13 @@ def test_yacs_loaders(imagenet_folder):
     )
 
     cfg = yacs_config("ImageNet-Classification/rednet26", overrides={
-        "SOLVER.IMS_PER_BATCH": 3, "DATALOADER.NUM_WORKERS": 0})
+        "SOLVER.IMS_PER_BATCH": 3, "TEST.IMS_PER_BATCH": 2, "DATALOADER.NUM_WORKERS": 0})
     batch = next(iter(build_classification_train_loader(cfg)))
     assert [x["image"].shape for x in batch] == [(3, 224, 224)] * 3
     assert all(0 <= x["label"] < NUM_CLASSES for x in batch)
     test = list(build_classification_test_loader(cfg, "imagenet_val"))
-    assert [b[0]["label"] for b in test] == list(range(NUM_CLASSES))
+    assert max(len(b) for b in test) == 2  # TEST.IMS_PER_BATCH
+    assert [x["label"] for b in test for x in b] == list(range(NUM_CLASSES))
 
 
 def test_missing_folder_names_the_path_the_variable_and_the_layout(tmp_path, monkeypatch):

@@ -144,3 +144,104 @@ def test_schedules_are_the_same(twins):
     lazy_lr = lr_samples(max_iter, LRMultiplier(lazy_opt, instantiate(lazy.lr_multiplier),
                                                 max_iter))
     torch.testing.assert_close(yacs_lr, lazy_lr, rtol=1e-6, atol=0, msg=name)
+
+
+def describe(augmentations):
+    """The augmentations (a list or an AugmentationList) as (class name, {argument: value})
+    pairs, read back from the arguments of each one's __init__, sequences as lists."""
+    import inspect
+
+    from detectron2.data import transforms as T
+
+    def plain(value):
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        return value
+
+    described = []
+    for aug in getattr(augmentations, "augs", augmentations):
+        if isinstance(aug, T.AugmentationList):
+            described += describe(aug)
+            continue
+        names = [p.name for p in inspect.signature(type(aug).__init__).parameters.values()
+                 if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+        args = {n: plain(getattr(aug, n)) for n in names if hasattr(aug, n)}
+        if isinstance(aug, T.ResizeShortestEdge) and len(set(args["short_edge_length"])) == 1:
+            # One size: (800,) and (800, 800), "choice" and "range" all draw it.
+            args["short_edge_length"] = args["short_edge_length"][0]
+            args.pop("sample_style")
+        described.append((type(aug).__name__, args))
+    return described
+
+
+def lazy_arguments(node):
+    """The arguments a LazyCall node calls its target with, defaults included."""
+    import inspect
+
+    from detectron2.utils.registry import locate
+
+    target = node._target_
+    target = locate(target) if isinstance(target, str) else target
+    arguments = {p.name: p.default for p in inspect.signature(target).parameters.values()
+                 if p.default is not inspect.Parameter.empty}
+    arguments.update({k: v for k, v in node.items() if k != "_target_"})
+    return target, arguments
+
+
+# What a test mapper ignores: Detectron2's DatasetMapper drops the annotations of test images.
+TRAINING_ONLY = {"use_instance_mask", "instance_mask_format", "use_keypoint",
+                 "keypoint_hflip_indices", "recompute_boxes"}
+
+
+def mapper_settings(mapper):
+    """Everything a dataset mapper does to its input: its class, its augmentations and its
+    other attributes (format, masks, keypoints, proposals, box recomputation)."""
+    ignored = {"augmentations", "logger"} | (set() if mapper.is_train else TRAINING_ONLY)
+    settings = {k: v for k, v in vars(mapper).items() if k not in ignored}
+    return type(mapper).__name__, describe(mapper.augmentations), settings
+
+
+@pytest.fixture(scope="module", params=TWINS)
+def pipelines(request):
+    """(name, yacs config, LazyConfig) without building models."""
+    name = request.param
+    return name, yacs_config(name), lazy_config(name)
+
+
+def test_input_pipelines_are_the_same(pipelines):
+    """Train and test mappers (augmentations with their parameters: resize, crop, flip,
+    photometric; image format, masks), loader settings (datasets, workers, batch sizes,
+    aspect-ratio grouping, empty-image filter, sampler) and the evaluator of each test set.
+    (The normalisation is the model's pixel_mean / pixel_std: test_models_are_the_same.)"""
+    from detectron2.config import instantiate
+    from detectron2.data import get_detection_dataset_dicts
+
+    from involution_d2.data import get_pipeline
+    from involution_d2.engine import evaluator_class
+
+    name, cfg, lazy = pipelines
+    pipeline = get_pipeline(cfg)
+    for split, is_train in (("train", True), ("test", False)):
+        yacs_mapper = mapper_settings(pipeline.build_mapper(cfg, is_train))
+        lazy_mapper = mapper_settings(instantiate(lazy.dataloader[split].mapper))
+        assert yacs_mapper == lazy_mapper, f"{name}: {split} mapper"
+
+    _, train = lazy_arguments(lazy.dataloader.train)
+    _, test = lazy_arguments(lazy.dataloader.test)
+    dataset_target, train_dataset = lazy_arguments(lazy.dataloader.train.dataset)
+    names = train_dataset.get("names", train_dataset.get("dataset_name"))
+    assert list(cfg.DATASETS.TRAIN) == ([names] if isinstance(names, str) else list(names))
+    if dataset_target is get_detection_dataset_dicts:
+        assert cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS == train_dataset["filter_empty"], name
+    assert cfg.DATALOADER.NUM_WORKERS == train["num_workers"] == test["num_workers"], name
+    assert cfg.DATALOADER.ASPECT_RATIO_GROUPING == train["aspect_ratio_grouping"], name
+    assert cfg.DATALOADER.SAMPLER_TRAIN == "TrainingSampler" and train["sampler"] is None
+    assert cfg.TEST.IMS_PER_BATCH == test["batch_size"], f"{name}: test batch size"
+
+    # One evaluator per test set; the LazyConfig's evaluates the dataset its loader reads.
+    _, test_dataset = lazy_arguments(lazy.dataloader.test.dataset)
+    names = test_dataset.get("names", test_dataset.get("dataset_name"))
+    evaluator_target, evaluator = lazy_arguments(lazy.dataloader.evaluator)
+    assert list(cfg.DATASETS.TEST) == ([names] if isinstance(names, str) else list(names))
+    assert list(cfg.DATASETS.TEST) == [evaluator["dataset_name"]]
+    assert [evaluator_class(n) for n in cfg.DATASETS.TEST] == [evaluator_target], name

@@ -3,3 +3,6 @@ from ..common.coco_1x import dataloader, lr_multiplier, optimizer, train
 from ..common.models.rcnn_rednet_fpn import model, without_masks
 
 without_masks(model)
+
+# No masks to learn: do not load them (as Detectron2's own box-only configs).
+dataloader.train.mapper.use_instance_mask = False

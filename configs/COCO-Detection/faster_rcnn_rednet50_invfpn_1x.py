@@ -4,3 +4,6 @@ from ..common.models.rcnn_rednet_fpn import model, use_involution_fpn, without_m
 
 without_masks(model)
 use_involution_fpn(model)
+
+# No masks to learn: do not load them (as Detectron2's own box-only configs).
+dataloader.train.mapper.use_instance_mask = False

@@ -12,3 +12,6 @@ without_masks(model)
 use_involution_fpn(model)
 use_involution_heads(model)
 clip_gradients(optimizer, max_norm=5.0)
+
+# No masks to learn: do not load them (as Detectron2's own box-only configs).
+dataloader.train.mapper.use_instance_mask = False

@@ -5,3 +5,6 @@ from ..common.models.retinanet_rednet_fpn import model, use_involution_fpn
 optimizer.lr = 0.01
 use_involution_fpn(model)
 clip_gradients(optimizer, max_norm=40.0)
+
+# No masks to learn: do not load them (as Detectron2's own box-only configs).
+dataloader.train.mapper.use_instance_mask = False

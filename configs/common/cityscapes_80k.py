@@ -4,6 +4,7 @@ to 1e-4; mIoU with Detectron2's SemSegEvaluator.  Data: $DETECTRON2_DATASETS/cit
 from detectron2 import model_zoo
 from detectron2.config import LazyCall as L
 from detectron2.data import DatasetMapper, build_detection_test_loader, build_detection_train_loader
+from detectron2.data import transforms as T
 from detectron2.evaluation import SemSegEvaluator
 from omegaconf import OmegaConf
 
@@ -25,7 +26,12 @@ dataloader.train = L(build_detection_train_loader)(
 )
 dataloader.test = L(build_detection_test_loader)(
     dataset=L(cityscapes_sem_seg_dicts)(dataset_name="cityscapes_fine_sem_seg_val"),
-    mapper=L(DatasetMapper)(is_train=False, augmentations=[], image_format="RGB"),
+    # keep-ratio resize to fit 2048x1024, the official test scale (no change to Cityscapes)
+    mapper=L(DatasetMapper)(
+        is_train=False,
+        augmentations=[L(T.ResizeShortestEdge)(short_edge_length=1024, max_size=2048)],
+        image_format="RGB",
+    ),
     num_workers=4,
 )
 dataloader.evaluator = L(SemSegEvaluator)(dataset_name="cityscapes_fine_sem_seg_val")

@@ -1,5 +1,6 @@
 """Writing files so that no reader ever sees half of one, and clearing what an interrupted
 write left behind."""
+import contextlib
 import errno
 import os
 import re
@@ -11,6 +12,7 @@ import time
 import torch
 
 __all__ = [
+    "atomic_open",
     "atomic_write",
     "is_disk_full",
     "make_temporary_folder",
@@ -58,22 +60,32 @@ def make_temporary_folder(path):
             continue
 
 
-def atomic_write(path, write):
-    """Call ``write(f)`` on a temporary file beside ``path``, then rename it to ``path`` (a
-    rename within one folder is atomic): an interrupted run leaves the old file or none, and
-    at most a temporary file that ``remove_stale_temporaries`` clears later."""
+@contextlib.contextmanager
+def atomic_open(path, mode="wb"):
+    """``open(path, mode)`` for writing, through a temporary file beside ``path`` that is
+    renamed to ``path`` (a rename within one folder is atomic) when the block ends without
+    an exception: an interrupted run leaves the old file or none, and at most a temporary
+    file that ``remove_stale_temporaries`` clears later."""
+    if not any(c in mode for c in "wx") or "+" in mode:
+        raise ValueError(f"atomic_open writes new files: mode {mode!r} is not w/wb/x/xb")
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     tmp, fd = _create_temporary_file(path)
     try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
+        with os.fdopen(fd, mode.replace("x", "w")) as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
         raise
+
+
+def atomic_write(path, write):
+    """Call ``write(f)`` on a binary file opened with :func:`atomic_open`."""
+    with atomic_open(path, "wb") as f:
+        write(f)
 
 
 def save_atomically(obj, path):

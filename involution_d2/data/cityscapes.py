@@ -9,6 +9,8 @@ import os
 
 from detectron2.data.datasets.cityscapes import load_cityscapes_semantic
 
+from .checks import register_dataset_check
+
 _SPLITS = {"cityscapes_fine_sem_seg_train": "train", "cityscapes_fine_sem_seg_val": "val"}
 _IMAGE_SUFFIX = "leftImg8bit.png"
 # What Detectron2's loader reads or checks for each image: the train ids, the polygons (for
@@ -94,3 +96,10 @@ def cityscapes_sem_seg_dicts(dataset_name):
     root = cityscapes_root()
     return load_cityscapes_semantic(os.path.join(root, "leftImg8bit", split),
                                     os.path.join(root, "gtFine", split))
+
+
+def register_cityscapes_checks():
+    """Check Detectron2's "cityscapes_fine_sem_seg_{train,val}" with
+    :func:`check_cityscapes_sem_seg` before training (done on import of involution_d2.data)."""
+    for name, split in _SPLITS.items():
+        register_dataset_check(name, lambda split=split: check_cityscapes_sem_seg(split))

@@ -23,6 +23,8 @@ from detectron2.data import transforms as T
 from PIL import Image
 from torchvision.datasets.folder import find_classes, make_dataset
 
+from .checks import register_dataset_check
+
 __all__ = [
     "CenterCrop",
     "ClassificationDatasetMapper",
@@ -81,14 +83,21 @@ def imagenet_dicts(split, root=None):
     return dicts
 
 
+def _check_split(split):
+    folder = os.path.join(imagenet_root(), split)
+    if not os.path.isdir(folder):
+        raise _not_found("no such folder", folder)
+
+
 def register_imagenet():
     """Register "imagenet_train" / "imagenet_val" (done on import of involution_d2.data)."""
     for name, split in IMAGENET_SPLITS.items():
         if name in DatasetCatalog.list():
             continue
         DatasetCatalog.register(name, lambda split=split: imagenet_dicts(split))
-        # train_net picks ClassificationEvaluator by this.
+        # The engine picks ClassificationEvaluator by this.
         MetadataCatalog.get(name).set(evaluator_type="classification")
+        register_dataset_check(name, lambda split=split: _check_split(split))
 
 
 class ResizeShorterSide(T.Augmentation):
@@ -193,23 +202,34 @@ class ClassificationDatasetMapper:
                 "file_name": dataset_dict["file_name"], "image_id": dataset_dict["image_id"]}
 
 
+def _dataset_dicts(cfg, names):
+    if cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS:
+        raise ValueError(
+            "DATALOADER.FILTER_EMPTY_ANNOTATIONS is True, but classification datasets have no "
+            "annotations to filter images by: set it to False (Base-RedNet-ImageNet.yaml does)")
+    return get_detection_dataset_dicts(names, filter_empty=False)
+
+
 def build_classification_train_loader(cfg):
     """Detectron2's training loader over ``cfg.DATASETS.TRAIN`` with the classification
-    mapper: no annotation filter (there are none), no aspect-ratio grouping (equal crops)."""
+    mapper, ``SOLVER.IMS_PER_BATCH`` images a batch, ``DATALOADER.NUM_WORKERS`` and
+    ``DATALOADER.ASPECT_RATIO_GROUPING`` (which changes nothing: crops are square);
+    ``DATALOADER.FILTER_EMPTY_ANNOTATIONS`` must be False (there are no annotations)."""
     return build_detection_train_loader(
-        dataset=get_detection_dataset_dicts(cfg.DATASETS.TRAIN, filter_empty=False),
+        dataset=_dataset_dicts(cfg, cfg.DATASETS.TRAIN),
         mapper=ClassificationDatasetMapper(cfg, is_train=True),
         total_batch_size=cfg.SOLVER.IMS_PER_BATCH,
-        aspect_ratio_grouping=False,
+        aspect_ratio_grouping=cfg.DATALOADER.ASPECT_RATIO_GROUPING,
         num_workers=cfg.DATALOADER.NUM_WORKERS,
     )
 
 
-def build_classification_test_loader(cfg, dataset_name, batch_size=1):
-    """Detectron2's inference loader over ``dataset_name`` with the classification mapper."""
+def build_classification_test_loader(cfg, dataset_name):
+    """Detectron2's inference loader over ``dataset_name`` with the classification mapper,
+    ``TEST.IMS_PER_BATCH`` images a batch."""
     return build_detection_test_loader(
-        dataset=get_detection_dataset_dicts([dataset_name], filter_empty=False),
+        dataset=_dataset_dicts(cfg, [dataset_name]),
         mapper=ClassificationDatasetMapper(cfg, is_train=False),
-        batch_size=batch_size,
+        batch_size=cfg.TEST.IMS_PER_BATCH,
         num_workers=cfg.DATALOADER.NUM_WORKERS,
     )

@@ -91,11 +91,14 @@ class PhotoMetricDistortion(T.Augmentation):
 
 
 def cityscapes_train_augmentations(image_format="RGB", crop_size=(512, 1024),
-                                   scale_range=(0.5, 2.0), base_size=(1024, 2048)):
+                                   scale_range=(0.5, 2.0), base_size=(1024, 2048), *,
+                                   crop_type="absolute", single_category_max_area=0.75,
+                                   ignored_category=255):
     """mmseg's Cityscapes training pipeline: rescale so the image fits ``base_size`` (H, W)
-    times a factor in ``scale_range``, keeping its aspect ratio; crop ``crop_size`` (H, W),
-    trying up to 10 windows for one where no class covers 75% or more of the non-ignored
-    pixels (mmseg's cat_max_ratio); flip horizontally with probability 0.5; distort colours.
+    times a factor in ``scale_range``, keeping its aspect ratio; crop ``crop_size`` (H, W;
+    None: no crop), trying up to 10 windows for one where no class covers
+    ``single_category_max_area`` or more of the pixels not labelled ``ignored_category``
+    (mmseg's cat_max_ratio); flip horizontally with probability 0.5; distort colours.
 
     mmseg then pads the crop to ``crop_size`` (image 0, label 255). Detectron2's crop is
     min(crop_size, image size) and never pads; with these defaults a 1024x2048 Cityscapes
@@ -104,10 +107,12 @@ def cityscapes_train_augmentations(image_format="RGB", crop_size=(512, 1024),
     pads when it batches: to the largest image, rounded up to the size divisibility, with 0
     after normalization and the ignore label.
     """
+    crop = ([T.RandomCrop_CategoryAreaConstraint(
+        crop_type, tuple(crop_size), single_category_max_area=single_category_max_area,
+        ignored_category=ignored_category)] if crop_size is not None else [])
     return [
         T.ResizeScale(scale_range[0], scale_range[1], base_size[0], base_size[1]),
-        T.RandomCrop_CategoryAreaConstraint("absolute", crop_size, single_category_max_area=0.75,
-                                            ignored_category=255),
+        *crop,
         T.RandomFlip(),
         PhotoMetricDistortion(image_format=image_format),
     ]

@@ -1,12 +1,19 @@
 from .checkpointer import AtomicCheckpointer
-from .components import Components, build_components, build_evaluator, check_dataset, dataset_names
-from .config_files import (
-    apply_lazy_overrides,
+from .components import (
+    Components,
+    ConfigReader,
+    TestSet,
+    build_components,
+    build_evaluator,
     build_model_from_config,
+    evaluator_class,
+    check_dataset,
     config_device,
     config_weights,
-    setup_config,
+    dataset_names,
+    read_config,
 )
+from .config_files import apply_lazy_overrides, setup_config
 from .errors import USER_ERROR_EXIT, CheckpointLoadError, ConfigError, DiskFullError, UserError
 from .launch import launch, share_cpu_cores, stop_with_launcher, threads_per_process
 

@@ -19,12 +19,7 @@ from ..checkpoint import (
     stem_involution_kernel,
     stem_kernel_generation_note,
 )
-from ..checkpoint.save import (
-    atomic_write,
-    is_disk_full,
-    remove_stale_temporaries,
-    save_atomically,
-)
+from ..checkpoint.save import atomic_open, is_disk_full, remove_stale_temporaries
 from .errors import CheckpointLoadError, DiskFullError
 
 __all__ = ["AtomicCheckpointer"]
@@ -34,11 +29,32 @@ _LEGACY_TEMPORARY = r"^(.+\.pth|last_checkpoint)\.[a-z0-9_]{8}\.tmp$"
 _SAFE_CONTENT = "tensors, numpy arrays, numbers, strings and dicts, lists or tuples of them"
 
 
+class _AtomicWrites:
+    """A checkpointer's path manager (iopath) whose local files opened for writing are
+    written to a temporary file and renamed into place (``atomic_open``); everything else,
+    and files of other handlers (URLs), go to the path manager itself."""
+
+    def __init__(self, path_manager):
+        self._path_manager = path_manager
+
+    def open(self, path, mode="r", **kwargs):
+        if "w" in mode and "://" not in str(path):
+            return atomic_open(path, mode)
+        return self._path_manager.open(path, mode, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._path_manager, name)
+
+
 class AtomicCheckpointer(DetectionCheckpointer):
     """Detectron2's DetectionCheckpointer that never runs code while loading, saves
     atomically, says what to do when a checkpoint is refused or missing, or the disk is
     full, and says in one line why ImageNet weights leave a detector's 7x7 stem involution
     uninitialised (instead of a generic shape-mismatch and missing-key warning)."""
+
+    def __init__(self, model, save_dir="", **kwargs):
+        super().__init__(model, save_dir, **kwargs)
+        self.path_manager = _AtomicWrites(self.path_manager)
 
     def _load_model(self, checkpoint):
         left_out = self._drop_other_stem_kernel_generation(checkpoint["model"])
@@ -70,31 +86,19 @@ class AtomicCheckpointer(DetectionCheckpointer):
         return left_out
 
     def save(self, name, **kwargs):
-        if not self.save_dir or not self.save_to_disk:
-            return
-        data = {"model": self.model.state_dict()}
-        for key, obj in self.checkpointables.items():
-            data[key] = obj.state_dict()
-        data.update(kwargs)
-        basename = f"{name}.pth"
-        path = os.path.join(self.save_dir, basename)
-        self.logger.info(f"Saving checkpoint to {path}")
+        """fvcore's save (checkpoint, then ``last_checkpoint``), each file written
+        atomically; a full disk raises DiskFullError."""
         try:
-            save_atomically(data, path)
-            self.tag_last_checkpoint(basename)
+            super().save(name, **kwargs)
         except Exception as exc:
             if not is_disk_full(exc):
                 raise
             error = DiskFullError(
-                f"no space left on device in {os.path.abspath(self.save_dir)}: {basename} "
+                f"no space left on device in {os.path.abspath(self.save_dir)}: {name}.pth "
                 "was not saved (the checkpoints already there are complete). Free some "
                 "space there, or choose another output folder, and run again with --resume")
             error.errno = errno.ENOSPC
             raise error from exc
-
-    def tag_last_checkpoint(self, last_filename_basename):
-        atomic_write(os.path.join(self.save_dir, "last_checkpoint"),
-                     lambda f: f.write(last_filename_basename.encode()))
 
     def remove_stale_temporaries(self):
         """Remove the temporary files of saves that were interrupted (a kill, a crash) in

@@ -6,15 +6,13 @@ import inspect
 import os
 
 import torch
-from detectron2.config import CfgNode, LazyConfig, get_cfg, instantiate
-from detectron2.modeling import build_model
+from detectron2.config import CfgNode, LazyConfig, get_cfg
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from ..config import add_involution_config
 from .errors import ConfigError
 
-__all__ = ["setup_config", "build_model_from_config", "config_device", "config_weights",
-           "apply_lazy_overrides"]
+__all__ = ["setup_config", "apply_lazy_overrides"]
 
 LAZY_SUFFIXES = (".py",)
 YACS_SUFFIXES = (".yaml", ".yml")
@@ -48,22 +46,6 @@ def setup_config(config_file, opts=()):
         cfg.MODEL.DEVICE = "cpu"
     cfg.freeze()
     return cfg
-
-
-def config_device(cfg):
-    return cfg.MODEL.DEVICE if isinstance(cfg, CfgNode) else cfg.train.device
-
-
-def config_weights(cfg):
-    """The weights a config loads (``MODEL.WEIGHTS`` / ``train.init_checkpoint``)."""
-    return cfg.MODEL.WEIGHTS if isinstance(cfg, CfgNode) else cfg.train.init_checkpoint
-
-
-def build_model_from_config(cfg):
-    """The model of a yacs or LazyConfig config, on the config's device."""
-    if isinstance(cfg, CfgNode):
-        return build_model(cfg)
-    return instantiate(cfg.model).to(cfg.train.device)
 
 
 def _nearest(word, candidates):

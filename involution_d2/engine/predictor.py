@@ -1,21 +1,21 @@
 """Inference on single images for both config systems: Detectron2's DefaultPredictor,
 loading its weights through the project's checkpointer (which never runs code)."""
 import torch
-from detectron2.config import CfgNode, configurable, instantiate
+from detectron2.config import configurable
 from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
-from detectron2.modeling import build_model
 
 from .checkpointer import AtomicCheckpointer
-from .components import dataset_names
+from .components import read_config
 
 __all__ = ["Predictor", "build_predictor", "test_metadata"]
 
 
 class Predictor:
-    """Detectron2's DefaultPredictor for a yacs config or a LazyConfig: the test resize,
-    the model's colour order, the weights of ``MODEL.WEIGHTS`` / ``train.init_checkpoint``
-    (none: the model keeps its initialisation); takes a BGR uint8 image."""
+    """Detectron2's DefaultPredictor for a yacs config or a LazyConfig: the augmentations of
+    the config's test loader, the model's colour order, the weights of ``MODEL.WEIGHTS`` /
+    ``train.init_checkpoint`` (none: the model keeps its initialisation); takes a BGR uint8
+    image."""
 
     @configurable
     def __init__(self, *, model, weights, augmentations, input_format):
@@ -29,20 +29,13 @@ class Predictor:
 
     @classmethod
     def from_config(cls, cfg):
-        if isinstance(cfg, CfgNode):  # as DefaultPredictor
-            return {
-                "model": build_model(cfg),
-                "weights": cfg.MODEL.WEIGHTS,
-                "augmentations": [T.ResizeShortestEdge(
-                    [cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST], cfg.INPUT.MAX_SIZE_TEST)],
-                "input_format": cfg.INPUT.FORMAT,
-            }
-        mapper = cfg.dataloader.test.mapper
+        config = read_config(cfg)
+        augmentations, input_format = config.test_input()
         return {
-            "model": instantiate(cfg.model).to(cfg.train.device),
-            "weights": cfg.train.init_checkpoint,
-            "augmentations": instantiate(mapper.get("augmentations", [])),
-            "input_format": mapper.get("image_format", "BGR"),
+            "model": config.build_model(),
+            "weights": config.weights,
+            "augmentations": augmentations,
+            "input_format": input_format,
         }
 
     def __call__(self, original_image):
@@ -61,5 +54,5 @@ def build_predictor(cfg):
 
 def test_metadata(cfg):
     """Metadata (class names, colours) of the config's first test dataset."""
-    names = dataset_names(cfg, train=False)
+    names = read_config(cfg).dataset_names(train=False)
     return MetadataCatalog.get(names[0] if names else "__unused")
