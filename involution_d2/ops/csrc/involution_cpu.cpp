@@ -1,0 +1,475 @@
+// Involution CPU kernels: forward, and a fused backward (input and weight gradients).
+//
+//   out[n, c, i, j] = sum_{a, b < K} w[n, c / Cg, a, b, i, j]
+//                     * x[n, c, i*S + a*D - P, j*S + b*D - P]      (zero outside)
+//
+// Layouts (made contiguous on entry): x (N, C, H, W), w (N, G, K, K, Ho, Wo),
+// out (N, C, Ho, Wo), with G groups of Cg = C / G channels.
+//
+// Work is split with at::parallel_for over the (n, g, output row) items, so that each thread
+// gets one contiguous run of rows and torch.set_num_threads applies.  Within a run:
+//
+// - Input rows are "staged" once into a small ring buffer (the rows the K taps of the
+//   current output row read), converted to the accumulation type (float; double for
+//   double), zero-padded left and right and split into S column phases: staged (q, t) holds
+//   x[y, t*S + q - P].  Tap (a, b) of output column j then reads phase (b*D) % S at
+//   t = j + (b*D) / S: a contiguous, in-bounds vector load for any stride, dilation and
+//   padding, with no per-tap branch and no temporary tensor.
+// - The innermost loop is vectorised along the output width: a tile of V output columns
+//   (one SIMD register) for a block of up to 16 channels of the group, accumulated in
+//   registers over the K*K taps.  Each generated weight vector is loaded once per tap and
+//   applied to all channels of the block.
+// - The backward pass reads the output gradient once, in the same tiles: the weight
+//   gradient sums gout * staged x over the group's channels; the input gradient scatters
+//   w * gout into a ring of staged gradient rows (padded and phase-split like x), each
+//   flushed to grad_x (converted) once no later output row can reach it.  A run owns the
+//   grad_x rows whose last contributing output row is in it and recomputes the few halo
+//   output rows it needs, so threads never write the same memory.
+//
+// float16 and bfloat16 load through float and accumulate in float; indices are int64_t.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <type_traits>
+#include <vector>
+
+namespace involution_d2 {
+namespace {
+
+using at::vec::Vectorized;
+
+template <typename scalar_t>
+using acc_type = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+
+// Channels accumulated in registers at once: 16 accumulators + weight + input fit the 32
+// registers of AVX-512; 8 for the 16 registers of AVX2 (and the generic fallback).
+constexpr int kMaxBlock = VECTOR_WIDTH >= 64 ? 16 : 8;
+
+inline int64_t floor_div(int64_t a, int64_t b) {
+  return a >= 0 ? a / b : -((-a + b - 1) / b);
+}
+inline int64_t ceil_div(int64_t a, int64_t b) { return -floor_div(-a, b); }
+
+// Loads n <= V elements as a vector of the accumulation type, zero-filling the rest.
+template <typename acc_t, typename scalar_t>
+inline Vectorized<acc_t> load_vec(const scalar_t* p, int64_t n) {
+  using Vec = Vectorized<acc_t>;
+  if constexpr (std::is_same_v<acc_t, scalar_t>) {
+    return n == Vec::size() ? Vec::loadu(p) : Vec::loadu(p, n);
+  } else {
+    Vec out;
+    if (n == Vec::size()) {
+      at::vec::load_to_float(p, out);
+    } else {
+      scalar_t buf[Vec::size()] = {};
+      std::copy(p, p + n, buf);
+      at::vec::load_to_float(buf, out);
+    }
+    return out;
+  }
+}
+
+// Stores the first n <= V lanes, rounding to scalar_t (round to nearest even).
+template <typename scalar_t, typename acc_t>
+inline void store_vec(scalar_t* p, const Vectorized<acc_t>& v, int64_t n) {
+  if constexpr (std::is_same_v<acc_t, scalar_t>) {
+    v.store(p, n);
+  } else {
+    at::vec::convert_from_float<scalar_t>(v, v).store(p, n);
+  }
+}
+
+struct Geometry {
+  int64_t N, C, H, W, G, Cg, K, Ho, Wo, S, P, D;
+  int64_t V;      // vector lanes of the accumulation type
+  int64_t tiles;  // ceil(Wo / V)
+  int64_t L;      // entries of one staged phase row
+  int64_t R;      // rows in a ring
+  int64_t slot;   // elements of one ring row: Cg channels x S phases x L
+  std::vector<int64_t> tap_offset;  // per b: (b*D % S) * L + b*D / S
+
+  Geometry(const at::Tensor& x, const at::Tensor& w, int64_t stride, int64_t padding,
+           int64_t dilation, int64_t lanes) {
+    N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+    G = w.size(1), K = w.size(2), Ho = w.size(4), Wo = w.size(5);
+    Cg = C / G, S = stride, P = padding, D = dilation, V = lanes;
+    tiles = (Wo + V - 1) / V;
+    L = tiles * V + (K - 1) * D / S;
+    R = (K - 1) * D + 1;
+    slot = Cg * S * L;
+    for (int64_t b = 0; b < K; ++b) tap_offset.push_back((b * D % S) * L + b * D / S);
+  }
+  int64_t span() const { return (K - 1) * D; }
+  // Runs of at least this many output rows per thread (~64k multiply-adds).
+  int64_t grain() const { return std::max<int64_t>(1, (1 << 16) / std::max<int64_t>(1, Cg * Wo * K * K)); }
+};
+
+// Stages row y of the Cg channels at src (x[n, g*Cg, 0, 0]) into ring row dst.
+template <typename scalar_t, typename acc_t>
+void stage_row(const Geometry& gm, const scalar_t* src, int64_t y, acc_t* dst) {
+  const int64_t plane = gm.H * gm.W;
+  for (int64_t c = 0; c < gm.Cg; ++c) {
+    const scalar_t* s = src + c * plane + y * gm.W;
+    for (int64_t q = 0; q < gm.S; ++q) {
+      acc_t* d = dst + (c * gm.S + q) * gm.L;
+      // t is inside the image when 0 <= t*S + q - P < W.
+      const int64_t t0 = std::clamp<int64_t>(ceil_div(gm.P - q, gm.S), 0, gm.L);
+      const int64_t t1 = std::clamp<int64_t>(ceil_div(gm.W + gm.P - q, gm.S), t0, gm.L);
+      std::fill(d, d + t0, acc_t(0));
+      if (gm.S == 1) {
+        at::vec::convert(s + t0 - gm.P, d + t0, t1 - t0);
+      } else {
+        const scalar_t* sq = s + q - gm.P;
+        for (int64_t t = t0; t < t1; ++t) d[t] = static_cast<acc_t>(sq[t * gm.S]);
+      }
+      std::fill(d + t1, d + gm.L, acc_t(0));
+    }
+  }
+}
+
+// Writes staged gradient row src (row y) to grad_x (dst: gx[n, g*Cg, 0, 0]) and zeroes it.
+template <typename scalar_t, typename acc_t>
+void flush_row(const Geometry& gm, acc_t* src, int64_t y, scalar_t* dst) {
+  const int64_t plane = gm.H * gm.W;
+  for (int64_t c = 0; c < gm.Cg; ++c) {
+    scalar_t* d = dst + c * plane + y * gm.W;
+    for (int64_t q = 0; q < gm.S; ++q) {
+      const acc_t* s = src + (c * gm.S + q) * gm.L;
+      const int64_t t0 = std::clamp<int64_t>(ceil_div(gm.P - q, gm.S), 0, gm.L);
+      const int64_t t1 = std::clamp<int64_t>(ceil_div(gm.W + gm.P - q, gm.S), t0, gm.L);
+      if (gm.S == 1) {
+        at::vec::convert(s + t0, d + t0 - gm.P, t1 - t0);
+      } else {
+        scalar_t* dq = d + q - gm.P;
+        for (int64_t t = t0; t < t1; ++t) dq[t * gm.S] = static_cast<scalar_t>(s[t]);
+      }
+    }
+  }
+  std::fill(src, src + gm.slot, acc_t(0));
+}
+
+// The taps of output row i whose input row is inside [lo, hi): their a and ring rows.
+template <typename acc_t>
+int row_taps(const Geometry& gm, int64_t i, int64_t lo, int64_t hi, acc_t* ring,
+             int64_t* taps, acc_t** rows) {
+  int n = 0;
+  for (int64_t a = 0; a < gm.K; ++a) {
+    const int64_t y = i * gm.S + a * gm.D - gm.P;
+    if (y >= lo && y < hi) {
+      taps[n] = a;
+      rows[n++] = ring + (y % gm.R) * gm.slot;
+    }
+  }
+  return n;
+}
+
+// ------------------------------------------------------------------------------ forward
+// One tile: output columns [j0, j0 + nv) of channels [c0, c0 + CB) of output row i.
+template <int CB, typename scalar_t, typename acc_t>
+inline void forward_tile(const Geometry& gm, int ntaps, const int64_t* taps,
+                         acc_t* const* rows, const scalar_t* w_row, scalar_t* out_row,
+                         int64_t c0, int64_t j0, int64_t nv) {
+  using Vec = Vectorized<acc_t>;
+  const int64_t plane = gm.Ho * gm.Wo, cstride = gm.S * gm.L;
+  Vec acc[CB];
+  for (int c = 0; c < CB; ++c) acc[c] = Vec(acc_t(0));
+  for (int ta = 0; ta < ntaps; ++ta) {
+    const acc_t* xr = rows[ta] + c0 * cstride + j0;
+    const scalar_t* wr = w_row + taps[ta] * gm.K * plane + j0;
+    for (int64_t b = 0; b < gm.K; ++b) {
+      const Vec wv = load_vec<acc_t>(wr + b * plane, nv);
+      const acc_t* xp = xr + gm.tap_offset[b];
+#pragma GCC unroll 16
+      for (int c = 0; c < CB; ++c) acc[c] = at::vec::fmadd(wv, Vec::loadu(xp + c * cstride), acc[c]);
+    }
+  }
+  for (int c = 0; c < CB; ++c) store_vec(out_row + (c0 + c) * plane + j0, acc[c], nv);
+}
+
+template <typename scalar_t, typename acc_t>
+void forward_row(const Geometry& gm, int ntaps, const int64_t* taps, acc_t* const* rows,
+                 const scalar_t* w_row, scalar_t* out_row) {
+  for (int64_t tile = 0; tile < gm.tiles; ++tile) {
+    const int64_t j0 = tile * gm.V, nv = std::min(gm.V, gm.Wo - j0);
+    int64_t c0 = 0;
+    for (; c0 + kMaxBlock <= gm.Cg; c0 += kMaxBlock)
+      forward_tile<kMaxBlock>(gm, ntaps, taps, rows, w_row, out_row, c0, j0, nv);
+    if (gm.Cg - c0 >= 8 && kMaxBlock > 8) {
+      forward_tile<8>(gm, ntaps, taps, rows, w_row, out_row, c0, j0, nv);
+      c0 += 8;
+    }
+    if (gm.Cg - c0 >= 4) {
+      forward_tile<4>(gm, ntaps, taps, rows, w_row, out_row, c0, j0, nv);
+      c0 += 4;
+    }
+    if (gm.Cg - c0 >= 2) {
+      forward_tile<2>(gm, ntaps, taps, rows, w_row, out_row, c0, j0, nv);
+      c0 += 2;
+    }
+    if (gm.Cg - c0 >= 1) forward_tile<1>(gm, ntaps, taps, rows, w_row, out_row, c0, j0, nv);
+  }
+}
+
+template <typename scalar_t>
+void forward_kernel(const at::Tensor& x, const at::Tensor& w, at::Tensor& out,
+                    const Geometry& gm) {
+  using acc_t = acc_type<scalar_t>;
+  const scalar_t* xd = x.const_data_ptr<scalar_t>();
+  const scalar_t* wd = w.const_data_ptr<scalar_t>();
+  scalar_t* od = out.mutable_data_ptr<scalar_t>();
+  const int64_t plane = gm.Ho * gm.Wo;
+  at::parallel_for(0, gm.N * gm.G * gm.Ho, gm.grain(), [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> ring(gm.R * gm.slot);
+    std::vector<int64_t> taps(gm.K);
+    std::vector<acc_t*> rows(gm.K);
+    for (int64_t item = begin; item < end;) {
+      const int64_t ng = item / gm.Ho, i0 = item % gm.Ho;
+      const int64_t i1 = std::min(gm.Ho, i0 + (end - item));
+      const scalar_t* xg = xd + ng * gm.Cg * gm.H * gm.W;
+      const scalar_t* wg = wd + ng * gm.K * gm.K * plane;
+      scalar_t* og = od + ng * gm.Cg * plane;
+      int64_t staged = 0;  // rows [.., staged) are in the ring
+      for (int64_t i = i0; i < i1; ++i) {
+        const int64_t y0 = std::max<int64_t>(0, i * gm.S - gm.P);
+        const int64_t y1 = std::min(gm.H, i * gm.S - gm.P + gm.span() + 1);
+        for (int64_t y = std::max(y0, i == i0 ? y0 : staged); y < y1; ++y)
+          stage_row(gm, xg, y, ring.data() + (y % gm.R) * gm.slot);
+        staged = std::max(staged, y1);
+        const int ntaps = row_taps(gm, i, 0, gm.H, ring.data(), taps.data(), rows.data());
+        forward_row(gm, ntaps, taps.data(), rows.data(), wg + i * gm.Wo, og + i * gm.Wo);
+      }
+      item += i1 - i0;
+    }
+  });
+}
+
+// ----------------------------------------------------------------------------- backward
+// One tile of output row i, channels [c0, c0 + CB): adds this block's share of the weight
+// gradient of the tile to gw_tile (K*K vectors) and scatters w * gout into the staged
+// gradient rows.
+template <int CB, typename scalar_t, typename acc_t>
+inline void backward_tile(const Geometry& gm, int nx, const int64_t* xtaps, acc_t* const* xrows,
+                          int ngx, const int64_t* gtaps, acc_t* const* grows,
+                          const scalar_t* gout_row, const scalar_t* w_row, acc_t* gw_tile,
+                          int64_t c0, int64_t j0, int64_t nv) {
+  using Vec = Vectorized<acc_t>;
+  const int64_t plane = gm.Ho * gm.Wo, cstride = gm.S * gm.L;
+  Vec g[CB];
+  for (int c = 0; c < CB; ++c) g[c] = load_vec<acc_t>(gout_row + (c0 + c) * plane + j0, nv);
+  for (int ta = 0; ta < nx; ++ta) {
+    const acc_t* xr = xrows[ta] + c0 * cstride + j0;
+    acc_t* gwr = gw_tile + xtaps[ta] * gm.K * gm.V;
+    for (int64_t b = 0; b < gm.K; ++b) {
+      const acc_t* xp = xr + gm.tap_offset[b];
+      constexpr int NS = CB < 4 ? CB : 4;  // independent partial sums
+      Vec s[NS];
+      for (int k = 0; k < NS; ++k) s[k] = Vec(acc_t(0));
+#pragma GCC unroll 16
+      for (int c = 0; c < CB; ++c) s[c % NS] = at::vec::fmadd(g[c], Vec::loadu(xp + c * cstride), s[c % NS]);
+      Vec total = Vec::loadu(gwr + b * gm.V);
+      for (int k = 0; k < NS; ++k) total = total + s[k];
+      total.store(gwr + b * gm.V);
+    }
+  }
+  for (int ta = 0; ta < ngx; ++ta) {
+    acc_t* gr = grows[ta] + c0 * cstride + j0;
+    const scalar_t* wr = w_row + gtaps[ta] * gm.K * plane + j0;
+    for (int64_t b = 0; b < gm.K; ++b) {
+      const Vec wv = load_vec<acc_t>(wr + b * plane, nv);
+      acc_t* gp = gr + gm.tap_offset[b];
+#pragma GCC unroll 16
+      for (int c = 0; c < CB; ++c) {
+        acc_t* p = gp + c * cstride;
+        at::vec::fmadd(wv, g[c], Vec::loadu(p)).store(p);
+      }
+    }
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+void backward_row(const Geometry& gm, int nx, const int64_t* xtaps, acc_t* const* xrows,
+                  int ngx, const int64_t* gtaps, acc_t* const* grows, const scalar_t* gout_row,
+                  const scalar_t* w_row, scalar_t* gw_row, acc_t* gw_tile) {
+  using Vec = Vectorized<acc_t>;
+  const int64_t plane = gm.Ho * gm.Wo;
+  for (int64_t tile = 0; tile < gm.tiles; ++tile) {
+    const int64_t j0 = tile * gm.V, nv = std::min(gm.V, gm.Wo - j0);
+    if (gw_row != nullptr) std::fill(gw_tile, gw_tile + gm.K * gm.K * gm.V, acc_t(0));
+    int64_t c0 = 0;
+#define INVOLUTION_BACKWARD_TILE(CB) \
+  backward_tile<CB>(gm, nx, xtaps, xrows, ngx, gtaps, grows, gout_row, w_row, gw_tile, c0, j0, nv)
+    for (; c0 + kMaxBlock <= gm.Cg; c0 += kMaxBlock) INVOLUTION_BACKWARD_TILE(kMaxBlock);
+    if (gm.Cg - c0 >= 8 && kMaxBlock > 8) {
+      INVOLUTION_BACKWARD_TILE(8);
+      c0 += 8;
+    }
+    if (gm.Cg - c0 >= 4) {
+      INVOLUTION_BACKWARD_TILE(4);
+      c0 += 4;
+    }
+    if (gm.Cg - c0 >= 2) {
+      INVOLUTION_BACKWARD_TILE(2);
+      c0 += 2;
+    }
+    if (gm.Cg - c0 >= 1) INVOLUTION_BACKWARD_TILE(1);
+#undef INVOLUTION_BACKWARD_TILE
+    if (gw_row != nullptr) {
+      for (int64_t k = 0; k < gm.K * gm.K; ++k)
+        store_vec(gw_row + k * plane + j0, Vec::loadu(gw_tile + k * gm.V), nv);
+    }
+  }
+}
+
+template <typename scalar_t>
+void backward_kernel(const at::Tensor& gout, const at::Tensor& x, const at::Tensor& w,
+                     at::Tensor& gx, at::Tensor& gw, const Geometry& gm) {
+  using acc_t = acc_type<scalar_t>;
+  const bool need_x = gx.defined(), need_w = gw.defined();
+  const scalar_t* god = gout.const_data_ptr<scalar_t>();
+  const scalar_t* xd = x.const_data_ptr<scalar_t>();
+  const scalar_t* wd = w.const_data_ptr<scalar_t>();
+  scalar_t* gxd = need_x ? gx.mutable_data_ptr<scalar_t>() : nullptr;
+  scalar_t* gwd = need_w ? gw.mutable_data_ptr<scalar_t>() : nullptr;
+  const int64_t plane = gm.Ho * gm.Wo;
+  at::parallel_for(0, gm.N * gm.G * gm.Ho, gm.grain(), [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> xring(need_w ? gm.R * gm.slot : 0);
+    std::vector<acc_t> gring(need_x ? gm.R * gm.slot : 0);  // zero: nothing accumulated yet
+    std::vector<acc_t> gw_tile(gm.K * gm.K * gm.V);
+    std::vector<int64_t> xtaps(gm.K), gtaps(gm.K);
+    std::vector<acc_t*> xrows(gm.K), grows(gm.K);
+    for (int64_t item = begin; item < end;) {
+      const int64_t ng = item / gm.Ho, i0 = item % gm.Ho;
+      const int64_t i1 = std::min(gm.Ho, i0 + (end - item));
+      item += i1 - i0;
+      const scalar_t* xg = xd + ng * gm.Cg * gm.H * gm.W;
+      const scalar_t* wg = wd + ng * gm.K * gm.K * plane;
+      const scalar_t* gog = god + ng * gm.Cg * plane;
+      // This run owns the weight gradient of output rows [i0, i1) and the input gradient
+      // of rows [y_lo, y_hi): those whose last contributing output row (y + P) / S is in
+      // [i0, i1) (the first and last runs also take the rows no output row reaches).
+      int64_t y_lo = 0, y_hi = 0, first = i0, last = i1;
+      if (need_x) {
+        y_lo = i0 == 0 ? 0 : std::clamp<int64_t>(i0 * gm.S - gm.P, 0, gm.H);
+        y_hi = i1 == gm.Ho ? gm.H : std::clamp<int64_t>(i1 * gm.S - gm.P, 0, gm.H);
+        if (y_lo < y_hi) {
+          first = std::min(first, std::max<int64_t>(0, ceil_div(y_lo + gm.P - gm.span(), gm.S)));
+          last = std::max(last, std::min(gm.Ho, floor_div(y_hi - 1 + gm.P, gm.S) + 1));
+        }
+      }
+      int64_t staged = 0, flushed = y_lo;
+      for (int64_t i = first; i < last; ++i) {
+        const bool own_w = need_w && i >= i0 && i < i1;
+        int nx = 0, ngx = 0;
+        if (own_w) {
+          const int64_t y0 = std::max<int64_t>(0, i * gm.S - gm.P);
+          const int64_t y1 = std::min(gm.H, i * gm.S - gm.P + gm.span() + 1);
+          for (int64_t y = std::max(y0, i == i0 ? y0 : staged); y < y1; ++y)
+            stage_row(gm, xg, y, xring.data() + (y % gm.R) * gm.slot);
+          staged = std::max(staged, y1);
+          nx = row_taps(gm, i, 0, gm.H, xring.data(), xtaps.data(), xrows.data());
+        }
+        if (need_x) ngx = row_taps(gm, i, y_lo, y_hi, gring.data(), gtaps.data(), grows.data());
+        if (nx > 0 || ngx > 0 || own_w) {
+          backward_row(gm, nx, xtaps.data(), xrows.data(), ngx, gtaps.data(), grows.data(),
+                       gog + i * gm.Wo, wg + i * gm.Wo,
+                       own_w ? gwd + ng * gm.K * gm.K * plane + i * gm.Wo : nullptr,
+                       gw_tile.data());
+        }
+        if (need_x) {
+          const int64_t done = std::min(y_hi, (i + 1) * gm.S - gm.P);
+          for (; flushed < done; ++flushed)
+            flush_row(gm, gring.data() + (flushed % gm.R) * gm.slot, flushed,
+                      gxd + ng * gm.Cg * gm.H * gm.W);
+        }
+      }
+      for (; need_x && flushed < y_hi; ++flushed)
+        flush_row(gm, gring.data() + (flushed % gm.R) * gm.slot, flushed,
+                  gxd + ng * gm.Cg * gm.H * gm.W);
+    }
+  });
+}
+
+// --------------------------------------------------------------------------- operators
+void check_inputs(const at::Tensor& x, const at::Tensor& w, int64_t stride, int64_t padding,
+                  int64_t dilation) {
+  TORCH_CHECK(x.device().is_cpu() && w.device().is_cpu(),
+              "involution_d2_cpu: expected CPU tensors, got x on ", x.device(), " and weight on ",
+              w.device());
+  TORCH_CHECK(x.dim() == 4 && w.dim() == 6, "involution_d2_cpu: expected x (N, C, H, W) and "
+              "weight (N, G, K, K, Ho, Wo), got ", x.sizes(), " and ", w.sizes());
+  TORCH_CHECK(x.scalar_type() == w.scalar_type(), "involution_d2_cpu: x is ", x.scalar_type(),
+              " but weight is ", w.scalar_type());
+  TORCH_CHECK(stride >= 1 && padding >= 0 && dilation >= 1,
+              "involution_d2_cpu: bad stride/padding/dilation ", stride, "/", padding, "/",
+              dilation);
+  const int64_t k = w.size(2);
+  TORCH_CHECK(w.size(0) == x.size(0) && w.size(1) >= 1 && x.size(1) % w.size(1) == 0 &&
+                  w.size(3) == k && k >= 1,
+              "involution_d2_cpu: weight ", w.sizes(), " does not fit x ", x.sizes());
+  const int64_t ho = (x.size(2) + 2 * padding - dilation * (k - 1) - 1) / stride + 1;
+  const int64_t wo = (x.size(3) + 2 * padding - dilation * (k - 1) - 1) / stride + 1;
+  TORCH_CHECK(ho >= 1 && wo >= 1 && w.size(4) == ho && w.size(5) == wo,
+              "involution_d2_cpu: weight ", w.sizes(), " has the wrong output size for x ",
+              x.sizes(), " (expected ", ho, "x", wo, ")");
+}
+
+template <typename scalar_t>
+int64_t lanes() {
+  return Vectorized<acc_type<scalar_t>>::size();
+}
+
+at::Tensor involution_forward(const at::Tensor& x_, const at::Tensor& w_, int64_t stride,
+                              int64_t padding, int64_t dilation) {
+  check_inputs(x_, w_, stride, padding, dilation);
+  const at::Tensor x = x_.contiguous(), w = w_.contiguous();
+  at::Tensor out = at::empty({x.size(0), x.size(1), w.size(4), w.size(5)}, x.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "involution_forward", [&] {
+    const Geometry gm(x, w, stride, padding, dilation, lanes<scalar_t>());
+    forward_kernel<scalar_t>(x, w, out, gm);
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> involution_backward(
+    const at::Tensor& gout_, const at::Tensor& x_, const at::Tensor& w_, int64_t stride,
+    int64_t padding, int64_t dilation, std::array<bool, 2> output_mask) {
+  check_inputs(x_, w_, stride, padding, dilation);
+  const at::Tensor x = x_.contiguous(), w = w_.contiguous();
+  const at::Tensor gout = gout_.to(x.scalar_type()).contiguous();
+  TORCH_CHECK(gout.sizes() == at::IntArrayRef({x.size(0), x.size(1), w.size(4), w.size(5)}),
+              "involution_d2_cpu: grad_out ", gout.sizes(), " does not match the output size");
+  at::Tensor gx = output_mask[0] ? at::empty_like(x) : at::Tensor();
+  at::Tensor gw = output_mask[1] ? at::empty_like(w) : at::Tensor();
+  if (output_mask[0] || output_mask[1]) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "involution_backward", [&] {
+      const Geometry gm(x, w, stride, padding, dilation, lanes<scalar_t>());
+      backward_kernel<scalar_t>(gout, x, w, gx, gw, gm);
+    });
+  }
+  // Gradients not asked for are returned as empty tensors.
+  if (!output_mask[0]) gx = at::empty({0}, x.options());
+  if (!output_mask[1]) gw = at::empty({0}, w.options());
+  return {gx, gw};
+}
+
+}  // namespace
+
+TORCH_LIBRARY(involution_d2_cpu, m) {
+  m.def("forward(Tensor x, Tensor weight, int stride, int padding, int dilation) -> Tensor");
+  m.def("backward(Tensor grad_out, Tensor x, Tensor weight, int stride, int padding, "
+        "int dilation, bool[2] output_mask) -> (Tensor, Tensor)");
+  // The vector instruction set this library was compiled for (see native.py).
+  m.def("vector_width() -> int", []() -> int64_t { return VECTOR_WIDTH; });
+}
+
+TORCH_LIBRARY_IMPL(involution_d2_cpu, CPU, m) {
+  m.impl("forward", &involution_forward);
+  m.impl("backward", &involution_backward);
+}
+
+}  // namespace involution_d2
