@@ -1,4 +1,4 @@
-// Involution CPU kernels: forward, and a fused backward (input and weight gradients).
+// Involution CPU kernels: forward, input gradient and weight gradient.
 //
 //   out[n, c, i, j] = sum_{a, b < K} w[n, c / Cg, a, b, i, j]
 //                     * x[n, c, i*S + a*D - P, j*S + b*D - P]      (zero outside)
@@ -19,12 +19,12 @@
 //   (one SIMD register) for a block of up to 16 channels of the group, accumulated in
 //   registers over the K*K taps.  Each generated weight vector is loaded once per tap and
 //   applied to all channels of the block.
-// - The backward pass reads the output gradient once, in the same tiles: the weight
-//   gradient sums gout * staged x over the group's channels; the input gradient scatters
-//   w * gout into a ring of staged gradient rows (padded and phase-split like x), each
-//   flushed to grad_x (converted) once no later output row can reach it.  A run owns the
-//   grad_x rows whose last contributing output row is in it and recomputes the few halo
-//   output rows it needs, so threads never write the same memory.
+// - The weight gradient runs over the same tiles: the tile's output gradient stays in
+//   registers and each tap sums it against the staged input over the group's channels.
+// - The input gradient is a gather over input rows (no scattered read-modify-writes, which
+//   would stall on store forwarding): the output-gradient and weight rows that reach an
+//   input row are staged, padded, like the input in the forward pass, and each input
+//   column phase accumulates its taps in registers.  Threads split the input rows.
 //
 // float16 and bfloat16 load through float and accumulate in float; indices are int64_t.
 #include <ATen/ATen.h>
@@ -54,6 +54,20 @@ inline int64_t floor_div(int64_t a, int64_t b) {
   return a >= 0 ? a / b : -((-a + b - 1) / b);
 }
 inline int64_t ceil_div(int64_t a, int64_t b) { return -floor_div(-a, b); }
+
+// The generated weights are read as K*K concurrent streams (one per tap plane) and the
+// output gradient as Cg: more than the hardware prefetchers track, so the loops prefetch
+// each stream this many bytes ahead.
+constexpr int64_t kPrefetchBytes = 512;
+
+template <typename T>
+inline void prefetch(const T* p) {
+  __builtin_prefetch(reinterpret_cast<const char*>(p) + kPrefetchBytes);
+}
+template <typename T>
+inline void prefetch_for_write(T* p) {
+  __builtin_prefetch(reinterpret_cast<char*>(p) + kPrefetchBytes, 1);
+}
 
 // Loads n <= V elements as a vector of the accumulation type, zero-filling the rest.
 template <typename acc_t, typename scalar_t>
@@ -129,12 +143,16 @@ void stage_row(const Geometry& gm, const scalar_t* src, int64_t y, acc_t* dst) {
       }
       std::fill(d + t1, d + gm.L, acc_t(0));
     }
+    if (y + 1 < gm.H) {  // the next row, staged next: short rows escape the prefetchers
+      for (int64_t k = 0; k < gm.W; k += 64 / sizeof(scalar_t)) __builtin_prefetch(s + gm.W + k);
+    }
   }
 }
 
-// Writes staged gradient row src (row y) to grad_x (dst: gx[n, g*Cg, 0, 0]) and zeroes it.
+// Writes row y of the input gradient from its staged form src (laid out like a staged input
+// row) to dst (gx[n, g*Cg, 0, 0]), converted to scalar_t.
 template <typename scalar_t, typename acc_t>
-void flush_row(const Geometry& gm, acc_t* src, int64_t y, scalar_t* dst) {
+void flush_row(const Geometry& gm, const acc_t* src, int64_t y, scalar_t* dst) {
   const int64_t plane = gm.H * gm.W;
   for (int64_t c = 0; c < gm.Cg; ++c) {
     scalar_t* d = dst + c * plane + y * gm.W;
@@ -150,7 +168,6 @@ void flush_row(const Geometry& gm, acc_t* src, int64_t y, scalar_t* dst) {
       }
     }
   }
-  std::fill(src, src + gm.slot, acc_t(0));
 }
 
 // The taps of output row i whose input row is inside [lo, hi): their a and ring rows.
@@ -182,13 +199,17 @@ inline void forward_tile(const Geometry& gm, int ntaps, const int64_t* taps,
     const acc_t* xr = rows[ta] + c0 * cstride + j0;
     const scalar_t* wr = w_row + taps[ta] * gm.K * plane + j0;
     for (int64_t b = 0; b < gm.K; ++b) {
+      prefetch(wr + b * plane);
       const Vec wv = load_vec<acc_t>(wr + b * plane, nv);
       const acc_t* xp = xr + gm.tap_offset[b];
 #pragma GCC unroll 16
       for (int c = 0; c < CB; ++c) acc[c] = at::vec::fmadd(wv, Vec::loadu(xp + c * cstride), acc[c]);
     }
   }
-  for (int c = 0; c < CB; ++c) store_vec(out_row + (c0 + c) * plane + j0, acc[c], nv);
+  for (int c = 0; c < CB; ++c) {
+    prefetch_for_write(out_row + (c0 + c) * plane + j0);
+    store_vec(out_row + (c0 + c) * plane + j0, acc[c], nv);
+  }
 }
 
 template <typename scalar_t, typename acc_t>
@@ -248,148 +269,240 @@ void forward_kernel(const at::Tensor& x, const at::Tensor& w, at::Tensor& out,
   });
 }
 
-// ----------------------------------------------------------------------------- backward
-// One tile of output row i, channels [c0, c0 + CB): adds this block's share of the weight
-// gradient of the tile to gw_tile (K*K vectors) and scatters w * gout into the staged
-// gradient rows.
+// ------------------------------------------------------------------------ weight gradient
+// gw[n, g, a, b, i, j] = sum_{c in g} gout[n, c, i, j] * x[n, c, i*S + a*D - P, j*S + b*D - P]
+//
+// One tile of output row i, channels [c0, c0 + CB): the tile's output gradient stays in
+// registers while each tap sums it against the staged input over the block's channels;
+// gw_tile (K*K vectors) collects the blocks.
 template <int CB, typename scalar_t, typename acc_t>
-inline void backward_tile(const Geometry& gm, int nx, const int64_t* xtaps, acc_t* const* xrows,
-                          int ngx, const int64_t* gtaps, acc_t* const* grows,
-                          const scalar_t* gout_row, const scalar_t* w_row, acc_t* gw_tile,
-                          int64_t c0, int64_t j0, int64_t nv) {
+inline void grad_weight_tile(const Geometry& gm, int ntaps, const int64_t* taps,
+                             acc_t* const* rows, const scalar_t* gout_row, acc_t* gw_tile,
+                             int64_t c0, int64_t j0, int64_t nv) {
   using Vec = Vectorized<acc_t>;
   const int64_t plane = gm.Ho * gm.Wo, cstride = gm.S * gm.L;
   Vec g[CB];
-  for (int c = 0; c < CB; ++c) g[c] = load_vec<acc_t>(gout_row + (c0 + c) * plane + j0, nv);
-  for (int ta = 0; ta < nx; ++ta) {
-    const acc_t* xr = xrows[ta] + c0 * cstride + j0;
-    acc_t* gwr = gw_tile + xtaps[ta] * gm.K * gm.V;
+  for (int c = 0; c < CB; ++c) {
+    prefetch(gout_row + (c0 + c) * plane + j0);
+    g[c] = load_vec<acc_t>(gout_row + (c0 + c) * plane + j0, nv);
+  }
+  constexpr int NS = CB < 4 ? CB : 4;  // independent partial sums
+  for (int ta = 0; ta < ntaps; ++ta) {
+    const acc_t* xr = rows[ta] + c0 * cstride + j0;
+    acc_t* gwr = gw_tile + taps[ta] * gm.K * gm.V;
     for (int64_t b = 0; b < gm.K; ++b) {
       const acc_t* xp = xr + gm.tap_offset[b];
-      constexpr int NS = CB < 4 ? CB : 4;  // independent partial sums
-      Vec s[NS];
-      for (int k = 0; k < NS; ++k) s[k] = Vec(acc_t(0));
+      Vec sum[NS];
+      for (int k = 0; k < NS; ++k) sum[k] = Vec(acc_t(0));
 #pragma GCC unroll 16
-      for (int c = 0; c < CB; ++c) s[c % NS] = at::vec::fmadd(g[c], Vec::loadu(xp + c * cstride), s[c % NS]);
+      for (int c = 0; c < CB; ++c)
+        sum[c % NS] = at::vec::fmadd(g[c], Vec::loadu(xp + c * cstride), sum[c % NS]);
       Vec total = Vec::loadu(gwr + b * gm.V);
-      for (int k = 0; k < NS; ++k) total = total + s[k];
+      for (int k = 0; k < NS; ++k) total = total + sum[k];
       total.store(gwr + b * gm.V);
-    }
-  }
-  for (int ta = 0; ta < ngx; ++ta) {
-    acc_t* gr = grows[ta] + c0 * cstride + j0;
-    const scalar_t* wr = w_row + gtaps[ta] * gm.K * plane + j0;
-    for (int64_t b = 0; b < gm.K; ++b) {
-      const Vec wv = load_vec<acc_t>(wr + b * plane, nv);
-      acc_t* gp = gr + gm.tap_offset[b];
-#pragma GCC unroll 16
-      for (int c = 0; c < CB; ++c) {
-        acc_t* p = gp + c * cstride;
-        at::vec::fmadd(wv, g[c], Vec::loadu(p)).store(p);
-      }
     }
   }
 }
 
 template <typename scalar_t, typename acc_t>
-void backward_row(const Geometry& gm, int nx, const int64_t* xtaps, acc_t* const* xrows,
-                  int ngx, const int64_t* gtaps, acc_t* const* grows, const scalar_t* gout_row,
-                  const scalar_t* w_row, scalar_t* gw_row, acc_t* gw_tile) {
+void grad_weight_row(const Geometry& gm, int ntaps, const int64_t* taps, acc_t* const* rows,
+                     const scalar_t* gout_row, scalar_t* gw_row, acc_t* gw_tile) {
   using Vec = Vectorized<acc_t>;
   const int64_t plane = gm.Ho * gm.Wo;
   for (int64_t tile = 0; tile < gm.tiles; ++tile) {
     const int64_t j0 = tile * gm.V, nv = std::min(gm.V, gm.Wo - j0);
-    if (gw_row != nullptr) std::fill(gw_tile, gw_tile + gm.K * gm.K * gm.V, acc_t(0));
+    std::fill(gw_tile, gw_tile + gm.K * gm.K * gm.V, acc_t(0));  // taps outside stay 0
     int64_t c0 = 0;
-#define INVOLUTION_BACKWARD_TILE(CB) \
-  backward_tile<CB>(gm, nx, xtaps, xrows, ngx, gtaps, grows, gout_row, w_row, gw_tile, c0, j0, nv)
-    for (; c0 + kMaxBlock <= gm.Cg; c0 += kMaxBlock) INVOLUTION_BACKWARD_TILE(kMaxBlock);
+#define INVOLUTION_GRAD_WEIGHT_TILE(CB) \
+  grad_weight_tile<CB>(gm, ntaps, taps, rows, gout_row, gw_tile, c0, j0, nv)
+    for (; c0 + kMaxBlock <= gm.Cg; c0 += kMaxBlock) INVOLUTION_GRAD_WEIGHT_TILE(kMaxBlock);
     if (gm.Cg - c0 >= 8 && kMaxBlock > 8) {
-      INVOLUTION_BACKWARD_TILE(8);
+      INVOLUTION_GRAD_WEIGHT_TILE(8);
       c0 += 8;
     }
     if (gm.Cg - c0 >= 4) {
-      INVOLUTION_BACKWARD_TILE(4);
+      INVOLUTION_GRAD_WEIGHT_TILE(4);
       c0 += 4;
     }
     if (gm.Cg - c0 >= 2) {
-      INVOLUTION_BACKWARD_TILE(2);
+      INVOLUTION_GRAD_WEIGHT_TILE(2);
       c0 += 2;
     }
-    if (gm.Cg - c0 >= 1) INVOLUTION_BACKWARD_TILE(1);
-#undef INVOLUTION_BACKWARD_TILE
-    if (gw_row != nullptr) {
-      for (int64_t k = 0; k < gm.K * gm.K; ++k)
-        store_vec(gw_row + k * plane + j0, Vec::loadu(gw_tile + k * gm.V), nv);
+    if (gm.Cg - c0 >= 1) INVOLUTION_GRAD_WEIGHT_TILE(1);
+#undef INVOLUTION_GRAD_WEIGHT_TILE
+    for (int64_t k = 0; k < gm.K * gm.K; ++k) {
+      prefetch_for_write(gw_row + k * plane + j0);
+      store_vec(gw_row + k * plane + j0, Vec::loadu(gw_tile + k * gm.V), nv);
     }
   }
 }
 
 template <typename scalar_t>
-void backward_kernel(const at::Tensor& gout, const at::Tensor& x, const at::Tensor& w,
-                     at::Tensor& gx, at::Tensor& gw, const Geometry& gm) {
+void grad_weight_kernel(const at::Tensor& gout, const at::Tensor& x, at::Tensor& gw,
+                        const Geometry& gm) {
   using acc_t = acc_type<scalar_t>;
-  const bool need_x = gx.defined(), need_w = gw.defined();
   const scalar_t* god = gout.const_data_ptr<scalar_t>();
   const scalar_t* xd = x.const_data_ptr<scalar_t>();
-  const scalar_t* wd = w.const_data_ptr<scalar_t>();
-  scalar_t* gxd = need_x ? gx.mutable_data_ptr<scalar_t>() : nullptr;
-  scalar_t* gwd = need_w ? gw.mutable_data_ptr<scalar_t>() : nullptr;
+  scalar_t* gwd = gw.mutable_data_ptr<scalar_t>();
   const int64_t plane = gm.Ho * gm.Wo;
   at::parallel_for(0, gm.N * gm.G * gm.Ho, gm.grain(), [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> xring(need_w ? gm.R * gm.slot : 0);
-    std::vector<acc_t> gring(need_x ? gm.R * gm.slot : 0);  // zero: nothing accumulated yet
+    std::vector<acc_t> ring(gm.R * gm.slot);
     std::vector<acc_t> gw_tile(gm.K * gm.K * gm.V);
-    std::vector<int64_t> xtaps(gm.K), gtaps(gm.K);
-    std::vector<acc_t*> xrows(gm.K), grows(gm.K);
+    std::vector<int64_t> taps(gm.K);
+    std::vector<acc_t*> rows(gm.K);
     for (int64_t item = begin; item < end;) {
       const int64_t ng = item / gm.Ho, i0 = item % gm.Ho;
       const int64_t i1 = std::min(gm.Ho, i0 + (end - item));
-      item += i1 - i0;
       const scalar_t* xg = xd + ng * gm.Cg * gm.H * gm.W;
-      const scalar_t* wg = wd + ng * gm.K * gm.K * plane;
-      const scalar_t* gog = god + ng * gm.Cg * plane;
-      // This run owns the weight gradient of output rows [i0, i1) and the input gradient
-      // of rows [y_lo, y_hi): those whose last contributing output row (y + P) / S is in
-      // [i0, i1) (the first and last runs also take the rows no output row reaches).
-      int64_t y_lo = 0, y_hi = 0, first = i0, last = i1;
-      if (need_x) {
-        y_lo = i0 == 0 ? 0 : std::clamp<int64_t>(i0 * gm.S - gm.P, 0, gm.H);
-        y_hi = i1 == gm.Ho ? gm.H : std::clamp<int64_t>(i1 * gm.S - gm.P, 0, gm.H);
-        if (y_lo < y_hi) {
-          first = std::min(first, std::max<int64_t>(0, ceil_div(y_lo + gm.P - gm.span(), gm.S)));
-          last = std::max(last, std::min(gm.Ho, floor_div(y_hi - 1 + gm.P, gm.S) + 1));
-        }
+      int64_t staged = 0;
+      for (int64_t i = i0; i < i1; ++i) {
+        const int64_t y0 = std::max<int64_t>(0, i * gm.S - gm.P);
+        const int64_t y1 = std::min(gm.H, i * gm.S - gm.P + gm.span() + 1);
+        for (int64_t y = std::max(y0, i == i0 ? y0 : staged); y < y1; ++y)
+          stage_row(gm, xg, y, ring.data() + (y % gm.R) * gm.slot);
+        staged = std::max(staged, y1);
+        const int ntaps = row_taps(gm, i, 0, gm.H, ring.data(), taps.data(), rows.data());
+        grad_weight_row(gm, ntaps, taps.data(), rows.data(), god + ng * gm.Cg * plane + i * gm.Wo,
+                        gwd + ng * gm.K * gm.K * plane + i * gm.Wo, gw_tile.data());
       }
-      int64_t staged = 0, flushed = y_lo;
-      for (int64_t i = first; i < last; ++i) {
-        const bool own_w = need_w && i >= i0 && i < i1;
-        int nx = 0, ngx = 0;
-        if (own_w) {
-          const int64_t y0 = std::max<int64_t>(0, i * gm.S - gm.P);
-          const int64_t y1 = std::min(gm.H, i * gm.S - gm.P + gm.span() + 1);
-          for (int64_t y = std::max(y0, i == i0 ? y0 : staged); y < y1; ++y)
-            stage_row(gm, xg, y, xring.data() + (y % gm.R) * gm.slot);
-          staged = std::max(staged, y1);
-          nx = row_taps(gm, i, 0, gm.H, xring.data(), xtaps.data(), xrows.data());
+      item += i1 - i0;
+    }
+  });
+}
+
+// ------------------------------------------------------------------------- input gradient
+// gx[n, c, y, u - P] = sum over the taps (a, b) and output pixels (i, j) with
+// i*S + a*D = y + P and j*S + b*D = u of w[n, g, a, b, i, j] * gout[n, c, i, j].
+//
+// Computed as a gather (no scattered read-modify-writes), one input row y at a time: with
+// u = m*S + r, column phase r takes the taps b with b*D % S == r, at j = m - b*D / S.  The
+// output rows i that reach row y are staged in a ring like the input in the forward pass:
+// the Cg output-gradient rows and the K*K weight rows of row i, in the accumulation type,
+// zero-padded on the left by (K-1)*D / S so that j = m - b*D / S never leaves the buffer.
+// The result of each row (per phase, like a staged input row) is written to gx by
+// flush_row.
+struct GradInputGeometry {
+  int64_t pad;    // left padding of staged output rows: (K-1)*D / S
+  int64_t tiles;  // vector tiles over m, covering every column u = m*S + r < P + W
+  int64_t Lj;     // entries of a staged output row
+  int64_t Ri;     // output rows in the ring
+  int64_t rows;   // staged rows per output row: Cg gradient rows, then K*K weight rows
+  int64_t slot;   // rows * Lj
+
+  explicit GradInputGeometry(const Geometry& gm) {
+    pad = gm.span() / gm.S;
+    tiles = ((gm.P + gm.W - 1) / gm.S + gm.V) / gm.V;
+    Lj = std::max(pad + tiles * gm.V, pad + gm.Wo);
+    Ri = gm.span() / gm.S + 2;
+    rows = gm.Cg + gm.K * gm.K;
+    slot = rows * Lj;
+  }
+};
+
+template <typename scalar_t, typename acc_t>
+void stage_output_row(const Geometry& gm, const GradInputGeometry& gi, const scalar_t* gout_g,
+                      const scalar_t* w_g, int64_t i, acc_t* dst) {
+  const int64_t plane = gm.Ho * gm.Wo;
+  for (int64_t r = 0; r < gi.rows; ++r) {
+    const scalar_t* src = r < gm.Cg ? gout_g + r * plane + i * gm.Wo
+                                    : w_g + (r - gm.Cg) * plane + i * gm.Wo;
+    acc_t* d = dst + r * gi.Lj;
+    std::fill(d, d + gi.pad, acc_t(0));
+    at::vec::convert(src, d + gi.pad, gm.Wo);
+    std::fill(d + gi.pad + gm.Wo, d + gi.Lj, acc_t(0));
+  }
+}
+
+template <int CB, typename acc_t>
+inline void grad_input_tile(const GradInputGeometry& gi, int ntaps, const acc_t* const* wrows,
+                            const acc_t* const* grows, acc_t* out, int64_t out_stride,
+                            int64_t c0, int64_t m0) {
+  using Vec = Vectorized<acc_t>;
+  Vec acc[CB];
+  for (int c = 0; c < CB; ++c) acc[c] = Vec(acc_t(0));
+  for (int t = 0; t < ntaps; ++t) {
+    const Vec wv = Vec::loadu(wrows[t] + m0);
+    const acc_t* gp = grows[t] + c0 * gi.Lj + m0;
+#pragma GCC unroll 16
+    for (int c = 0; c < CB; ++c) acc[c] = at::vec::fmadd(wv, Vec::loadu(gp + c * gi.Lj), acc[c]);
+  }
+  for (int c = 0; c < CB; ++c) acc[c].store(out + (c0 + c) * out_stride + m0);
+}
+
+template <typename scalar_t>
+void grad_input_kernel(const at::Tensor& gout, const at::Tensor& w, at::Tensor& gx,
+                       const Geometry& gm) {
+  using acc_t = acc_type<scalar_t>;
+  const GradInputGeometry gi(gm);
+  const scalar_t* god = gout.const_data_ptr<scalar_t>();
+  const scalar_t* wd = w.const_data_ptr<scalar_t>();
+  scalar_t* gxd = gx.mutable_data_ptr<scalar_t>();
+  const int64_t plane = gm.Ho * gm.Wo;
+  // The per-row result, laid out as flush_row reads it: (channel, phase) rows of L entries.
+  const int64_t L = std::max(gm.L, gi.tiles * gm.V);
+  Geometry out_gm = gm;
+  out_gm.L = L;
+  out_gm.slot = gm.Cg * gm.S * L;
+  at::parallel_for(0, gm.N * gm.G * gm.H, gm.grain(), [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> ring(gi.Ri * gi.slot);
+    std::vector<acc_t> row(out_gm.slot);
+    std::vector<const acc_t*> wrows(gm.K * gm.K), grows(gm.K * gm.K);
+    for (int64_t item = begin; item < end;) {
+      const int64_t ng = item / gm.H, y0 = item % gm.H;
+      const int64_t y1 = std::min(gm.H, y0 + (end - item));
+      const scalar_t* gout_g = god + ng * gm.Cg * plane;
+      const scalar_t* w_g = wd + ng * gm.K * gm.K * plane;
+      int64_t staged = 0;
+      bool any_staged = false;
+      for (int64_t y = y0; y < y1; ++y) {
+        // Output rows reaching row y: i*S + a*D = y + P for some a.
+        const int64_t lo = std::max<int64_t>(0, ceil_div(y + gm.P - gm.span(), gm.S));
+        const int64_t hi = std::min(gm.Ho, floor_div(y + gm.P, gm.S) + 1);
+        for (int64_t i = any_staged ? std::max(lo, staged) : lo; i < hi; ++i)
+          stage_output_row(gm, gi, gout_g, w_g, i, ring.data() + (i % gi.Ri) * gi.slot);
+        if (hi > lo) {
+          staged = std::max(staged, hi);
+          any_staged = true;
         }
-        if (need_x) ngx = row_taps(gm, i, y_lo, y_hi, gring.data(), gtaps.data(), grows.data());
-        if (nx > 0 || ngx > 0 || own_w) {
-          backward_row(gm, nx, xtaps.data(), xrows.data(), ngx, gtaps.data(), grows.data(),
-                       gog + i * gm.Wo, wg + i * gm.Wo,
-                       own_w ? gwd + ng * gm.K * gm.K * plane + i * gm.Wo : nullptr,
-                       gw_tile.data());
+        for (int64_t r = 0; r < gm.S; ++r) {
+          int ntaps = 0;
+          for (int64_t a = 0; a < gm.K; ++a) {
+            const int64_t ty = y + gm.P - a * gm.D;
+            if (ty < 0 || ty % gm.S != 0 || ty / gm.S >= gm.Ho) continue;
+            const acc_t* base = ring.data() + (ty / gm.S % gi.Ri) * gi.slot;
+            for (int64_t b = 0; b < gm.K; ++b) {
+              if (b * gm.D % gm.S != r) continue;
+              const int64_t shift = gi.pad - b * gm.D / gm.S;
+              grows[ntaps] = base + shift;
+              wrows[ntaps++] = base + (gm.Cg + a * gm.K + b) * gi.Lj + shift;
+            }
+          }
+          acc_t* out = row.data() + r * L;
+          for (int64_t tile = 0; tile < gi.tiles; ++tile) {
+            const int64_t m0 = tile * gm.V;
+            int64_t c0 = 0;
+#define INVOLUTION_GRAD_INPUT_TILE(CB) \
+  grad_input_tile<CB>(gi, ntaps, wrows.data(), grows.data(), out, gm.S * L, c0, m0)
+            for (; c0 + kMaxBlock <= gm.Cg; c0 += kMaxBlock) INVOLUTION_GRAD_INPUT_TILE(kMaxBlock);
+            if (gm.Cg - c0 >= 8 && kMaxBlock > 8) {
+              INVOLUTION_GRAD_INPUT_TILE(8);
+              c0 += 8;
+            }
+            if (gm.Cg - c0 >= 4) {
+              INVOLUTION_GRAD_INPUT_TILE(4);
+              c0 += 4;
+            }
+            if (gm.Cg - c0 >= 2) {
+              INVOLUTION_GRAD_INPUT_TILE(2);
+              c0 += 2;
+            }
+            if (gm.Cg - c0 >= 1) INVOLUTION_GRAD_INPUT_TILE(1);
+#undef INVOLUTION_GRAD_INPUT_TILE
+          }
         }
-        if (need_x) {
-          const int64_t done = std::min(y_hi, (i + 1) * gm.S - gm.P);
-          for (; flushed < done; ++flushed)
-            flush_row(gm, gring.data() + (flushed % gm.R) * gm.slot, flushed,
-                      gxd + ng * gm.Cg * gm.H * gm.W);
-        }
+        flush_row(out_gm, row.data(), y, gxd + ng * gm.Cg * gm.H * gm.W);
       }
-      for (; need_x && flushed < y_hi; ++flushed)
-        flush_row(gm, gring.data() + (flushed % gm.R) * gm.slot, flushed,
-                  gxd + ng * gm.Cg * gm.H * gm.W);
+      item += y1 - y0;
     }
   });
 }
@@ -448,7 +561,8 @@ std::tuple<at::Tensor, at::Tensor> involution_backward(
   if (output_mask[0] || output_mask[1]) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "involution_backward", [&] {
       const Geometry gm(x, w, stride, padding, dilation, lanes<scalar_t>());
-      backward_kernel<scalar_t>(gout, x, w, gx, gw, gm);
+      if (gw.defined()) grad_weight_kernel<scalar_t>(gout, x, gw, gm);
+      if (gx.defined()) grad_input_kernel<scalar_t>(gout, w, gx, gm);
     });
   }
   // Gradients not asked for are returned as empty tensors.
