@@ -47,16 +47,24 @@ def test_cpu_peak_memory_sees_a_temporary():
 
 
 def test_operator_benchmark_prints_ratios():
+    from involution_d2.ops import native
+
+    backends = ["reference", "torch"] + (["native"] if native.native_is_available() else [])
     out = run_tool("benchmark_involution.py", "--device", "cpu", "--shapes", "cls.res5",
-                   "--repeat", "1", "--warmup", "0")
-    rows = [re.split(r"\s{2,}", line.strip()) for line in out.splitlines()
+                   "--repeat", "1", "--warmup", "0", "--backends", *backends)
+    lines = out.splitlines()
+    header = re.split(r"\s{2,}", next(line for line in lines if line.startswith("shape")))
+    rows = [dict(zip(header, re.split(r"\s{2,}", line.strip()))) for line in lines
             if line.startswith("cls.res5")]
-    assert {(r[2], r[3]) for r in rows} == {
-        ("fwd", "reference"), ("fwd", "torch"), ("fwd+bwd", "reference"), ("fwd+bwd", "torch")}
+    assert {(r["mode"], r["backend"]) for r in rows} == {
+        (mode, b) for mode in ("fwd", "fwd+bwd") for b in backends}
+    assert "# memory bandwidth, measured (copy):" in out
     for r in rows:
-        assert r[6].endswith("x") and float(r[6][:-1]) > 0  # speed-up vs reference
-        if r[3] == "torch":
-            assert float(r[7]) < 0.5  # a fraction of unfold's memory
+        assert r["speed-up vs reference"].endswith("x")
+        assert float(r["speed-up vs reference"][:-1]) > 0 and float(r["speed-up vs torch"][:-1]) > 0
+        assert float(r["GB/s"]) > 0 and float(r["x of bandwidth bound"]) > 0
+        if r["backend"] != "reference":
+            assert float(r["memory / reference"]) < 0.5  # a fraction of unfold's memory
 
 
 @requires_detectron2
