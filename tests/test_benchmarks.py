@@ -69,20 +69,27 @@ def test_operator_benchmark_prints_ratios():
 
 @requires_detectron2
 def test_model_benchmark_prints_throughput_and_profile():
+    from involution_d2.ops import native
+
+    backends = ["native", "torch"] if native.native_is_available() else ["torch", "reference"]
     out = run_tool("benchmark_models.py", "--device", "cpu", "--suites", "backbone",
                    "--size", "64", "96", "--repeat", "1", "--warmup", "0",
-                   "--dtypes", "float32", "--modes", "inference", "--profile")
-    lines = [re.split(r"\s{2,}", line.strip()) for line in out.splitlines()
-             if line.startswith("backbone")]
-    speed = {r[1]: r for r in lines if len(r) == 10}
-    profile = {r[1]: r for r in lines if len(r) == 11}
-    assert set(speed) == {"RedNet-50 [torch]", "RedNet-50 [reference]", "ResNet-50"}
-    assert speed["ResNet-50"][7] == "1.00x"  # the twin against itself
-    assert float(speed["RedNet-50 [torch]"][4]) > 0  # images/s
-    assert set(profile) == set(speed)
-    aggregation = {name: float(r[5].rstrip(" %")) for name, r in profile.items()}
-    assert aggregation["ResNet-50"] == 0.0
-    assert aggregation["RedNet-50 [torch]"] > 0 and aggregation["RedNet-50 [reference]"] > 0
+                   "--dtypes", "float32", "--modes", "inference", "train", "--profile",
+                   "--backends", *backends)
+    assert "native bfloat16 (AVX-512 BF16 / AMX): " in out.splitlines()[0]
+    for mode in ("inference", "train"):
+        lines = [re.split(r"\s{2,}", line.strip()) for line in out.splitlines()
+                 if line.startswith("backbone") and f" {mode} " in line]
+        speed = {r[1]: r for r in lines if len(r) == 10}
+        profile = {r[1]: r for r in lines if len(r) == 11}
+        assert set(speed) == {f"RedNet-50 [{b}]" for b in backends} | {"ResNet-50"}
+        assert speed["ResNet-50"][7] == "1.00x"  # the twin against itself
+        assert float(speed[f"RedNet-50 [{backends[0]}]"][4]) > 0  # images/s
+        assert set(profile) == set(speed)
+        aggregation = {name: float(r[5].rstrip(" %")) for name, r in profile.items()}
+        assert aggregation["ResNet-50"] == 0.0
+        # The forward and (in training) the backward of every backend are found.
+        assert all(aggregation[f"RedNet-50 [{b}]"] > 0 for b in backends)
 
 
 def test_bytes_moved_counts_each_tensor_once():

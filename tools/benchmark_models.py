@@ -38,6 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tools"))
 
+from involution_d2.ops.involution import AGGREGATION_RANGE  # noqa: E402
 from involution_d2.utils.benchmark import (  # noqa: E402
     Glibc,
     PeakMemory,
@@ -264,15 +265,12 @@ def _category(event):
     """The category of a profiler event: the involution ranges it runs in, else its name.
     (In training, the backward of the kernel-generating convolutions counts as
     "convolution": autograd runs it outside the layer's forward range.)"""
-    from involution_d2.ops.involution import AGGREGATION_RANGE
-
     inside_layer = False
     parent = event
     while parent is not None:
         # The forward runs in the range; the backward is the operator's own backward
         # (involution_d2::involution_backward) or the "torch" backend's autograd node.
-        if parent.name == AGGREGATION_RANGE or "InvolutionBackward" in parent.name or \
-                parent.name.startswith("involution_d2"):
+        if parent.name in AGGREGATION_OPS or "InvolutionBackward" in parent.name:
             return "involution aggregation"
         inside_layer = inside_layer or parent.name == LAYER_RANGE
         parent = parent.cpu_parent
@@ -289,6 +287,8 @@ def _category(event):
 
 
 LAYER_RANGE = "involution_d2::Involution"
+# The operator's backward, run by autograd outside the forward's range.
+AGGREGATION_OPS = (AGGREGATION_RANGE, "involution_d2::involution_backward")
 
 
 def _annotate_layers(model):

@@ -254,11 +254,11 @@ void forward_kernel(const at::Tensor& x, const at::Tensor& w, at::Tensor& out,
       const scalar_t* xg = xd + ng * gm.Cg * gm.H * gm.W;
       const scalar_t* wg = wd + ng * gm.K * gm.K * plane;
       scalar_t* og = od + ng * gm.Cg * plane;
-      int64_t staged = 0;  // rows [.., staged) are in the ring
+      int64_t staged = 0;  // rows [.., staged) are in the ring (this run's segment)
       for (int64_t i = i0; i < i1; ++i) {
         const int64_t y0 = std::max<int64_t>(0, i * gm.S - gm.P);
         const int64_t y1 = std::min(gm.H, i * gm.S - gm.P + gm.span() + 1);
-        for (int64_t y = std::max(y0, i == i0 ? y0 : staged); y < y1; ++y)
+        for (int64_t y = std::max(y0, staged); y < y1; ++y)
           stage_row(gm, xg, y, ring.data() + (y % gm.R) * gm.slot);
         staged = std::max(staged, y1);
         const int ntaps = row_taps(gm, i, 0, gm.H, ring.data(), taps.data(), rows.data());
@@ -358,7 +358,7 @@ void grad_weight_kernel(const at::Tensor& gout, const at::Tensor& x, at::Tensor&
       for (int64_t i = i0; i < i1; ++i) {
         const int64_t y0 = std::max<int64_t>(0, i * gm.S - gm.P);
         const int64_t y1 = std::min(gm.H, i * gm.S - gm.P + gm.span() + 1);
-        for (int64_t y = std::max(y0, i == i0 ? y0 : staged); y < y1; ++y)
+        for (int64_t y = std::max(y0, staged); y < y1; ++y)
           stage_row(gm, xg, y, ring.data() + (y % gm.R) * gm.slot);
         staged = std::max(staged, y1);
         const int ntaps = row_taps(gm, i, 0, gm.H, ring.data(), taps.data(), rows.data());
