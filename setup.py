@@ -27,15 +27,19 @@ setup(
     license="MIT",
     python_requires=">=3.9",
     packages=find_packages(include=["involution_d2", "involution_d2.*"]),
-    package_data={"involution_d2.ops": ["cuda/*.cuh"],
+    package_data={"involution_d2.ops": ["cuda/*.cuh", "csrc/*.cpp"],
                   "involution_d2.model_zoo": model_zoo_configs()},
     # torch is installed first, as a pinned pair with torchvision (see README.md);
     # Detectron2 is built from source against it and is not on PyPI.
     # OpenCV: Detectron2's Visualizer (demo.py) imports it.
-    install_requires=["torch>=2.1", "numpy", "opencv-python-headless"],
+    # ninja: torch.utils.cpp_extension compiles the native CPU kernel with it on first use
+    # (involution_d2/ops/native.py); torch.library's register_fake needs torch 2.4.
+    install_requires=["torch>=2.4", "numpy", "opencv-python-headless", "ninja"],
     entry_points={"console_scripts": ["involution-convert=involution_d2.checkpoint.cli:main"]},
     extras_require={
-        "test": ["pytest>=7"],
+        # ONNX export (tools/export_model.py) and its check; the tests run it too.
+        "export": ["onnx", "onnxscript", "onnxruntime"],
+        "test": ["pytest>=7", "onnx", "onnxscript", "onnxruntime"],
         "cupy-cuda12x": ["cupy-cuda12x>=13"],
         "cupy-cuda13x": ["cupy-cuda13x>=13.6"],
     },

@@ -47,34 +47,49 @@ def test_cpu_peak_memory_sees_a_temporary():
 
 
 def test_operator_benchmark_prints_ratios():
+    from involution_d2.ops import native
+
+    backends = ["reference", "torch"] + (["native"] if native.native_is_available() else [])
     out = run_tool("benchmark_involution.py", "--device", "cpu", "--shapes", "cls.res5",
-                   "--repeat", "1", "--warmup", "0")
-    rows = [re.split(r"\s{2,}", line.strip()) for line in out.splitlines()
+                   "--repeat", "1", "--warmup", "0", "--backends", *backends)
+    lines = out.splitlines()
+    header = re.split(r"\s{2,}", next(line for line in lines if line.startswith("shape")))
+    rows = [dict(zip(header, re.split(r"\s{2,}", line.strip()))) for line in lines
             if line.startswith("cls.res5")]
-    assert {(r[2], r[3]) for r in rows} == {
-        ("fwd", "reference"), ("fwd", "torch"), ("fwd+bwd", "reference"), ("fwd+bwd", "torch")}
+    assert {(r["mode"], r["backend"]) for r in rows} == {
+        (mode, b) for mode in ("fwd", "fwd+bwd") for b in backends}
+    assert "# memory bandwidth, measured (copy):" in out
     for r in rows:
-        assert r[6].endswith("x") and float(r[6][:-1]) > 0  # speed-up vs reference
-        if r[3] == "torch":
-            assert float(r[7]) < 0.5  # a fraction of unfold's memory
+        assert r["speed-up vs reference"].endswith("x")
+        assert float(r["speed-up vs reference"][:-1]) > 0 and float(r["speed-up vs torch"][:-1]) > 0
+        assert float(r["GB/s"]) > 0 and float(r["x of bandwidth bound"]) > 0
+        if r["backend"] != "reference":
+            assert float(r["memory / reference"]) < 0.5  # a fraction of unfold's memory
 
 
 @requires_detectron2
 def test_model_benchmark_prints_throughput_and_profile():
+    from involution_d2.ops import native
+
+    backends = ["native", "torch"] if native.native_is_available() else ["torch", "reference"]
     out = run_tool("benchmark_models.py", "--device", "cpu", "--suites", "backbone",
                    "--size", "64", "96", "--repeat", "1", "--warmup", "0",
-                   "--dtypes", "float32", "--modes", "inference", "--profile")
-    lines = [re.split(r"\s{2,}", line.strip()) for line in out.splitlines()
-             if line.startswith("backbone")]
-    speed = {r[1]: r for r in lines if len(r) == 10}
-    profile = {r[1]: r for r in lines if len(r) == 11}
-    assert set(speed) == {"RedNet-50 [torch]", "RedNet-50 [reference]", "ResNet-50"}
-    assert speed["ResNet-50"][7] == "1.00x"  # the twin against itself
-    assert float(speed["RedNet-50 [torch]"][4]) > 0  # images/s
-    assert set(profile) == set(speed)
-    aggregation = {name: float(r[5].rstrip(" %")) for name, r in profile.items()}
-    assert aggregation["ResNet-50"] == 0.0
-    assert aggregation["RedNet-50 [torch]"] > 0 and aggregation["RedNet-50 [reference]"] > 0
+                   "--dtypes", "float32", "--modes", "inference", "train", "--profile",
+                   "--backends", *backends)
+    assert "native bfloat16 (AVX-512 BF16 / AMX): " in out.splitlines()[0]
+    for mode in ("inference", "train"):
+        lines = [re.split(r"\s{2,}", line.strip()) for line in out.splitlines()
+                 if line.startswith("backbone") and f" {mode} " in line]
+        speed = {r[1]: r for r in lines if len(r) == 10}
+        profile = {r[1]: r for r in lines if len(r) == 11}
+        assert set(speed) == {f"RedNet-50 [{b}]" for b in backends} | {"ResNet-50"}
+        assert speed["ResNet-50"][7] == "1.00x"  # the twin against itself
+        assert float(speed[f"RedNet-50 [{backends[0]}]"][4]) > 0  # images/s
+        assert set(profile) == set(speed)
+        aggregation = {name: float(r[5].rstrip(" %")) for name, r in profile.items()}
+        assert aggregation["ResNet-50"] == 0.0
+        # The forward and (in training) the backward of every backend are found.
+        assert all(aggregation[f"RedNet-50 [{b}]"] > 0 for b in backends)
 
 
 def test_bytes_moved_counts_each_tensor_once():

@@ -134,3 +134,29 @@ def test_bad_arguments_are_named():
         Involution(32, backend="cuda")
     with pytest.raises(ValueError, match=r"expected input \(N, 32, H, W\), got \(1, 16, 8, 8\)"):
         Involution(32)(torch.zeros(1, 16, 8, 8))
+
+
+@pytest.mark.parametrize("norm", ["BN", ""])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_cpu_matmul_kernel_generation_equals_the_convolutions(stride, norm, monkeypatch):
+    # On the CPU the 1x1 convolutions generating the kernels run as matrix products; the
+    # convolution modules (what traces and exports use) must give the same values and
+    # gradients, in training and in eval.
+    from involution_d2.layers import involution as layer_module
+
+    torch.manual_seed(0)
+    layer = Involution(32, 7, stride, norm=norm)
+    if norm:
+        randomize_bn(layer)
+    x = torch.randn(2, 32, 11, 14)
+    for train in (True, False):
+        layer.train(train)
+        results = []
+        for matmul in (True, False):
+            monkeypatch.setattr(layer_module, "_pointwise_as_matmul", lambda t: matmul)
+            xi = x.clone().requires_grad_()
+            out = layer(xi)
+            grads = torch.autograd.grad(out.square().sum(), [xi] + list(layer.parameters()))
+            results.append((out,) + grads)
+        for got, want in zip(*results):
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)

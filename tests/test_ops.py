@@ -1,15 +1,27 @@
 """The involution operator: every backend against the unfold reference, gradients, errors."""
 import itertools
+import os
 import subprocess
 import sys
 
 import pytest
 import torch
 
-from involution_d2.ops import involution, output_size, resolve_backend
+from involution_d2.ops import involution, native, output_size, resolve_backend
 from involution_d2.ops.cupy_backend import involution_cupy
 
 from conftest import requires_cupy
+
+# The CPU backends checked against the reference ("native" compiles on first use; where
+# that is impossible, its tests skip with the reason and test_native_fallback checks the
+# fallback).
+CPU_BACKENDS = ["torch", "native"]
+
+
+def skip_if_unavailable(backend):
+    if backend == "native" and not native.native_is_available():
+        pytest.skip(f"the native CPU kernel is unavailable: {native._status()[1]}")
+
 
 # (N, C, G, H, W, K, stride, dilation)
 SHAPES = [
@@ -20,6 +32,8 @@ SHAPES = [
     (1, 32, 2, 14, 15, 7, 1, 1),
     (2, 16, 4, 15, 16, 7, 2, 1),
     (1, 6, 6, 8, 9, 7, 2, 2),      # one channel per group
+    (1, 48, 2, 12, 37, 3, 1, 1),   # 24 channels per group: register blocks of 16 + 8
+    (2, 14, 2, 11, 19, 3, 3, 1),   # stride 3, 7 channels per group (blocks of 4 + 2 + 1)
 ]
 
 
@@ -42,6 +56,7 @@ def reference_with_grads(x, wt, s, p, d, gout):
 
 
 def run_with_grads(x, wt, s, p, d, gout, backend):
+    skip_if_unavailable(backend)
     x = x.detach().requires_grad_()
     wt = wt.detach().requires_grad_()
     out = involution(x, wt, s, p, d, backend=backend)
@@ -63,28 +78,66 @@ def test_reference_matches_the_definition():
     torch.testing.assert_close(involution(x, wt, s, p, d, backend="reference"), want)
 
 
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("shape", SHAPES)
-def test_torch_backend_matches_reference(shape):
+def test_cpu_backends_match_reference(backend, shape):
     x, wt, s, p, d = make_inputs(shape)
     gout = torch.randn(x.shape[0], x.shape[1], wt.shape[4], wt.shape[5], dtype=x.dtype)
-    for got, want in zip(run_with_grads(x, wt, s, p, d, gout, "torch"),
+    for got, want in zip(run_with_grads(x, wt, s, p, d, gout, backend),
                          reference_with_grads(x, wt, s, p, d, gout)):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("padding", [0, 1, 4])
-def test_torch_backend_any_padding(padding):
+def test_cpu_backends_any_padding(backend, padding):
     # Padding other than "same", including more than the kernel reaches.
     x, wt, s, p, d = make_inputs((1, 4, 2, 9, 8, 3, 2, 1), padding=padding)
     gout = torch.randn(x.shape[0], x.shape[1], wt.shape[4], wt.shape[5], dtype=x.dtype)
-    for got, want in zip(run_with_grads(x, wt, s, p, d, gout, "torch"),
+    for got, want in zip(run_with_grads(x, wt, s, p, d, gout, backend),
                          reference_with_grads(x, wt, s, p, d, gout)):
         torch.testing.assert_close(got, want)
 
 
-@pytest.mark.parametrize("backend", ["reference", "torch"])
-@pytest.mark.parametrize("shape", [SHAPES[0], SHAPES[3], (1, 4, 2, 7, 6, 5, 2, 2)])
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("shape", [(1, 32, 1, 23, 40, 7, 1, 1), (2, 16, 1, 21, 31, 5, 2, 2),
+                                   (1, 16, 2, 19, 20, 7, 1, 3)])
+def test_native_threads_split_rows_exactly(shape, threads):
+    # Each thread takes a run of output rows; the input gradient rows at the boundaries
+    # are owned by one run, which recomputes the halo rows it needs.
+    skip_if_unavailable("native")
+    x, wt, s, p, d = make_inputs(shape)
+    gout = torch.randn(x.shape[0], x.shape[1], wt.shape[4], wt.shape[5], dtype=x.dtype)
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        got = run_with_grads(x, wt, s, p, d, gout, "native")
+    finally:
+        torch.set_num_threads(old)
+    for g, want in zip(got, reference_with_grads(x, wt, s, p, d, gout)):
+        torch.testing.assert_close(g, want, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("need", [(True, False), (False, True)])
+def test_native_computes_only_the_gradients_asked_for(need):
+    skip_if_unavailable("native")
+    x, wt, s, p, d = make_inputs(SHAPES[1])
+    x.requires_grad_(need[0])
+    wt.requires_grad_(need[1])
+    involution(x, wt, s, p, d, backend="native").sum().backward()
+    ref = reference_with_grads(x, wt, s, p, d, torch.ones(2, 8, 5, 6, dtype=x.dtype))
+    if need[0]:
+        torch.testing.assert_close(x.grad, ref[1])
+    else:
+        assert wt.grad is not None and x.grad is None
+        torch.testing.assert_close(wt.grad, ref[2])
+
+
+@pytest.mark.parametrize("backend", ["reference"] + CPU_BACKENDS)
+@pytest.mark.parametrize("shape", [SHAPES[0], SHAPES[3], (1, 4, 2, 7, 6, 5, 2, 2),
+                                   (1, 4, 1, 9, 8, 7, 1, 1), (2, 4, 2, 7, 6, 3, 1, 2)])
 def test_gradcheck(backend, shape):
+    skip_if_unavailable(backend)
     n, c, g, h, w, k, s, d = shape
     x, wt, s, p, d = make_inputs((1, min(c, 4), 2, min(h, 7), min(w, 7), k, s, d))
     x.requires_grad_()
@@ -94,8 +147,9 @@ def test_gradcheck(backend, shape):
     )
 
 
-@pytest.mark.parametrize("backend", ["reference", "torch"])
+@pytest.mark.parametrize("backend", ["reference"] + CPU_BACKENDS)
 def test_empty_batch(backend):
+    skip_if_unavailable(backend)
     x, wt, s, p, d = make_inputs((2, 8, 2, 9, 11, 3, 2, 1))
     x = x[:0].requires_grad_()
     wt = wt[:0].requires_grad_()
@@ -105,8 +159,9 @@ def test_empty_batch(backend):
     assert x.grad.shape == x.shape and wt.grad.shape == wt.shape
 
 
-@pytest.mark.parametrize("backend", ["reference", "torch"])
+@pytest.mark.parametrize("backend", ["reference"] + CPU_BACKENDS)
 def test_non_contiguous_inputs(backend):
+    skip_if_unavailable(backend)
     x, wt, s, p, d = make_inputs((2, 8, 2, 9, 11, 3, 1, 1))
     want = involution(x, wt, s, p, d, backend="reference")
     # Channels-last input and a weight that is a transposed view.
@@ -121,11 +176,14 @@ def test_non_contiguous_inputs(backend):
                                want)
 
 
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("shape", [SHAPES[5], SHAPES[7]])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-def test_low_precision_on_cpu(dtype):
-    x, wt, s, p, d = make_inputs(SHAPES[5], dtype=dtype)
+def test_low_precision_on_cpu(dtype, shape, backend):
+    # Half precision in and out, float32 accumulation: within rounding of the result.
+    x, wt, s, p, d = make_inputs(shape, dtype=dtype)
     gout = torch.randn(x.shape[0], x.shape[1], wt.shape[4], wt.shape[5]).to(dtype)
-    got = run_with_grads(x, wt, s, p, d, gout, "torch")
+    got = run_with_grads(x, wt, s, p, d, gout, backend)
     want = reference_with_grads(x, wt, s, p, d, gout)
     tol = {torch.float32: 1e-5, torch.bfloat16: 3e-2, torch.float16: 3e-3}[dtype]
     for g, r in zip(got, want):
@@ -142,15 +200,67 @@ def test_cpu_autocast_runs_in_bfloat16_and_accepts_mixed_dtypes():
     torch.testing.assert_close(out.float(), want, rtol=3e-2, atol=3e-2 * want.abs().max().item())
 
 
-def test_auto_backend_on_cpu_is_torch(monkeypatch):
+def test_auto_backend_on_cpu_is_native_where_it_builds(monkeypatch):
     monkeypatch.delenv("INVOLUTION_BACKEND", raising=False)
-    assert resolve_backend("auto", torch.device("cpu")) == "torch"
+    want = "native" if native.native_is_available() else "torch"
+    assert resolve_backend("auto", torch.device("cpu")) == want
     monkeypatch.setenv("INVOLUTION_BACKEND", "reference")
     assert resolve_backend("auto", torch.device("cpu")) == "reference"
     assert resolve_backend("torch", torch.device("cpu")) == "torch"  # explicit wins
 
 
-def test_torch_backend_saves_no_unfold_for_backward():
+def test_native_fallback_without_a_compiler(tmp_path):
+    # A fresh interpreter whose "compiler" fails, with an empty extension cache: one warning
+    # (not one per call), "auto" runs "torch", the operator itself still runs (on the
+    # pure-PyTorch kernels) and an explicit backend="native" says why it cannot.
+    code = (
+        "import warnings, torch\n"
+        "warnings.simplefilter('always')\n"
+        "from involution_d2.ops import involution, resolve_backend\n"
+        "x = torch.randn(1, 4, 6, 6, requires_grad=True); w = torch.randn(1, 2, 3, 3, 6, 6)\n"
+        "want = involution(x, w, padding=1, backend='reference')\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    warnings.simplefilter('always')\n"
+        "    for _ in range(3):\n"
+        "        out = involution(x, w, padding=1)\n"
+        "    op = torch.ops.involution_d2.involution(x, w, 1, 1, 1)\n"
+        "    op.sum().backward()\n"
+        "mine = [str(c.message) for c in caught if 'native CPU kernel' in str(c.message)]\n"
+        "print('WARNINGS', len(mine)); print(mine[0])\n"
+        "print('AUTO', resolve_backend('auto', x.device))\n"
+        "assert torch.allclose(out, want, atol=1e-5) and torch.allclose(op, want, atol=1e-5)\n"
+        "assert x.grad is not None\n"
+        "try:\n"
+        "    involution(x, w, padding=1, backend='native')\n"
+        "except RuntimeError as e:\n"
+        "    print('EXPLICIT', e)\n"
+    )
+    env = dict(os.environ, CXX=str(tmp_path / "no-compiler"),
+               TORCH_EXTENSIONS_DIR=str(tmp_path / "cache"))
+    env.pop("INVOLUTION_NATIVE", None)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "WARNINGS 1\n" in proc.stdout
+    assert "could not be compiled" in proc.stdout and "falls back" in proc.stdout
+    assert "AUTO torch" in proc.stdout
+    assert "EXPLICIT involution: backend='native' but the native CPU kernel is unavailable" \
+        in proc.stdout
+
+
+def test_native_disabled_by_environment_is_silent():
+    code = ("import warnings; warnings.simplefilter('error')\n"
+            "import torch; from involution_d2.ops import resolve_backend\n"
+            "print(resolve_backend('auto', torch.device('cpu')))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=dict(os.environ, INVOLUTION_NATIVE="0"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == "torch"
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_backward_saves_no_unfold(backend):
+    skip_if_unavailable(backend)
     # What autograd keeps for backward: x and weight only, nothing K*K-sized.
     x, wt, s, p, d = make_inputs((1, 16, 1, 16, 16, 7, 1, 1), dtype=torch.float32)
     x.requires_grad_()
@@ -161,7 +271,7 @@ def test_torch_backend_saves_no_unfold_for_backward():
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        involution(x, wt, s, p, d, backend="torch")
+        involution(x, wt, s, p, d, backend=backend)
     assert sum(saved) == x.numel() + wt.numel()
 
 
@@ -193,6 +303,8 @@ def test_errors_name_the_problem():
         involution(x, wt, s, p, d, backend="fast")
     with pytest.raises(ValueError, match="backend='cupy' needs CUDA tensors, got tensors on cpu"):
         involution(x, wt, s, p, d, backend="cupy")
+    with pytest.raises(ValueError, match="backend='native' is the CPU kernel, got tensors on meta"):
+        involution(x.to("meta"), wt.to("meta"), s, p, d, backend="native")
 
 
 def test_explicit_cupy_without_cupy_is_a_clear_error(monkeypatch):

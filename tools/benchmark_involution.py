@@ -3,18 +3,26 @@
 
 Every backend runs on the same inputs in one process, round-robin (A B C A B C ...), so that
 a noisy machine slows all of them alike; the table gives medians and the ratios against the
-unfold baseline ("reference"), and on a GPU also against "naive", a one-thread-per-output-
-element CUDA kernel written the way the official one works (our own code).
+unfold baseline ("reference"), on the CPU also against the pure-PyTorch "torch" backend, and
+on a GPU against "naive", a one-thread-per-output-element CUDA kernel written the way the
+official one works (our own code).
+
+"x of bandwidth bound" is the time over the time the least traffic (each input read once,
+each output written once) takes at the memory bandwidth: on a GPU its peak (from CuPy), on
+the CPU the bandwidth of a large tensor copy measured at the start of the run with the same
+threads (1.0 would be the bound).
 
 Peak memory, measured in a separate run after the timed ones, is what the call adds on top
 of its inputs: on a GPU from the CUDA allocator's peak, on the CPU from the process's
 resident-set high-water mark (reset before the call through /proc/self/clear_refs; Linux
 with glibc only).
 
+    python3 tools/benchmark_involution.py --device cpu --backends reference torch native
     python3 tools/benchmark_involution.py --device cpu --shapes det.res2 cls.res2
     python3 tools/benchmark_involution.py --device cuda --dtypes float32 bfloat16
 """
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -111,6 +119,39 @@ def bytes_moved(name, dtype, mode):
     return elements * torch.empty((), dtype=DTYPES[dtype]).element_size()
 
 
+def cpu_bandwidth(repeat=7, mib=512):
+    """The bandwidth (bytes/s) of copying a ``mib`` MiB tensor into another (bytes read plus
+    bytes written), median of ``repeat`` copies, with torch's threads."""
+    import statistics
+    import time
+
+    src = torch.ones(mib * 2**20 // 4)
+    dst = torch.empty_like(src)
+    dst.copy_(src)  # both touched: no page faults in the timed copies
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        dst.copy_(src)
+        times.append(time.perf_counter() - t0)
+    return 2 * src.numel() * 4 / statistics.median(times)
+
+
+def cpu_model():
+    """The CPU's model name and whether it computes bfloat16 natively (AVX-512 BF16 or
+    AMX), from /proc/cpuinfo (Linux; "unknown" elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            info = f.read()
+    except OSError:
+        return "unknown CPU", False
+    import re
+
+    name = re.search(r"model name\s*:\s*(.*)", info)
+    flags = set((re.search(r"flags\s*:\s*(.*)", info) or [None, ""])[1].split())
+    return (name.group(1).strip() if name else "unknown CPU",
+            bool(flags & {"avx512_bf16", "amx_bf16"}))
+
+
 def device_bandwidth(device):
     """Peak memory bandwidth (bytes/s) from the device's memory clock and bus width, or None
     where CuPy cannot tell."""
@@ -128,7 +169,7 @@ def print_results(rows, backends, baselines, bandwidth=None):
     header = ["shape", "dtype", "mode", "backend", "time ms", "peak MiB"]
     header += [f"speed-up vs {b}" for b in baselines] + [f"memory / {b}" for b in baselines]
     if bandwidth:
-        header += ["x of bandwidth bound"]
+        header += ["GB/s", "x of bandwidth bound"]
     lines = []
     for (name, dtype, mode), res in rows:
         for b in backends:
@@ -138,8 +179,11 @@ def print_results(rows, backends, baselines, bandwidth=None):
             line += [f"{m / res[(base, mode)][1]:.3f}" if res[(base, mode)][1] > 0 else "-"
                      for base in baselines]
             if bandwidth:
-                # Our time over the time the bytes need at peak bandwidth (1.0 is the limit).
-                line.append(f"{t / 1e3 / (bytes_moved(name, dtype, mode) / bandwidth):.2f}")
+                # The least traffic over our time, and our time over the time that traffic
+                # needs at the bandwidth (1.0 is the limit).
+                moved = bytes_moved(name, dtype, mode)
+                line.append(f"{moved / (t / 1e3) / 1e9:.1f}")
+                line.append(f"{t / 1e3 / (moved / bandwidth):.2f}")
             lines.append(line)
     print_table(lines, header)
 
@@ -152,14 +196,16 @@ def main(argv=None):
     parser.add_argument("--dtypes", nargs="+", default=None, choices=sorted(DTYPES),
                         help="default: float32 on CPU; float32 and bfloat16 on CUDA")
     parser.add_argument("--backends", nargs="+", default=None,
-                        help="default: reference torch (CPU); reference torch cupy naive (CUDA)")
+                        help="default: reference torch native (CPU); reference torch cupy "
+                             "naive (CUDA)")
     parser.add_argument("--modes", nargs="+", default=["fwd", "fwd+bwd"],
                         choices=["fwd", "fwd+bwd"])
     parser.add_argument("--repeat", type=int, default=None, help="default: 3 CPU, 20 CUDA")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--bandwidth", type=float, default=None, metavar="GB/s",
-                        help="the GPU's peak memory bandwidth for the 'x of bandwidth bound' "
-                             "column (default: from CuPy's device properties; H200: 4800)")
+                        help="the memory bandwidth for the 'x of bandwidth bound' column "
+                             "(default: on a GPU its peak from CuPy's device properties, "
+                             "H200: 4800; on the CPU a tensor copy measured in the run)")
     args = parser.parse_args(argv)
 
     device = torch.device(args.device)
@@ -173,13 +219,22 @@ def main(argv=None):
     shapes = args.shapes or list(SHAPES)
     dtypes = args.dtypes or (["float32", "bfloat16"] if cuda else ["float32"])
     backends = args.backends or (["reference", "torch", "cupy", "naive"] if cuda
-                                 else ["reference", "torch"])
+                                 else ["reference", "torch", "native"])
     repeat = args.repeat or (20 if cuda else 3)
-    baselines = [b for b in ("reference", "naive") if b in backends]
+    baselines = [b for b in ("reference", "torch", "naive") if b in backends]
+    if not cuda and "native" in backends:
+        from involution_d2.ops.native import native_is_available, native_ops
 
-    print(f"# device: {torch.cuda.get_device_name(device) if cuda else 'cpu'}, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, "
-          f"median of {repeat} runs after {args.warmup} warm-up")
+        if not native_is_available():
+            native_ops()  # says why
+
+    name, bf16 = cpu_model()
+    device_name = torch.cuda.get_device_name(device) if cuda else \
+        f"{name} (native bfloat16: {'yes' if bf16 else 'no'})"
+    print(f"# device: {device_name}, torch {torch.__version__}, {torch.get_num_threads()} CPU "
+          f"threads, median of {repeat} runs after {args.warmup} warm-up")
+    if not cuda:
+        print(f"# load average before the run: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     rows = []
     for dtype in dtypes:
         for name in shapes:
@@ -190,10 +245,13 @@ def main(argv=None):
             for mode in args.modes:
                 rows.append(((name, dtype, mode), res))
     print()
-    bandwidth = (args.bandwidth * 1e9 if args.bandwidth else device_bandwidth(device)) \
-        if cuda else None
+    if args.bandwidth:
+        bandwidth = args.bandwidth * 1e9
+    else:
+        bandwidth = device_bandwidth(device) if cuda else cpu_bandwidth()
     if bandwidth:
-        print(f"# peak memory bandwidth {bandwidth / 1e9:.0f} GB/s")
+        how = "peak" if cuda or args.bandwidth else "measured (copy)"
+        print(f"# memory bandwidth, {how}: {bandwidth / 1e9:.1f} GB/s")
     print_results(rows, backends, baselines, bandwidth)
 
 

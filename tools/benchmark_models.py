@@ -4,8 +4,9 @@ side by side in one run, in float32 and bfloat16 (autocast), with a profile of w
 time goes.
 
     python3 tools/benchmark_models.py --suites backbone faster_rcnn            # GPU
-    python3 tools/benchmark_models.py --device cpu --backends torch reference  # CPU
+    python3 tools/benchmark_models.py --device cpu --suites backbone           # CPU: native, torch
     python3 tools/benchmark_models.py --suites mask_rcnn --size 800 1216 --batch 2 --profile
+    python3 tools/benchmark_models.py --device cpu --suites demo               # demo eval s/image
 
 Every model of a suite is built from its config (Detectron2's model-zoo config for the
 ResNet-50 twin) with random weights and measured on the same synthetic batch. The models
@@ -20,6 +21,10 @@ backends, against the first one.
   boxes per image; Cityscapes-style labels for segmentation).
 - peak memory: what one iteration adds on top of the model and batch (the CUDA allocator's
   peak on a GPU; the resident-set high-water mark on the CPU).
+- demo (suite): seconds per image of the demo Mask R-CNN (configs/Demo, RedNet-26 with
+  involution FPN, RPN and mask heads) evaluating 128x128 images, post-processing included,
+  with every one of its 100 detections kept (random weights, score threshold 0), per
+  involution backend: there is no ResNet twin.
 """
 import argparse
 import os
@@ -31,7 +36,9 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tools"))
 
+from involution_d2.ops.involution import AGGREGATION_RANGE  # noqa: E402
 from involution_d2.utils.benchmark import (  # noqa: E402
     Glibc,
     PeakMemory,
@@ -258,12 +265,12 @@ def _category(event):
     """The category of a profiler event: the involution ranges it runs in, else its name.
     (In training, the backward of the kernel-generating convolutions counts as
     "convolution": autograd runs it outside the layer's forward range.)"""
-    from involution_d2.ops.involution import AGGREGATION_RANGE
-
     inside_layer = False
     parent = event
     while parent is not None:
-        if parent.name == AGGREGATION_RANGE or "InvolutionBackward" in parent.name:
+        # The forward runs in the range; the backward is the operator's own backward
+        # (involution_d2::involution_backward) or the "torch" backend's autograd node.
+        if parent.name in AGGREGATION_OPS or "InvolutionBackward" in parent.name:
             return "involution aggregation"
         inside_layer = inside_layer or parent.name == LAYER_RANGE
         parent = parent.cpu_parent
@@ -280,6 +287,8 @@ def _category(event):
 
 
 LAYER_RANGE = "involution_d2::Involution"
+# The operator's backward, run by autograd outside the forward's range.
+AGGREGATION_OPS = (AGGREGATION_RANGE, "involution_d2::involution_backward")
 
 
 def _annotate_layers(model):
@@ -328,17 +337,51 @@ def profile(case, mode, dtype, inputs, tensor, device):
     return shares
 
 
+DEMO_CONFIG = "Demo/mask_rcnn_rednet26_invfpn_invhead_shapes.py"
+
+
+def demo_evaluation(backends, device, repeat, warmup, size=(128, 128)):
+    """Seconds per image of the demo Mask R-CNN in evaluation (inference with
+    post-processing), one image at a time, for each involution backend side by side."""
+    from detectron2.config import LazyConfig, instantiate
+
+    cfg = LazyConfig.load(os.path.join(REPO, "configs", DEMO_CONFIG))
+    cfg.model.roi_heads.box_predictor.test_score_thresh = 0.0  # keep all 100 detections
+    torch.manual_seed(0)
+    model = instantiate(cfg.model).to(device).eval()
+    g = torch.Generator().manual_seed(0)
+    inputs = [{"image": torch.randint(0, 256, (3, *size), generator=g, dtype=torch.uint8),
+               "height": size[0], "width": size[1]}]
+    detections = {}
+
+    def run(backend):
+        def step():
+            set_backend(model, backend)
+            with torch.no_grad():
+                detections[backend] = len(model(inputs)[0]["instances"])
+        return step
+
+    times = time_round_robin({b: run(b) for b in backends}, device, repeat, warmup)
+    rows = [["demo", f"Mask R-CNN RedNet-26 invFPN invhead [{b}]", f"{size[0]}x{size[1]}",
+             str(detections[b]), f"{times[b] / 1e3:.3f}", f"{times[backends[-1]] / times[b]:.2f}x"]
+            for b in backends]
+    print()
+    print_table(rows, ["suite", "model [involution backend]", "image", "detections", "s/image",
+                       f"speed vs [{backends[-1]}]"])
+    print(flush=True)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__.split("\n\n", 1)[1])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--suites", nargs="+", choices=sorted(SUITES),
+    parser.add_argument("--suites", nargs="+", choices=sorted(SUITES) + ["demo"],
                         default=["backbone", "faster_rcnn"])
     parser.add_argument("--backends", nargs="+", default=None,
-                        choices=["auto", "torch", "reference", "cupy"],
-                        help="involution backends to compare (default: auto on GPU; torch "
-                             "and reference, i.e. unfold, on CPU)")
+                        choices=["auto", "native", "torch", "reference", "cupy"],
+                        help="involution backends to compare (default: auto on GPU; native "
+                             "and torch on CPU; reference is unfold)")
     parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"],
                         choices=sorted(DTYPES))
     parser.add_argument("--modes", nargs="+", default=["inference", "train"],
@@ -357,7 +400,7 @@ def main(argv=None):
     cuda = device.type == "cuda"
     if cuda and not torch.cuda.is_available():
         parser.error("--device cuda but torch sees no GPU; use --device cpu")
-    backends = args.backends or (["auto"] if cuda else ["torch", "reference"])
+    backends = args.backends or (["auto"] if cuda else ["native", "torch"])
     batch = args.batch or (2 if cuda else 1)
     repeat = args.repeat or (20 if cuda else 3)
     warmup = args.warmup if args.warmup is not None else (5 if cuda else 1)
@@ -366,11 +409,24 @@ def main(argv=None):
         glibc = Glibc()
         glibc.timing_mode()
 
-    print(f"# device: {torch.cuda.get_device_name(device) if cuda else 'cpu'}, torch "
+    from benchmark_involution import cpu_model
+
+    name, bf16 = cpu_model()
+    print(f"# device: {torch.cuda.get_device_name(device) if cuda else 'cpu'}; CPU: {name}, "
+          f"native bfloat16 (AVX-512 BF16 / AMX): {'yes' if bf16 else 'no'}; torch "
           f"{torch.__version__}, {torch.get_num_threads()} CPU threads; batch {batch}, median "
-          f"of {repeat} after {warmup} warm-up", flush=True)
+          f"of {repeat} after {warmup} warm-up; load average "
+          f"{' '.join(f'{v:.2f}' for v in os.getloadavg())}", flush=True)
+    if "native" in backends:
+        from involution_d2.ops.native import native_is_available, native_ops
+
+        if not native_is_available():
+            native_ops()  # says why
     first_backend = backends[0]
     for suite in args.suites:
+        if suite == "demo":
+            demo_evaluation(backends, device, repeat, warmup)
+            continue
         rows, profile_rows = [], []
         size = tuple(args.size) if args.size else DEFAULT_SIZES.get(suite, (800, 1216))
         cases, twin_cfg = build_cases(suite, backends, device)

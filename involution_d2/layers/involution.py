@@ -1,4 +1,5 @@
 """The involution layer: per-pixel kernels generated from the input, then aggregated."""
+import torch
 from torch import nn
 
 from ..ops import involution
@@ -81,7 +82,10 @@ class Involution(nn.Module):
             raise ValueError(f"Involution: expected input (N, {self.channels}, H, W), "
                              f"got {tuple(x.shape)}")
         pooled = self.avgpool(x) if self.avgpool is not None else x
-        weight = self.conv2(self.conv1(pooled))
+        if _pointwise_as_matmul(pooled):
+            weight = _pointwise(self.conv2, _pointwise(self.conv1, pooled))
+        else:
+            weight = self.conv2(self.conv1(pooled))
         n, _, ho, wo = weight.shape
         k = self.kernel_size
         weight = weight.view(n, self.groups, k, k, ho, wo)
@@ -92,3 +96,30 @@ class Involution(nn.Module):
     def extra_repr(self):
         return (f"channels={self.channels}, kernel_size={self.kernel_size}, "
                 f"stride={self.stride}, groups={self.groups}, backend={self.backend!r}")
+
+
+def _pointwise_as_matmul(x):
+    """Whether to run the kernel generation's 1x1 convolutions as matrix products: on the
+    CPU, for NCHW-contiguous input, in eager mode.  oneDNN's convolution is 2-3x slower
+    there for these few-channel, large-image shapes (conv2 writes K*K*G channels from
+    C/4).  Traced, exported and compiled graphs keep the convolutions (what exporters and
+    FLOP counters know)."""
+    return (x.device.type == "cpu" and x.is_contiguous() and not torch.jit.is_tracing()
+            and not torch.compiler.is_compiling())
+
+
+def _pointwise(block, x):
+    """``block(x)`` for a ConvNormAct with a 1x1, stride-1 convolution on NCHW-contiguous
+    x, the convolution as one matrix product per image (its bias rides along as an extra
+    input channel of ones)."""
+    conv = block.conv
+    n, c, h, w = x.shape
+    weight = conv.weight.reshape(conv.out_channels, c)
+    planes = x.reshape(n, c, h * w)
+    if conv.bias is not None:
+        weight = torch.cat([weight, conv.bias[:, None]], dim=1)
+        planes = torch.cat([planes, planes.new_ones(n, 1, h * w)], dim=1)
+    out = torch.matmul(weight, planes).view(n, conv.out_channels, h, w)
+    if block.norm is not None:
+        out = block.norm(out)
+    return block.activation(out) if block.activation is not None else out

@@ -3,11 +3,13 @@ import os
 
 import torch
 
-from .cupy_backend import CupyUnavailableError, cupy_is_usable, involution_cupy
+from .cupy_backend import CupyUnavailableError, cupy_is_usable
+from .native import native_is_available, native_ops
+from .op import involution_op
 from .reference import involution_reference
 from .shifted import involution_shifted
 
-BACKENDS = ("auto", "reference", "torch", "cupy")
+BACKENDS = ("auto", "reference", "torch", "native", "cupy")
 AGGREGATION_RANGE = "involution_d2::aggregation"  # profiler range of every operator call
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -84,6 +86,15 @@ def _autocast(x, weight):
     return x, weight
 
 
+@torch.compiler.assume_constant_result
+def _native_backend(device_type):
+    """The native backend of a device type where it works ("native", "cupy"), else "".
+    (A constant for torch.compile, which need not trace the build or CuPy's probe.)"""
+    if device_type == "cpu":
+        return "native" if native_is_available() else ""
+    return "cupy" if device_type == "cuda" and cupy_is_usable() else ""
+
+
 def resolve_backend(backend, device):
     """The backend that `involution` runs for `backend` on `device`."""
     if backend not in BACKENDS:
@@ -93,7 +104,13 @@ def resolve_backend(backend, device):
         if backend not in BACKENDS:
             raise ValueError(f"INVOLUTION_BACKEND={backend!r} is not one of {BACKENDS}")
     if backend == "auto":
-        return "cupy" if device.type == "cuda" and cupy_is_usable() else "torch"
+        return _native_backend(device.type) or "torch"
+    if backend == "native":
+        if device.type != "cpu":
+            raise ValueError(f"involution: backend='native' is the CPU kernel, got tensors on "
+                             f"{device}; use backend='cupy' or 'auto' for CUDA tensors")
+        if not _native_backend("cpu"):
+            native_ops()  # raises NativeUnavailableError, saying why it could not be built
     if backend == "cupy":
         if device.type != "cuda":
             raise ValueError(f"involution: backend='cupy' needs CUDA tensors, got tensors on "
@@ -113,18 +130,29 @@ def involution(x, weight, stride=1, padding=0, dilation=1, backend="auto"):
     * x[n, c, i*stride + a*dilation - padding, j*stride + b*dilation - padding]``,
     reading zero outside the image.  Returns (N, C, Ho, Wo).
 
-    backend: "auto" (CuPy kernels for CUDA tensors when CuPy works, else "torch"),
-    "reference" (unfold, the definition), "torch" (memory-efficient, any device) or "cupy".
-    The environment variable INVOLUTION_BACKEND overrides what "auto" picks.
+    backend: "auto" (the native kernel of the device: "native" on the CPU once it is
+    compiled, "cupy" for CUDA tensors when CuPy works; else "torch"), "reference" (unfold,
+    the definition), "torch" (memory-efficient pure PyTorch, any device), "native" (the C++
+    CPU kernel) or "cupy" (the CUDA kernels).  "native" and "cupy" run the custom operator
+    ``torch.ops.involution_d2.involution``.  The environment variable INVOLUTION_BACKEND
+    overrides what "auto" picks.
     """
     _validate(x, weight, stride, padding, dilation)
     x, weight = _autocast(x, weight)
     backend = resolve_backend(backend, x.device)
+    if torch.jit.is_tracing() or torch.compiler.is_compiling():
+        # No profiler range in traced graphs: it would be recorded as operators of its own.
+        return _run(backend, x, weight, stride, padding, dilation)
     # A named range, so that profiles show the aggregation's share (the backward shows as
-    # the backend's autograd node, e.g. ShiftedInvolutionBackward).
+    # the backward operator, involution_d2::involution_backward, or the autograd node of
+    # the "torch" backend, ShiftedInvolutionBackward).
     with torch.profiler.record_function(AGGREGATION_RANGE):
-        if backend == "reference" and x.shape[0] > 0:
-            return involution_reference(x, weight, stride, padding, dilation)
-        if backend == "cupy":
-            return involution_cupy(x, weight, stride, padding, dilation)
-        return involution_shifted(x, weight, stride, padding, dilation)
+        return _run(backend, x, weight, stride, padding, dilation)
+
+
+def _run(backend, x, weight, stride, padding, dilation):
+    if backend == "reference" and x.shape[0] > 0:
+        return involution_reference(x, weight, stride, padding, dilation)
+    if backend in ("native", "cupy"):
+        return involution_op(x, weight, stride, padding, dilation)
+    return involution_shifted(x, weight, stride, padding, dilation)

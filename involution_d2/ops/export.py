@@ -1,0 +1,61 @@
+"""Lowering the involution operator for exporters that do not know it (ONNX).
+
+``torch.export`` keeps ``involution_d2::involution`` as one node; ONNX has no such operator,
+so :func:`lower_involution` replaces each node with :func:`involution_by_rows`, the operator
+written with standard operators that every ONNX runtime executes: per kernel row, a
+convolution with one-hot filters gathers the K taps of that row (Conv), which are weighted
+and summed (Mul, ReduceSum, Add).  That is about 7 ONNX nodes per kernel row, against 5
+per tap (K*K) for a sum of shifted slices (:func:`involution_shifted_sum`), and needs K
+output-sized temporaries at once, against K*K for a full unfold.
+"""
+import torch
+import torch.nn.functional as F
+
+from . import op  # noqa: F401 (registers torch.ops.involution_d2)
+
+__all__ = ["involution_by_rows", "involution_shifted_sum", "lower_involution",
+           "DECOMPOSITIONS"]
+
+
+def involution_by_rows(x, weight, stride, padding, dilation):
+    """``involution(x, weight, ...)`` one kernel row at a time: a convolution of each input
+    plane with K one-hot K x K filters yields the row's K taps (exactly: the other products
+    are by zero), multiplied by their weights and summed over the row."""
+    n, c, h, w = x.shape
+    _, g, k, _, ho, wo = weight.shape
+    planes = x.reshape(n * c, 1, h, w)
+    one_hot = torch.eye(k * k, dtype=x.dtype, device=x.device).reshape(k * k, 1, k, k)
+    out = None
+    for a in range(k):
+        taps = F.conv2d(planes, one_hot[a * k:(a + 1) * k], stride=stride, padding=padding,
+                        dilation=dilation)
+        term = (taps.reshape(n, g, c // g, k, ho, wo) * weight[:, :, None, a]).sum(dim=3)
+        out = term if out is None else out + term
+    return out.reshape(n, c, ho, wo)
+
+
+def involution_shifted_sum(x, weight, stride, padding, dilation):
+    """``involution(x, weight, ...)`` as a sum of K*K shifted products: pad the input once,
+    then for each tap (a, b) multiply a strided slice of it with that tap's weights.  Needs
+    K*K output-sized terms in an eager run; an exported graph's runtime reuses them."""
+    n, c, h, w = x.shape
+    _, g, k, _, ho, wo = weight.shape
+    padded = F.pad(x, (padding, padding, padding, padding))
+    padded = padded.reshape(n, g, c // g, h + 2 * padding, w + 2 * padding)
+    out = None
+    for a in range(k):
+        for b in range(k):
+            rows = slice(a * dilation, a * dilation + (ho - 1) * stride + 1, stride)
+            cols = slice(b * dilation, b * dilation + (wo - 1) * stride + 1, stride)
+            term = padded[:, :, :, rows, cols] * weight[:, :, a:a + 1, b]
+            out = term if out is None else out + term
+    return out.reshape(n, c, ho, wo)
+
+
+DECOMPOSITIONS = {torch.ops.involution_d2.involution.default: involution_by_rows}
+
+
+def lower_involution(exported_program):
+    """The ``torch.export.ExportedProgram`` with every involution node replaced by standard
+    ATen operators (for ONNX export)."""
+    return exported_program.run_decompositions(DECOMPOSITIONS)

@@ -1,0 +1,158 @@
+"""The involution operator in exported and compiled graphs: one custom-op node for
+torch.jit.trace (Detectron2's TracingAdapter), torch.export and torch.compile; lowered to
+standard operators for ONNX (checked with onnxruntime)."""
+import importlib.util
+import operator
+import os
+import sys
+
+import pytest
+import torch
+
+from involution_d2.ops import involution, output_size
+from involution_d2.ops.export import involution_by_rows, involution_shifted_sum
+
+from conftest import requires_detectron2
+
+REPO = os.path.join(os.path.dirname(__file__), "..")
+INVOLUTION = torch.ops.involution_d2.involution.default
+HAS_ONNX = all(importlib.util.find_spec(m) for m in ("onnx", "onnxscript", "onnxruntime"))
+requires_onnx = pytest.mark.skipif(
+    not HAS_ONNX, reason='needs onnx, onnxscript and onnxruntime: pip install -e ".[export]"')
+
+
+def export_tool():
+    sys.path.insert(0, os.path.join(REPO, "tools"))
+    try:
+        import export_model
+    finally:
+        sys.path.pop(0)
+    return export_model
+
+
+def make_inputs(n, c, g, h, w, k, s, p, d, dtype=torch.float64):
+    gen = torch.Generator().manual_seed(0)
+    ho, wo = output_size(h, k, s, p, d), output_size(w, k, s, p, d)
+    x = torch.randn(n, c, h, w, generator=gen, dtype=dtype)
+    weight = torch.randn(n, g, k, k, ho, wo, generator=gen, dtype=dtype)
+    return x, weight
+
+
+@pytest.mark.parametrize("lowering", [involution_by_rows, involution_shifted_sum])
+@pytest.mark.parametrize("shape", [(2, 8, 2, 9, 11, 3, 1, 1, 1), (1, 12, 3, 13, 10, 5, 2, 4, 2),
+                                   (2, 6, 6, 8, 9, 7, 2, 0, 1)])
+def test_lowerings_match_reference(lowering, shape):
+    x, weight = make_inputs(*shape)
+    s, p, d = shape[-3:]
+    torch.testing.assert_close(lowering(x, weight, s, p, d),
+                               involution(x, weight, s, p, d, backend="reference"))
+
+
+def test_operator_registration_passes_opcheck():
+    # Schema, fake kernel against the real one, autograd registration, AOT dispatch.
+    x, weight = make_inputs(2, 8, 2, 7, 6, 3, 2, 1, 1)
+    torch.library.opcheck(INVOLUTION, (x.requires_grad_(), weight.requires_grad_(), 2, 1, 1))
+
+
+def test_compile_runs_the_operator_as_one_node_with_its_gradient():
+    x, weight = make_inputs(2, 8, 2, 9, 11, 3, 1, 1, 1, dtype=torch.float32)
+    x.requires_grad_()
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    compiled = torch.compile(lambda a, b: involution(a, b, 1, 1, 1) * 2, backend=backend,
+                             fullgraph=True)
+    out = compiled(x, weight)
+    out.sum().backward()
+    want = involution(x.detach(), weight, 1, 1, 1, backend="reference") * 2
+    torch.testing.assert_close(out, want)
+    torch.testing.assert_close(x.grad, torch.autograd.grad(
+        involution(x, weight, 1, 1, 1, backend="reference").sum() * 2, x)[0])
+    (graph,) = graphs
+    calls = [n.target for n in graph.graph.nodes if n.op == "call_function"]
+    assert calls == [torch.ops.involution_d2.involution, operator.mul]
+
+
+# ----------------------------------------------------------------------- with Detectron2
+DETECTORS = [
+    "COCO-Detection/faster_rcnn_rednet50_fpn_1x",
+    "COCO-Detection/faster_rcnn_rednet50_invfpn_1x",
+    "COCO-Detection/faster_rcnn_rednet50_invfpn_invhead_1x",
+    "COCO-InstanceSegmentation/mask_rcnn_rednet50_fpn_1x",
+    "COCO-InstanceSegmentation/mask_rcnn_rednet50_invfpn_1x",
+    "COCO-InstanceSegmentation/mask_rcnn_rednet50_invfpn_invhead_1x",
+    "COCO-Detection/retinanet_rednet50_fpn_1x",
+    "COCO-Detection/retinanet_rednet50_invfpn_1x",
+]
+
+
+def tiny_detector(name):
+    from conftest import build_yacs_model, yacs_config
+    from test_detection_models import tiny
+
+    return build_yacs_model(yacs_config(name, tiny)).eval()
+
+
+def native_in_use():
+    from involution_d2.ops import resolve_backend
+
+    return resolve_backend("auto", torch.device("cpu")) == "native"
+
+
+@requires_detectron2
+@pytest.mark.parametrize("name", DETECTORS)
+def test_detectors_trace_through_tracing_adapter(name, tmp_path):
+    from detectron2.utils.testing import assert_instances_allclose
+
+    from involution_d2.layers import Involution
+
+    tool = export_tool()
+    model = tiny_detector(name)
+    # Traced on one size, saved and loaded, then run on another size: nothing is baked in.
+    traced, want, got = tool.trace_detector(
+        model, tool.sample_image((64, 96)), str(tmp_path / "model.ts"),
+        check_image=tool.sample_image((96, 128), seed=1))
+    assert len(want) > 0
+    assert_instances_allclose(want, got, size_as_tensor=True)
+    if native_in_use():
+        # Every involution call is one operator node (shared heads run once per level).
+        layers = sum(isinstance(m, Involution) for m in model.modules())
+        assert tool.count_involution_nodes(traced) >= layers > 0
+        assert "addcmul" not in str(traced.inlined_graph)
+
+
+@requires_detectron2
+def test_backbone_goes_through_torch_export(tmp_path):
+    from involution_d2.layers import Involution
+
+    tool = export_tool()
+    model = tiny_detector(DETECTORS[0])
+    tensor = tool.backbone_input(model, tool.sample_image((64, 96)))
+    program = tool.export_backbone(model, tensor, str(tmp_path / "backbone.pt2"))
+    layers = sum(isinstance(m, Involution) for m in model.backbone.bottom_up.modules())
+    assert tool.count_involution_nodes(program) == layers > 0
+    with torch.no_grad():
+        want = tool.Backbone(model)(tensor)
+    loaded = torch.export.load(str(tmp_path / "backbone.pt2"))
+    for got, w in zip(loaded.module()(tensor), want):
+        torch.testing.assert_close(got, w)
+
+
+@requires_detectron2
+@requires_onnx
+def test_export_tool_writes_checked_onnx_with_standard_operators(tmp_path, capsys):
+    import onnx
+
+    tool = export_tool()
+    results = tool.main(["--config-file", os.path.join(REPO, "configs", DETECTORS[0] + ".yaml"),
+                         "--format", "onnx", "--size", "64", "96", "--output", str(tmp_path),
+                         "MODEL.REDNET.DEPTH", "26"])
+    path, error = results["onnx"]
+    assert error < 1e-5
+    graph = onnx.load(path).graph
+    assert {node.domain for node in graph.node} == {""}  # the standard domain only
+    assert "Conv" in {node.op_type for node in graph.node}
+    assert "relative error" in capsys.readouterr().out

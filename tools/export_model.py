@@ -1,0 +1,196 @@
+#!/usr/bin/env python3
+"""Export a RedNet model for deployment, and check each export against the eager model.
+
+- ``torchscript``: the whole detector, traced through Detectron2's ``TracingAdapter``
+  (``model.ts``; load it with ``torch.jit.load`` after ``import involution_d2.ops``, which
+  registers the involution operator);
+- ``export``: the backbone (RedNet) through ``torch.export`` (``backbone.pt2``), one
+  ``involution_d2::involution`` node per involution;
+- ``onnx``: that exported backbone with each involution lowered to standard ONNX operators
+  (Conv, Mul, ReduceSum, Add; see ``involution_d2.ops.export``), checked with onnxruntime
+  (``pip install -e ".[export]"``: onnx, onnxscript, onnxruntime).
+
+    python3 tools/export_model.py --config-file configs/COCO-Detection/faster_rcnn_rednet50_fpn_1x.yaml \\
+        --output exported/ MODEL.WEIGHTS output/model_final.pth
+    python3 tools/export_model.py --config-file CONFIG --format onnx --size 800 1216 --output exported/
+
+The sample input is a random image of --size (height, width); the traced detector then
+runs on images of any size, the exported backbone and ONNX graph on that size.
+"""
+import argparse
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+FORMATS = ("torchscript", "export", "onnx")
+
+
+def load_model(config_file, opts=()):
+    """The config's model in eval mode, with MODEL.WEIGHTS (yacs) or train.init_checkpoint
+    (LazyConfig) loaded when set."""
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.config import CfgNode
+
+    from involution_d2.engine import build_model_from_config, setup_config
+
+    cfg = setup_config(config_file, opts)
+    model = build_model_from_config(cfg).eval()
+    weights = cfg.MODEL.WEIGHTS if isinstance(cfg, CfgNode) else cfg.train.get("init_checkpoint")
+    if weights:
+        DetectionCheckpointer(model).load(weights)
+    return model
+
+
+def sample_image(size, seed=0):
+    """A (3, H, W) float image with pixel values in [0, 255], as the detectors take."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (3, *size), generator=gen).float()
+
+
+def detector_inference(model):
+    """(model, image) -> predictions without post-processing, as Detectron2 traces them."""
+    if hasattr(model, "roi_heads"):
+        return lambda model, image: model.inference([{"image": image}],
+                                                    do_postprocess=False)[0]
+    return lambda model, image: model([{"image": image}])[0]["instances"]
+
+
+class Backbone(torch.nn.Module):
+    """The bottom-up network (RedNet) of a model, on a normalised (N, 3, H, W) batch,
+    returning its feature maps as a tuple (in ``output_shape()`` order)."""
+
+    def __init__(self, model):
+        super().__init__()
+        net = model.backbone
+        self.net = getattr(net, "bottom_up", net)
+        self.names = list(self.net.output_shape())
+
+    def forward(self, images):
+        features = self.net(images)
+        return tuple(features[name] for name in self.names)
+
+
+def backbone_input(model, image):
+    return ((image.to(model.pixel_mean) - model.pixel_mean) / model.pixel_std)[None]
+
+
+def trace_detector(model, image, path=None, check_image=None):
+    """TorchScript trace of the detector on ``image``; saved to ``path`` and loaded back
+    when given.  Returns (traced module, eager predictions, traced predictions) on
+    ``check_image`` (default: ``image``)."""
+    from detectron2.export import TracingAdapter
+
+    inference = detector_inference(model)
+    adapter = TracingAdapter(model, (image,), inference)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        traced = torch.jit.trace(adapter, (image,), check_trace=False)
+    if path is not None:
+        traced.save(path)
+        traced = torch.jit.load(path)
+    check_image = image if check_image is None else check_image
+    with torch.no_grad():
+        want = inference(model, check_image)
+        got = adapter.outputs_schema(traced(check_image))
+    return traced, want, got
+
+
+def export_backbone(model, tensor, path=None):
+    """``torch.export`` of the backbone on ``tensor``; saved to ``path`` when given."""
+    program = torch.export.export(Backbone(model).eval(), (tensor,))
+    if path is not None:
+        torch.export.save(program, path)
+    return program
+
+
+def export_onnx(program, tensor, path):
+    """The exported backbone as ONNX, with the involutions lowered to standard operators."""
+    from involution_d2.ops.export import lower_involution
+
+    onnx_program = torch.onnx.export(lower_involution(program), (tensor,), dynamo=True,
+                                     verbose=False)
+    onnx_program.save(path)
+
+
+def run_onnx(path, tensor):
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    return [torch.from_numpy(o) for o in
+            session.run(None, {session.get_inputs()[0].name: tensor.numpy()})]
+
+
+def relative_error(got, want):
+    """Largest |got - want| over the largest |want|, across outputs."""
+    return max((g.float() - w.float()).abs().max().item() / max(w.abs().max().item(), 1e-12)
+               for g, w in zip(got, want))
+
+
+def count_involution_nodes(graph_or_program):
+    if isinstance(graph_or_program, torch.export.ExportedProgram):
+        return sum(node.target == torch.ops.involution_d2.involution.default
+                   for node in graph_or_program.graph.nodes)
+    return str(graph_or_program.inlined_graph).count("involution_d2::involution(")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split("\n\n", 1)[1])
+    parser.add_argument("--config-file", required=True, metavar="FILE",
+                        help="a LazyConfig .py or yacs .yaml")
+    parser.add_argument("--format", nargs="+", choices=FORMATS, default=list(FORMATS))
+    parser.add_argument("--output", required=True, help="directory for the exported files")
+    parser.add_argument("--size", nargs=2, type=int, default=(800, 1216), metavar=("H", "W"),
+                        help="height and width of the sample image (default: 800 1216)")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, default=[],
+                        help="config overrides (yacs KEY VALUE pairs, LazyConfig key=value)")
+    args = parser.parse_args(argv)
+
+    from detectron2.utils.testing import assert_instances_allclose
+
+    import involution_d2.ops  # noqa: F401 (registers the operator)
+
+    os.makedirs(args.output, exist_ok=True)
+    model = load_model(args.config_file, args.opts)
+    image = sample_image(tuple(args.size))
+    results = {}
+    if "torchscript" in args.format:
+        path = os.path.join(args.output, "model.ts")
+        traced, want, got = trace_detector(model, image, path)
+        assert_instances_allclose(want, got, size_as_tensor=True)
+        results["torchscript"] = path
+        print(f"{path}: the detector traced ({count_involution_nodes(traced)} involution "
+              f"nodes), {len(got)} predictions, equal to eager")
+    if "export" in args.format or "onnx" in args.format:
+        tensor = backbone_input(model, image)
+        path = os.path.join(args.output, "backbone.pt2")
+        program = export_backbone(model, tensor, path)
+        with torch.no_grad():
+            want = Backbone(model).eval()(tensor)
+        error = relative_error(program.module()(tensor), want)
+        results["export"] = (path, error)
+        print(f"{path}: torch.export of the backbone ({count_involution_nodes(program)} "
+              f"involution nodes), relative error {error:.1e}")
+        if "onnx" in args.format:
+            path = os.path.join(args.output, "backbone.onnx")
+            export_onnx(program, tensor, path)
+            try:
+                error = relative_error(run_onnx(path, tensor), want)
+            except ImportError:
+                error = None
+                print(f"{path}: written; not checked (pip install onnxruntime to check it)")
+            else:
+                print(f"{path}: ONNX backbone checked with onnxruntime, relative error "
+                      f"{error:.1e}")
+            results["onnx"] = (path, error)
+    return results
+
+
+if __name__ == "__main__":
+    main()
