@@ -35,8 +35,9 @@ from fvcore.nn.jit_handles import (
 __all__ = ["INVOLUTION_OPS", "CONVENTIONS", "involution_flop_jit", "flop_handles",
            "FlopReport", "count_flops"]
 
-# How each backend's autograd function shows up in a traced graph.
-INVOLUTION_OPS = ("prim::PythonOp.ShiftedInvolution", "prim::PythonOp.CupyInvolution")
+# How the operator shows up in a traced graph: the custom op (the "native" and "cupy"
+# backends), or the autograd function of the pure-PyTorch backend.
+INVOLUTION_OPS = ("involution_d2::involution", "prim::PythonOp.ShiftedInvolution")
 CONVENTIONS = ("openmmlab", "detectron2")
 
 
