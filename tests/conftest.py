@@ -46,6 +46,22 @@ def build_yacs_model(cfg):
     return build_model(cfg)
 
 
+def load_recording(model, path):
+    """Load ``path`` into ``model`` through the project's checkpointer (what train_net.py,
+    the predictor and the model zoo use); returns the checkpointer, whose ``incompatible``
+    holds the missing, unexpected and mis-shaped keys."""
+    from involution_d2.engine import AtomicCheckpointer
+
+    class Recording(AtomicCheckpointer):
+        def _load_model(self, checkpoint):
+            self.incompatible = super()._load_model(checkpoint)
+            return self.incompatible
+
+    checkpointer = Recording(model)
+    checkpointer.load(str(path))
+    return checkpointer
+
+
 def _cupy_works():
     if not HAS_CUDA:
         return False

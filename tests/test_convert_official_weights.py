@@ -12,7 +12,7 @@ import sys
 import pytest
 import torch
 
-from conftest import CONFIG_ROOT, build_yacs_model, requires_detectron2, yacs_config
+from conftest import CONFIG_ROOT, build_yacs_model, load_recording, requires_detectron2, yacs_config
 from official_fixtures import load_fixture, official_checkpoint
 
 pytestmark = requires_detectron2
@@ -35,18 +35,6 @@ def convert_to_file(official, path, **kwargs):
     return family
 
 
-def load_recording(model, path):
-    """Load through the project's checkpointer; return its incompatible keys."""
-    from involution_d2.engine import AtomicCheckpointer
-
-    class Recording(AtomicCheckpointer):
-        def _load_model(self, checkpoint):
-            self.incompatible = super()._load_model(checkpoint)
-            return self.incompatible
-
-    checkpointer = Recording(model)
-    checkpointer.load(str(path))
-    return checkpointer.incompatible
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +57,7 @@ def test_imagenet_weights_initialise_every_rednet_config(name, rednet26_file):
     official, path = rednet26_file
     model = build_yacs_model(yacs_config(name, overrides={"MODEL.REDNET.DEPTH": 26}))
     initial = {k: v.clone() for k, v in model.state_dict().items()}
-    incompatible = load_recording(model, path)
+    incompatible = load_recording(model, path).incompatible
     prefix = "backbone.bottom_up." if hasattr(model.backbone, "bottom_up") else "backbone."
     rednet = [k for k in model.state_dict() if k.startswith((prefix + "stem.", prefix + "res"))]
     # The 7x7 stem involution's kernel generation is explained in one line, not listed.

@@ -19,7 +19,7 @@ import sys
 import pytest
 import torch
 
-from conftest import CONFIG_ROOT, requires_detectron2, yacs_config
+from conftest import CONFIG_ROOT, load_recording, requires_detectron2, yacs_config
 from official_fixtures import (
     FIXTURES,
     ROWS,
@@ -71,18 +71,9 @@ def build_project_model(name, ext):
 
 
 def load_every_tensor(model, path, checkpoint):
-    """Load through Detectron2's checkpointer; fail unless every parameter and buffer of the
-    model now holds a tensor of the checkpoint, and every tensor of it was used."""
-    from detectron2.checkpoint import DetectionCheckpointer
-
-    class Recording(DetectionCheckpointer):
-        def _load_model(self, ckpt):
-            self.incompatible = super()._load_model(ckpt)
-            return self.incompatible
-
-    checkpointer = Recording(model)
-    checkpointer.load(str(path))
-    incompatible = checkpointer.incompatible
+    """Load through the project's checkpointer; fail unless every parameter and buffer of
+    the model now holds a tensor of the checkpoint, and every tensor of it was used."""
+    incompatible = load_recording(model, path).incompatible
     assert incompatible.incorrect_shapes == [], incompatible.incorrect_shapes
     assert incompatible.unexpected_keys == [], incompatible.unexpected_keys
 

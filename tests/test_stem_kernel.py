@@ -10,7 +10,7 @@ import os
 import pytest
 import torch
 
-from conftest import CONFIG_ROOT, build_yacs_model, requires_detectron2, yacs_config
+from conftest import CONFIG_ROOT, build_yacs_model, load_recording, requires_detectron2, yacs_config
 from official_fixtures import load_fixture, official_checkpoint
 
 pytestmark = requires_detectron2
@@ -100,20 +100,15 @@ def load_with_log(model, path):
     the checkpointer and of Detectron2's name matching."""
     from involution_d2.engine import AtomicCheckpointer
 
-    class Recording(AtomicCheckpointer):
-        def _load_model(self, checkpoint):
-            self.incompatible = super()._load_model(checkpoint)
-            return self.incompatible
-
     handler = Lines()
-    checkpointer = Recording(model)
-    loggers = [checkpointer.logger, logging.getLogger("detectron2")]
+    loggers = [logging.getLogger(AtomicCheckpointer.__module__),
+               logging.getLogger("fvcore"), logging.getLogger("detectron2")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.addHandler(handler)
         lg.setLevel(logging.DEBUG)
     try:
-        checkpointer.load(str(path))
+        checkpointer = load_recording(model, path)
     finally:
         for lg, level in zip(loggers, levels):
             lg.removeHandler(handler)
