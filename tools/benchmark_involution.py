@@ -182,7 +182,7 @@ def print_results(rows, backends, baselines, bandwidth=None):
                 # The least traffic over our time, and our time over the time that traffic
                 # needs at the bandwidth (1.0 is the limit).
                 moved = bytes_moved(name, dtype, mode)
-                line.append(f"{moved / (t / 1e3) / 1e9:.1f}")
+                line.append(f"{moved / (t / 1e3) / 1e9:.3g}")
                 line.append(f"{t / 1e3 / (moved / bandwidth):.2f}")
             lines.append(line)
     print_table(lines, header)

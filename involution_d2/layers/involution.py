@@ -1,4 +1,6 @@
 """The involution layer: per-pixel kernels generated from the input, then aggregated."""
+import contextlib
+
 import torch
 from torch import nn
 
@@ -98,14 +100,29 @@ class Involution(nn.Module):
                 f"stride={self.stride}, groups={self.groups}, backend={self.backend!r}")
 
 
+_MATMUL_KERNEL_GENERATION = [True]
+
+
+@contextlib.contextmanager
+def kernel_generation_as_convolutions():
+    """Within this context, Involution layers generate their kernels with their convolution
+    modules in eager mode too, as traced and exported graphs do: to compare an export with
+    the eager model exactly (the matrix products round differently)."""
+    _MATMUL_KERNEL_GENERATION.append(False)
+    try:
+        yield
+    finally:
+        _MATMUL_KERNEL_GENERATION.pop()
+
+
 def _pointwise_as_matmul(x):
     """Whether to run the kernel generation's 1x1 convolutions as matrix products: on the
     CPU, for NCHW-contiguous input, in eager mode.  oneDNN's convolution is 2-3x slower
     there for these few-channel, large-image shapes (conv2 writes K*K*G channels from
     C/4).  Traced, exported and compiled graphs keep the convolutions (what exporters and
     FLOP counters know)."""
-    return (x.device.type == "cpu" and x.is_contiguous() and not torch.jit.is_tracing()
-            and not torch.compiler.is_compiling())
+    return (_MATMUL_KERNEL_GENERATION[-1] and x.device.type == "cpu" and x.is_contiguous()
+            and not torch.jit.is_tracing() and not torch.compiler.is_compiling())
 
 
 def _pointwise(block, x):
