@@ -5,9 +5,19 @@ in its catalogs (as a Detectron2 project does), so that Detectron2's own tools r
 project's configs.  Without Detectron2, only the operator and the layers are usable
 (``involution_d2.ops`` needs torch alone) and nothing is registered.
 """
-import importlib.util
+import importlib
+import warnings
 
 __version__ = "0.1.0"
 
-if importlib.util.find_spec("detectron2") is not None:
-    from . import data, modeling  # noqa: F401  (registration on import)
+with warnings.catch_warnings():
+    # Detectron2's and fvcore's own deprecation notes (torch.jit.script, pkg_resources) are
+    # not the business of a user who imports the operator.
+    warnings.simplefilter("ignore", FutureWarning)
+    warnings.simplefilter("ignore", UserWarning)
+    try:
+        importlib.import_module("detectron2")
+    except ImportError:
+        pass  # the operator and the layers work with torch alone
+    else:
+        from . import data, modeling  # noqa: F401  (registration on import)

@@ -91,7 +91,8 @@ def tiny(tmp_path_factory):
 def run(*args, cache, env=None, drop=(), **kwargs):
     """A command run as the user runs it, from the repository."""
     env = dict(os.environ, INVOLUTION_D2_CACHE=cache, **(env or {}))
-    env["PYTHONPATH"] = os.pathsep.join([REPO] + [env["PYTHONPATH"]] * ("PYTHONPATH" in env))
+    env["PYTHONPATH"] = os.pathsep.join([REPO] + ([env["PYTHONPATH"]] if "PYTHONPATH" in env
+                                                  else []))
     for name in drop:
         env.pop(name, None)
     return subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True,
