@@ -50,6 +50,28 @@ using acc_type = std::conditional_t<std::is_same_v<scalar_t, double>, double, fl
 // registers of AVX-512; 8 for the 16 registers of AVX2 (and the generic fallback).
 constexpr int kMaxBlock = VECTOR_WIDTH >= 64 ? 16 : 8;
 
+// Calls tile(block, c0) over the channels [0, Cg) of a group, where block is a
+// std::integral_constant: kMaxBlock channels at a time, then at most one block each of 8,
+// 4, 2 and 1 for the rest (each block size is its own register-resident instantiation).
+template <typename Tile>
+inline void for_each_channel_block(int64_t Cg, Tile&& tile) {
+  int64_t c0 = 0;
+  for (; c0 + kMaxBlock <= Cg; c0 += kMaxBlock) tile(std::integral_constant<int, kMaxBlock>{}, c0);
+  if (kMaxBlock > 8 && Cg - c0 >= 8) {
+    tile(std::integral_constant<int, 8>{}, c0);
+    c0 += 8;
+  }
+  if (Cg - c0 >= 4) {
+    tile(std::integral_constant<int, 4>{}, c0);
+    c0 += 4;
+  }
+  if (Cg - c0 >= 2) {
+    tile(std::integral_constant<int, 2>{}, c0);
+    c0 += 2;
+  }
+  if (Cg - c0 >= 1) tile(std::integral_constant<int, 1>{}, c0);
+}
+
 inline int64_t floor_div(int64_t a, int64_t b) {
   return a >= 0 ? a / b : -((-a + b - 1) / b);
 }
@@ -217,22 +239,9 @@ void forward_row(const Geometry& gm, int ntaps, const int64_t* taps, acc_t* cons
                  const scalar_t* w_row, scalar_t* out_row) {
   for (int64_t tile = 0; tile < gm.tiles; ++tile) {
     const int64_t j0 = tile * gm.V, nv = std::min(gm.V, gm.Wo - j0);
-    int64_t c0 = 0;
-    for (; c0 + kMaxBlock <= gm.Cg; c0 += kMaxBlock)
-      forward_tile<kMaxBlock>(gm, ntaps, taps, rows, w_row, out_row, c0, j0, nv);
-    if (gm.Cg - c0 >= 8 && kMaxBlock > 8) {
-      forward_tile<8>(gm, ntaps, taps, rows, w_row, out_row, c0, j0, nv);
-      c0 += 8;
-    }
-    if (gm.Cg - c0 >= 4) {
-      forward_tile<4>(gm, ntaps, taps, rows, w_row, out_row, c0, j0, nv);
-      c0 += 4;
-    }
-    if (gm.Cg - c0 >= 2) {
-      forward_tile<2>(gm, ntaps, taps, rows, w_row, out_row, c0, j0, nv);
-      c0 += 2;
-    }
-    if (gm.Cg - c0 >= 1) forward_tile<1>(gm, ntaps, taps, rows, w_row, out_row, c0, j0, nv);
+    for_each_channel_block(gm.Cg, [&](auto block, int64_t c0) {
+      forward_tile<decltype(block)::value>(gm, ntaps, taps, rows, w_row, out_row, c0, j0, nv);
+    });
   }
 }
 
@@ -312,24 +321,10 @@ void grad_weight_row(const Geometry& gm, int ntaps, const int64_t* taps, acc_t* 
   for (int64_t tile = 0; tile < gm.tiles; ++tile) {
     const int64_t j0 = tile * gm.V, nv = std::min(gm.V, gm.Wo - j0);
     std::fill(gw_tile, gw_tile + gm.K * gm.K * gm.V, acc_t(0));  // taps outside stay 0
-    int64_t c0 = 0;
-#define INVOLUTION_GRAD_WEIGHT_TILE(CB) \
-  grad_weight_tile<CB>(gm, ntaps, taps, rows, gout_row, gw_tile, c0, j0, nv)
-    for (; c0 + kMaxBlock <= gm.Cg; c0 += kMaxBlock) INVOLUTION_GRAD_WEIGHT_TILE(kMaxBlock);
-    if (gm.Cg - c0 >= 8 && kMaxBlock > 8) {
-      INVOLUTION_GRAD_WEIGHT_TILE(8);
-      c0 += 8;
-    }
-    if (gm.Cg - c0 >= 4) {
-      INVOLUTION_GRAD_WEIGHT_TILE(4);
-      c0 += 4;
-    }
-    if (gm.Cg - c0 >= 2) {
-      INVOLUTION_GRAD_WEIGHT_TILE(2);
-      c0 += 2;
-    }
-    if (gm.Cg - c0 >= 1) INVOLUTION_GRAD_WEIGHT_TILE(1);
-#undef INVOLUTION_GRAD_WEIGHT_TILE
+    for_each_channel_block(gm.Cg, [&](auto block, int64_t c0) {
+      grad_weight_tile<decltype(block)::value>(gm, ntaps, taps, rows, gout_row, gw_tile, c0,
+                                               j0, nv);
+    });
     for (int64_t k = 0; k < gm.K * gm.K; ++k) {
       prefetch_for_write(gw_row + k * plane + j0);
       store_vec(gw_row + k * plane + j0, Vec::loadu(gw_tile + k * gm.V), nv);
@@ -480,24 +475,10 @@ void grad_input_kernel(const at::Tensor& gout, const at::Tensor& w, at::Tensor& 
           acc_t* out = row.data() + r * L;
           for (int64_t tile = 0; tile < gi.tiles; ++tile) {
             const int64_t m0 = tile * gm.V;
-            int64_t c0 = 0;
-#define INVOLUTION_GRAD_INPUT_TILE(CB) \
-  grad_input_tile<CB>(gi, ntaps, wrows.data(), grows.data(), out, gm.S * L, c0, m0)
-            for (; c0 + kMaxBlock <= gm.Cg; c0 += kMaxBlock) INVOLUTION_GRAD_INPUT_TILE(kMaxBlock);
-            if (gm.Cg - c0 >= 8 && kMaxBlock > 8) {
-              INVOLUTION_GRAD_INPUT_TILE(8);
-              c0 += 8;
-            }
-            if (gm.Cg - c0 >= 4) {
-              INVOLUTION_GRAD_INPUT_TILE(4);
-              c0 += 4;
-            }
-            if (gm.Cg - c0 >= 2) {
-              INVOLUTION_GRAD_INPUT_TILE(2);
-              c0 += 2;
-            }
-            if (gm.Cg - c0 >= 1) INVOLUTION_GRAD_INPUT_TILE(1);
-#undef INVOLUTION_GRAD_INPUT_TILE
+            for_each_channel_block(gm.Cg, [&](auto block, int64_t c0) {
+              grad_input_tile<decltype(block)::value>(gi, ntaps, wrows.data(), grows.data(),
+                                                      out, gm.S * L, c0, m0);
+            });
           }
         }
         flush_row(out_gm, row.data(), y, gxd + ng * gm.Cg * gm.H * gm.W);
