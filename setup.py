@@ -25,16 +25,31 @@ setup(
     long_description=open("README.md").read(),
     long_description_content_type="text/markdown",
     license="MIT",
-    python_requires=">=3.9",
+    python_requires=">=3.10",
     packages=find_packages(include=["involution_d2", "involution_d2.*"]),
     package_data={"involution_d2.ops": ["cuda/*.cuh", "csrc/*.cpp"],
                   "involution_d2.model_zoo": model_zoo_configs()},
-    # torch is installed first, as a pinned pair with torchvision (see README.md);
-    # Detectron2 is built from source against it and is not on PyPI.
-    # OpenCV: Detectron2's Visualizer (demo.py) imports it.
-    # ninja: torch.utils.cpp_extension compiles the native CPU kernel with it on first use
-    # (involution_d2/ops/native.py); torch.library's register_fake needs torch 2.4.
-    install_requires=["torch>=2.4", "numpy", "opencv-python-headless", "ninja"],
+    # torch and torchvision are installed first, as the pinned pair, and Detectron2 (on no
+    # package index) is built against that torch: tools/install.py does all three.
+    # Everything else this package, its configs, tools and tests import is declared here;
+    # the bounds of fvcore, iopath and omegaconf are Detectron2's own.
+    install_requires=[
+        "torch>=2.4",  # torch.library's register_fake
+        "torchvision",
+        "numpy",
+        "opencv-python-headless",  # transforms; Detectron2's Visualizer (demo.py)
+        "ninja",  # torch.utils.cpp_extension builds the native CPU kernel with it on first use
+        "fvcore>=0.1.5,<0.1.6",  # FLOP counting, weight init, LR schedules, PreciseBN
+        "iopath>=0.1.7,<0.1.10",
+        "omegaconf>=2.1,<2.4",  # LazyConfig
+        "hydra-core>=1.1",  # LazyConfig override parsing
+        "pycocotools>=2.0.2",  # COCO evaluation of the detectors
+        "Pillow>=7.1",
+        "tabulate",
+        "tqdm",
+        "tensorboard",  # train_net.py's event writer
+        "setuptools<81",  # the configs import detectron2.model_zoo, which imports pkg_resources
+    ],
     entry_points={"console_scripts": ["involution-convert=involution_d2.checkpoint.cli:main"]},
     extras_require={
         # ONNX export (tools/export_model.py) and its check; the tests run it too.

@@ -1,11 +1,14 @@
 """Detectron2's own tools run this project's LazyConfigs: `import involution_d2` (done by the
-config files) registers every component and dataset.  Needs Detectron2's tools/ folder, which
-a source checkout of Detectron2 has (or set DETECTRON2_TOOLS to it)."""
+config files) registers every component and dataset.  Needs Detectron2's tools/ folder: the
+source folder tools/install.py installed Detectron2 from has it (or set DETECTRON2_TOOLS)."""
+import importlib.metadata
 import importlib.util
 import json
 import os
 import subprocess
 import sys
+import urllib.parse
+import urllib.request
 
 import pytest
 
@@ -21,11 +24,19 @@ QUICK = ["dataloader.train.total_batch_size=2", "dataloader.train.num_workers=0"
 
 
 def detectron2_tools():
-    folder = os.environ.get("DETECTRON2_TOOLS")
-    if folder is None and importlib.util.find_spec("detectron2") is not None:
+    """Detectron2's tools/: $DETECTRON2_TOOLS, else beside the source folder Detectron2 was
+    installed from (pip's record of it, PEP 610: what tools/install.py leaves), else beside
+    the imported package (an editable install)."""
+    folders = [os.environ.get("DETECTRON2_TOOLS")]
+    if importlib.util.find_spec("detectron2") is not None:
+        url = json.loads(importlib.metadata.distribution("detectron2").read_text(
+            "direct_url.json") or "{}").get("url", "")
+        if url.startswith("file:"):
+            source = urllib.request.url2pathname(urllib.parse.urlparse(url).path)
+            folders.append(os.path.join(source, "tools"))
         package = os.path.dirname(importlib.util.find_spec("detectron2").origin)
-        folder = os.path.join(os.path.dirname(package), "tools")
-    return folder if folder and os.path.isdir(folder) else None
+        folders.append(os.path.join(os.path.dirname(package), "tools"))
+    return next((f for f in folders if f and os.path.isdir(f)), None)
 
 
 requires_tools = pytest.mark.skipif(

@@ -20,6 +20,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets.cityscapes import load_cityscapes_semantic
 from detectron2.data.datasets.coco import load_coco_json
 
+from ..cache import cache_dir
 from ..checkpoint.save import make_temporary_folder, remove_stale_temporaries
 
 __all__ = ["SHAPE_CLASSES", "shapes_root", "generate_shapes", "register_shapes"]
@@ -33,8 +34,7 @@ _LEGACY_TEMPORARY = r"^\.shapes-[a-z0-9_]{8}$"
 
 
 def shapes_root():
-    cache = os.path.expanduser(os.environ.get("INVOLUTION_D2_CACHE", "~/.cache/involution_d2"))
-    return os.path.join(cache, _VERSION)
+    return os.path.join(cache_dir(), _VERSION)
 
 
 def _polygon(kind, cx, cy, r, angle):
