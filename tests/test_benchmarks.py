@@ -80,10 +80,16 @@ def test_model_benchmark_prints_throughput_and_profile():
     for mode in ("inference", "train"):
         lines = [re.split(r"\s{2,}", line.strip()) for line in out.splitlines()
                  if line.startswith("backbone") and f" {mode} " in line]
-        speed = {r[1]: r for r in lines if len(r) == 10}
+        speed = {r[1]: r for r in lines if len(r) == 12}
         profile = {r[1]: r for r in lines if len(r) == 11}
         assert set(speed) == {f"RedNet-50 [{b}]" for b in backends} | {"ResNet-50"}
         assert speed["ResNet-50"][7] == "1.00x"  # the twin against itself
+        # Bytes saved for backward: counted in training only, exact.
+        saved = {name: r[9] for name, r in speed.items()}
+        if mode == "train":
+            assert speed["ResNet-50"][10] == "1.00" and all(float(v) > 0 for v in saved.values())
+        else:
+            assert set(saved.values()) == {"-"}
         assert float(speed[f"RedNet-50 [{backends[0]}]"][4]) > 0  # images/s
         assert set(profile) == set(speed)
         aggregation = {name: float(r[5].rstrip(" %")) for name, r in profile.items()}
@@ -103,3 +109,39 @@ def test_bytes_moved_counts_each_tensor_once():
     assert bench.bytes_moved("det.res5", "float32", "fwd") == 4 * (x + w + x)
     # fwd: x, w -> out; bwd: grad_out, x, w -> grad_x, grad_w (out and grads: x-sized here)
     assert bench.bytes_moved("det.res5", "bfloat16", "fwd+bwd") == 2 * (5 * x + 3 * w)
+
+
+@pytest.mark.parametrize("backend", ["native", "torch"])
+def test_operator_benchmark_compares_fused_with_unfused(backend):
+    from involution_d2.ops import native
+
+    if backend == "native" and not native.native_is_available():
+        pytest.skip("the native CPU kernel is unavailable")
+    out = run_tool("benchmark_involution.py", "--fused", "--device", "cpu", "--shapes",
+                   "cls.res5", "--repeat", "1", "--warmup", "0", "--backends", backend)
+    lines = out.splitlines()
+    header = re.split(r"\s{2,}", next(line for line in lines if line.startswith("shape")))
+    rows = [dict(zip(header, re.split(r"\s{2,}", line.strip()))) for line in lines
+            if line.startswith("cls.res5")]
+    assert [(r["mode"], r["backend"]) for r in rows] == [("fwd", backend), ("fwd+bwd", backend)]
+    for r in rows:
+        assert float(r["fused speed-up"][:-1]) > 0
+        assert float(r["unfused ms"]) > 0 and float(r["fused ms"]) > 0
+
+
+@requires_detectron2
+def test_model_benchmark_counts_the_bytes_saved_for_backward():
+    # Exact counts: the fused involution keeps no generated kernels, so RedNet-50 with every
+    # stage trained saves less for backward than ResNet-50 (goal: <= 0.8x).
+    out = run_tool("benchmark_models.py", "--device", "cpu", "--suites", "backbone_all_trained",
+                   "--size", "64", "96", "--dtypes", "float32", "--saved-only")
+    rows = {r[1]: r for r in (re.split(r"\s{2,}", line.strip()) for line in out.splitlines()
+                              if line.startswith("backbone_all_trained"))}
+    twin = "ResNet-50, all stages trained"
+    assert set(rows) == {twin, "RedNet-50, all stages trained [native]",
+                         "RedNet-50, all stages trained [torch]"}
+    assert rows[twin][4] == "1.00"
+    for name, row in rows.items():
+        assert float(row[3]) > 0
+        if name != twin:
+            assert float(row[4]) <= 0.8, row

@@ -1,12 +1,10 @@
 """The Involution layer: official structure and names, results, odd sizes, norms, errors."""
-import contextlib
-
 import pytest
 import torch
 import torch.nn.functional as F
 
 from involution_d2.layers import Involution
-from involution_d2.ops import involution
+from involution_d2.ops import involution, native
 
 from conftest import requires_detectron2
 
@@ -138,29 +136,35 @@ def test_bad_arguments_are_named():
         Involution(32)(torch.zeros(1, 16, 8, 8))
 
 
+@pytest.mark.parametrize("backend", ["native", "torch"])
 @pytest.mark.parametrize("norm", ["BN", ""])
 @pytest.mark.parametrize("stride", [1, 2])
-def test_cpu_matmul_kernel_generation_equals_the_convolutions(stride, norm):
-    # On the CPU the 1x1 convolutions generating the kernels run as matrix products; the
-    # convolution modules (what traces and exports use) must give the same values and
-    # gradients, in training and in eval; kernel_generation_as_convolutions selects them.
-    from involution_d2.layers import involution as layer_module
-
+def test_fused_layer_equals_the_unfused_composition(stride, norm, backend):
+    # The layer runs conv2 and the aggregation as one operator; the unfused composition
+    # (conv2 as a convolution module, then the aggregation) must give the same values and
+    # gradients, in training and in eval.
+    if backend == "native" and not native.native_is_available():
+        pytest.skip("the native CPU kernel is unavailable")
     torch.manual_seed(0)
-    layer = Involution(32, 7, stride, norm=norm)
+    layer = Involution(32, 7, stride, norm=norm, backend=backend)
     if norm:
         randomize_bn(layer)
     x = torch.randn(2, 32, 11, 14)
+
+    def unfused(xi):
+        pooled = layer.avgpool(xi) if layer.avgpool is not None else xi
+        kernels = layer.conv2(layer.conv1(pooled))
+        n, _, ho, wo = kernels.shape
+        return involution(xi, kernels.view(n, layer.groups, 7, 7, ho, wo), stride, 3, 1,
+                          backend="reference")
+
     for train in (True, False):
         layer.train(train)
         results = []
-        for matmul in (True, False):
-            with contextlib.nullcontext() if matmul else \
-                    layer_module.kernel_generation_as_convolutions():
-                assert layer_module._pointwise_as_matmul(x) == matmul
-                xi = x.clone().requires_grad_()
-                out = layer(xi)
-                grads = torch.autograd.grad(out.square().sum(), [xi] + list(layer.parameters()))
+        for run in (layer, unfused):
+            xi = x.clone().requires_grad_()
+            out = run(xi)
+            grads = torch.autograd.grad(out.square().sum(), [xi] + list(layer.parameters()))
             results.append((out,) + grads)
         for got, want in zip(*results):  # equal up to rounding (relative to the magnitude)
             torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * want.abs().max().item())

@@ -20,6 +20,12 @@ with glibc only).
     python3 tools/benchmark_involution.py --device cpu --backends reference torch native
     python3 tools/benchmark_involution.py --device cpu --shapes det.res2 cls.res2
     python3 tools/benchmark_involution.py --device cuda --dtypes float32 bfloat16
+    python3 tools/benchmark_involution.py --fused --device cpu     # fused against unfused
+
+With --fused it compares, per backend, the layer's last two steps run as the fused operator
+(``fused_involution``: span convolution C/4 -> G*K*K and aggregation in one) against the
+same steps unfused (the span as a 1x1 convolution writing the generated kernels, then the
+aggregation), on the same inputs.
 """
 import argparse
 import os
@@ -29,7 +35,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from involution_d2.ops import involution, output_size  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from involution_d2.ops import fused_involution, involution, output_size  # noqa: E402
 from involution_d2.utils.benchmark import (  # noqa: E402
     Glibc,
     PeakMemory,
@@ -103,6 +111,60 @@ def benchmark_shape(name, dtype, device, backends, modes, repeat, warmup, glibc)
         for b in backends:
             peak = peak_once(runners[b], inputs, mode, device, glibc)
             results[(b, mode)] = (times[b], peak)
+    return results
+
+
+FUSED_VARIANTS = ("unfused", "fused")
+
+
+def benchmark_fused(name, dtype, device, backend, modes, repeat, warmup, glibc):
+    """The span convolution and the aggregation, fused against unfused, with ``backend``."""
+    n, c, h, w, k, s = SHAPES[name]
+    p, g, cr = (k - 1) // 2, c // 16, c // 4
+    ho, wo = output_size(h, k, s, p), output_size(w, k, s, p)
+    gen = torch.Generator(device=device).manual_seed(0)
+
+    def randn(*size, scale=1.0):
+        t = torch.randn(*size, device=device, dtype=dtype, generator=gen) * scale
+        return t.requires_grad_()
+
+    x, reduced = randn(n, c, h, w), randn(n, cr, ho, wo)
+    span_weight, span_bias = randn(g * k * k, cr, 1, 1, scale=cr ** -0.5), randn(g * k * k)
+    gout = torch.randn(n, c, ho, wo, device=device, dtype=dtype, generator=gen)
+    leaves = (x, reduced, span_weight, span_bias)
+
+    def unfused():
+        kernels = F.conv2d(reduced, span_weight, span_bias).view(n, g, k, k, ho, wo)
+        return involution(x, kernels, s, p, 1, backend=backend)
+
+    def fused():
+        return fused_involution(x, reduced, span_weight, span_bias, g, k, s, p, 1,
+                                backend=backend)
+
+    def once(run, mode):
+        if mode == "fwd":
+            with torch.no_grad():
+                run()
+        else:
+            run().backward(gout)
+            for t in leaves:
+                t.grad = None
+
+    variants = {"unfused": unfused, "fused": fused}
+    results = {}
+    for mode in modes:
+        times = time_round_robin({v: (lambda f=f: once(f, mode)) for v, f in variants.items()},
+                                 device, repeat, warmup)
+        for v, f in variants.items():
+            if glibc is not None:
+                glibc.memory_mode()
+            try:
+                with PeakMemory(device) as mem:
+                    once(f, mode)
+            finally:
+                if glibc is not None:
+                    glibc.timing_mode()
+            results[(v, mode)] = (times[v], mem.peak)
     return results
 
 
@@ -206,6 +268,10 @@ def main(argv=None):
                         help="the memory bandwidth for the 'x of bandwidth bound' column "
                              "(default: on a GPU its peak from CuPy's device properties, "
                              "H200: 4800; on the CPU a tensor copy measured in the run)")
+    parser.add_argument("--fused", action="store_true",
+                        help="compare the fused operator (span convolution + aggregation) "
+                             "with the two steps unfused, per backend (default: native on "
+                             "the CPU, cupy on CUDA)")
     args = parser.parse_args(argv)
 
     device = torch.device(args.device)
@@ -218,8 +284,11 @@ def main(argv=None):
         parser.error("--device cuda but torch sees no GPU")
     shapes = args.shapes or list(SHAPES)
     dtypes = args.dtypes or (["float32", "bfloat16"] if cuda else ["float32"])
-    backends = args.backends or (["reference", "torch", "cupy", "naive"] if cuda
-                                 else ["reference", "torch", "native"])
+    if args.fused:
+        backends = args.backends or (["cupy"] if cuda else ["native"])
+    else:
+        backends = args.backends or (["reference", "torch", "cupy", "naive"] if cuda
+                                     else ["reference", "torch", "native"])
     repeat = args.repeat or (20 if cuda else 3)
     baselines = [b for b in ("reference", "torch", "naive") if b in backends]
     if not cuda and "native" in backends:
@@ -235,6 +304,24 @@ def main(argv=None):
           f"threads, median of {repeat} runs after {args.warmup} warm-up")
     if not cuda:
         print(f"# load average before the run: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    if args.fused:
+        rows = []
+        for dtype in dtypes:
+            for name in shapes:
+                for backend in backends:
+                    print(f"# {name}: {SHAPES[name]}, {dtype}, [{backend}]", flush=True)
+                    res = benchmark_fused(name, DTYPES[dtype], device, backend, args.modes,
+                                          repeat, args.warmup, glibc)
+                    for mode in args.modes:
+                        (tu, mu), (tf, mf) = res[("unfused", mode)], res[("fused", mode)]
+                        rows.append([name, dtype, mode, backend, f"{tu:.2f}", f"{tf:.2f}",
+                                     f"{tu / tf:.2f}x", f"{mu:.1f}", f"{mf:.1f}",
+                                     f"{mf / mu:.2f}" if mu > 0 else "-"])
+        print()
+        print_table(rows, ["shape", "dtype", "mode", "backend", "unfused ms", "fused ms",
+                           "fused speed-up", "unfused peak MiB", "fused peak MiB",
+                           "fused / unfused memory"])
+        return
     rows = []
     for dtype in dtypes:
         for name in shapes:

@@ -52,6 +52,12 @@ TWIN = "twin"
 SUITES = {
     "backbone": [("RedNet-50", "COCO-Detection/faster_rcnn_rednet50_fpn_1x.yaml"),
                  ("ResNet-50", "model-zoo:COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml")],
+    # Every stage trained (the detectors freeze the stem and res2).
+    "backbone_all_trained": [
+        ("RedNet-50, all stages trained",
+         "COCO-Detection/faster_rcnn_rednet50_fpn_1x.yaml+MODEL.BACKBONE.FREEZE_AT=0"),
+        ("ResNet-50, all stages trained",
+         "model-zoo:COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml+MODEL.BACKBONE.FREEZE_AT=0")],
     "faster_rcnn": [
         ("Faster R-CNN RedNet-50 FPN", "COCO-Detection/faster_rcnn_rednet50_fpn_1x.yaml"),
         ("Faster R-CNN RedNet-50 invFPN invhead",
@@ -87,14 +93,14 @@ def build_config(spec, device):
 
     from involution_d2.config import add_involution_config
 
-    spec, _, override = spec.partition("+")
+    spec, *overrides = spec.split("+")
     cfg = get_cfg()
     add_involution_config(cfg)
     if spec.startswith("model-zoo:"):
         cfg.merge_from_file(model_zoo.get_config_file(spec[len("model-zoo:"):]))
     else:
         cfg.merge_from_file(os.path.join(REPO, "configs", spec))
-    if override:
+    for override in overrides:
         key, value = override.split("=")
         cfg.merge_from_list([key, value, "MODEL.RESNETS.DEPTH", "50"])
     cfg.MODEL.DEVICE = str(device)
@@ -171,7 +177,7 @@ class Case:
         from involution_d2.analysis import OpenMMLabDummyForward
 
         self.label, self.model, self.backend, self.is_twin = label, model, backend, is_twin
-        self.network = BackboneOnly(model) if suite == "backbone" else \
+        self.network = BackboneOnly(model) if suite.startswith("backbone") else \
             OpenMMLabDummyForward(model)
         self.suite = suite
         self.optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad],
@@ -199,7 +205,7 @@ class Case:
         self.model.train()
         with EventStorage(0), torch.autocast(tensor.device.type, dtype=dtype or torch.float32,
                             enabled=dtype is not None):
-            if self.suite == "backbone":
+            if self.suite.startswith("backbone"):
                 loss = sum(o.float().mean() for o in self.network(tensor))
             else:
                 loss = sum(self.model(inputs).values())
@@ -236,6 +242,36 @@ def build_cases(suite, backends, device):
     return cases, cfg
 
 
+def saved_for_backward(case, inputs, tensor, dtype):
+    """Bytes that one training forward keeps for backward: every storage that autograd
+    saves, counted once, parameters and buffers excluded (they exist anyway). Counted
+    through torch.autograd.graph.saved_tensors_hooks: exact and the same on any machine."""
+    from detectron2.utils.events import EventStorage
+
+    case._prepare()
+    case.model.train()
+    resident = {t.untyped_storage().data_ptr() for t in
+                list(case.model.parameters()) + list(case.model.buffers())}
+    storages = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in resident:
+            storages[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with EventStorage(0), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
+            torch.autocast(tensor.device.type, dtype=DTYPES[dtype] or torch.float32,
+                           enabled=DTYPES[dtype] is not None):
+        if case.suite.startswith("backbone"):
+            loss = sum(o.float().mean() for o in case.network(tensor))
+        else:
+            loss = sum(case.model(inputs).values())
+    del loss
+    case.optimizer.zero_grad(set_to_none=True)
+    return sum(storages.values())
+
+
 def measure(cases, mode, dtype, inputs, tensor, device, repeat, warmup, glibc):
     def step(case):
         if mode == "inference":
@@ -257,25 +293,27 @@ def measure(cases, mode, dtype, inputs, tensor, device, repeat, warmup, glibc):
     return times, peaks
 
 
-CATEGORIES = ("involution aggregation", "involution kernel generation", "convolution",
+CATEGORIES = ("involution span + aggregation", "involution reduction", "convolution",
               "normalization", "RoIAlign / NMS", "other")
 
 
 def _category(event):
     """The category of a profiler event: the involution ranges it runs in, else its name.
-    (In training, the backward of the kernel-generating convolutions counts as
-    "convolution": autograd runs it outside the layer's forward range.)"""
+    The fused operator (span convolution and aggregation) and its backward are "involution
+    span + aggregation"; the rest of the layer's forward (pooling, the reducing convolution,
+    its norm and ReLU) is "involution reduction". (In training, the backward of the reducing
+    convolution counts as "convolution": autograd runs it outside the layer's range.)"""
     inside_layer = False
     parent = event
     while parent is not None:
         # The forward runs in the range; the backward is the operator's own backward
         # (involution_d2::involution_backward) or the "torch" backend's autograd node.
         if parent.name in AGGREGATION_OPS or "InvolutionBackward" in parent.name:
-            return "involution aggregation"
+            return "involution span + aggregation"
         inside_layer = inside_layer or parent.name == LAYER_RANGE
         parent = parent.cpu_parent
     if inside_layer:
-        return "involution kernel generation"
+        return "involution reduction"
     name = event.name
     if "conv" in name:
         return "convolution"
@@ -287,8 +325,9 @@ def _category(event):
 
 
 LAYER_RANGE = "involution_d2::Involution"
-# The operator's backward, run by autograd outside the forward's range.
-AGGREGATION_OPS = (AGGREGATION_RANGE, "involution_d2::involution_backward")
+# The operators' backward, run by autograd outside the forward's range.
+AGGREGATION_OPS = (AGGREGATION_RANGE, "involution_d2::involution_backward",
+                   "involution_d2::fused_involution_backward")
 
 
 def _annotate_layers(model):
@@ -393,6 +432,9 @@ def main(argv=None):
     parser.add_argument("--warmup", type=int, default=None, help="default: 5 GPU, 1 CPU")
     parser.add_argument("--profile", action="store_true",
                         help="also print where the time goes, per model and mode")
+    parser.add_argument("--saved-only", action="store_true",
+                        help="only count the bytes one training forward saves for backward "
+                             "(exact, seconds per model; no timing)")
     args = parser.parse_args(argv)
 
     warnings.filterwarnings("ignore", category=UserWarning)
@@ -433,11 +475,25 @@ def main(argv=None):
         inputs, tensor = synthetic_batch(twin_cfg, batch, size, device)
         twin = next(c for c in cases if c.is_twin)
         first = {c.label: c for c in reversed(cases) if not c.is_twin}
+        if args.saved_only:
+            for dtype in args.dtypes:
+                saved = {c.name: saved_for_backward(c, inputs, tensor, dtype) / 2**20
+                         for c in cases}
+                rows += [[suite, c.name, dtype, f"{saved[c.name]:.0f}",
+                          f"{saved[c.name] / saved[twin.name]:.2f}"] for c in cases]
+            del cases
+            print()
+            print_table(rows, ["suite", "model [involution backend]", "dtype",
+                               "saved for backward MiB", "saved / ResNet-50"])
+            print(flush=True)
+            continue
         for mode in args.modes:
             for dtype in args.dtypes:
                 print(f"# {suite}, {mode}, {dtype}, {batch}x3x{size[0]}x{size[1]}", flush=True)
                 times, peaks = measure(cases, mode, dtype, inputs, tensor, device, repeat,
                                        warmup, glibc)
+                saved = ({c.name: saved_for_backward(c, inputs, tensor, dtype) / 2**20
+                          for c in cases} if mode == "train" else {})
                 for c in cases:
                     t, m = times[c.name], peaks[c.name]
                     base = first.get(c.label)
@@ -445,6 +501,8 @@ def main(argv=None):
                         suite, c.name, mode, dtype, f"{batch * 1e3 / t:.2f}", f"{t:.1f}",
                         f"{m:.0f}", f"{times[twin.name] / t:.2f}x",
                         f"{m / peaks[twin.name]:.2f}" if peaks[twin.name] > 0 else "-",
+                        f"{saved[c.name]:.0f}" if saved else "-",
+                        f"{saved[c.name] / saved[twin.name]:.2f}" if saved else "-",
                         f"{times[base.name] / t:.2f}x" if base is not None else "-",
                     ])
                 if args.profile:
@@ -458,6 +516,7 @@ def main(argv=None):
         print()
         print_table(rows, ["suite", "model [involution backend]", "mode", "dtype", "images/s",
                            "ms/iter", "peak MiB", "speed vs ResNet-50", "memory / ResNet-50",
+                           "saved for backward MiB", "saved / ResNet-50",
                            f"speed vs [{first_backend}]"])
         if profile_rows:
             print()

@@ -38,6 +38,9 @@ __all__ = ["INVOLUTION_OPS", "CONVENTIONS", "involution_flop_jit", "flop_handles
 # How the operator shows up in a traced graph: the custom op (the "native" and "cupy"
 # backends), or the autograd function of the pure-PyTorch backend.
 INVOLUTION_OPS = ("involution_d2::involution", "prim::PythonOp.ShiftedInvolution")
+# The fused operator (span convolution + aggregation): count_flops traces the "torch"
+# backend, where the two are separate operators; the handle is for traces of the others.
+FUSED_INVOLUTION_OP = "involution_d2::fused_involution"
 CONVENTIONS = ("openmmlab", "detectron2")
 
 
@@ -47,6 +50,20 @@ def involution_flop_jit(inputs, outputs):
     k = get_shape(inputs[1])[2]
     ho, wo = get_shape(outputs[0])[2:]
     return n * c * ho * wo * k * k
+
+
+def fused_involution_handle(bias_adds):
+    """A handle counting the multiply-adds of ``fused_involution``: its span convolution
+    (Cr -> G*K*K; with ``bias_adds``, one add per output for the bias, as OpenMMLab counts a
+    convolution's bias) and its aggregation (N * C * Ho * Wo * K * K)."""
+    def handle(inputs, outputs):
+        n, cr, ho, wo = get_shape(inputs[1])
+        span_out = get_shape(inputs[2])[0]
+        bias = bias_adds and get_shape(inputs[3]) is not None
+        k = inputs[5].toIValue()
+        c = get_shape(outputs[0])[1]
+        return n * ho * wo * (span_out * (cr + bias) + c * k * k)
+    return handle
 
 
 def _numel(value):
@@ -105,6 +122,7 @@ def flop_handles(convention):
         raise ValueError(f"unknown FLOP convention {convention!r}; choose one of {CONVENTIONS}")
     handles = dict(_OPENMMLAB) if convention == "openmmlab" else {}
     handles.update({op: involution_flop_jit for op in INVOLUTION_OPS})
+    handles[FUSED_INVOLUTION_OP] = fused_involution_handle(bias_adds=convention == "openmmlab")
     return handles
 
 

@@ -1,10 +1,7 @@
 """The involution layer: per-pixel kernels generated from the input, then aggregated."""
-import contextlib
-
-import torch
 from torch import nn
 
-from ..ops import involution
+from ..ops import fused_involution
 from ..ops.involution import BACKENDS
 from .conv_norm_act import ConvNormAct
 
@@ -23,6 +20,9 @@ class Involution(nn.Module):
     2. ``conv1``: 1x1 conv C -> C / reduction_ratio, norm, ReLU;
     3. ``conv2``: 1x1 conv -> K*K*G kernel weights (with bias, no norm);
     4. the involution operator with G = C / group_channels groups.
+
+    Steps 3 and 4 run as one operator (``fused_involution``), so the K*K*G-channel kernels
+    are never saved for backward (nor, on the CPU, written to memory).
 
     Submodules are named like the official ones (``conv1.conv``, ``conv1.bn``,
     ``conv2.conv``), so an official checkpoint maps onto this layer key for key.
@@ -84,59 +84,15 @@ class Involution(nn.Module):
             raise ValueError(f"Involution: expected input (N, {self.channels}, H, W), "
                              f"got {tuple(x.shape)}")
         pooled = self.avgpool(x) if self.avgpool is not None else x
-        if _pointwise_as_matmul(pooled):
-            weight = _pointwise(self.conv2, _pointwise(self.conv1, pooled))
-        else:
-            weight = self.conv2(self.conv1(pooled))
-        n, _, ho, wo = weight.shape
+        reduced = self.conv1(pooled)
+        # conv2 (the "span", Cr -> G*K*K) and the aggregation run as one operator, which
+        # never keeps the G*K*K-channel kernels (see involution_d2.ops.fused_involution).
+        span = self.conv2.conv
         k = self.kernel_size
-        weight = weight.view(n, self.groups, k, k, ho, wo)
-        out = involution(x, weight, self.stride, self.dilation * (k - 1) // 2, self.dilation,
-                         backend=self.backend)
+        out = fused_involution(x, reduced, span.weight, span.bias, self.groups, k, self.stride,
+                               self.dilation * (k - 1) // 2, self.dilation, backend=self.backend)
         return self.activation(out) if self.activation is not None else out
 
     def extra_repr(self):
         return (f"channels={self.channels}, kernel_size={self.kernel_size}, "
                 f"stride={self.stride}, groups={self.groups}, backend={self.backend!r}")
-
-
-_MATMUL_KERNEL_GENERATION = [True]
-
-
-@contextlib.contextmanager
-def kernel_generation_as_convolutions():
-    """Within this context, Involution layers generate their kernels with their convolution
-    modules in eager mode too, as traced and exported graphs do: to compare an export with
-    the eager model exactly (the matrix products round differently)."""
-    _MATMUL_KERNEL_GENERATION.append(False)
-    try:
-        yield
-    finally:
-        _MATMUL_KERNEL_GENERATION.pop()
-
-
-def _pointwise_as_matmul(x):
-    """Whether to run the kernel generation's 1x1 convolutions as matrix products: on the
-    CPU, for NCHW-contiguous input, in eager mode.  oneDNN's convolution is 2-3x slower
-    there for these few-channel, large-image shapes (conv2 writes K*K*G channels from
-    C/4).  Traced, exported and compiled graphs keep the convolutions (what exporters and
-    FLOP counters know)."""
-    return (_MATMUL_KERNEL_GENERATION[-1] and x.device.type == "cpu" and x.is_contiguous()
-            and not torch.jit.is_tracing() and not torch.compiler.is_compiling())
-
-
-def _pointwise(block, x):
-    """``block(x)`` for a ConvNormAct with a 1x1, stride-1 convolution on NCHW-contiguous
-    x, the convolution as one matrix product per image (its bias rides along as an extra
-    input channel of ones)."""
-    conv = block.conv
-    n, c, h, w = x.shape
-    weight = conv.weight.reshape(conv.out_channels, c)
-    planes = x.reshape(n, c, h * w)
-    if conv.bias is not None:
-        weight = torch.cat([weight, conv.bias[:, None]], dim=1)
-        planes = torch.cat([planes, planes.new_ones(n, 1, h * w)], dim=1)
-    out = torch.matmul(weight, planes).view(n, conv.out_channels, h, w)
-    if block.norm is not None:
-        out = block.norm(out)
-    return block.activation(out) if block.activation is not None else out

@@ -1,7 +1,9 @@
 """Lowering the involution operator for exporters that do not know it (ONNX).
 
-``torch.export`` keeps ``involution_d2::involution`` as one node; ONNX has no such operator,
-so :func:`lower_involution` replaces each node with :func:`involution_by_rows`, the operator
+``torch.export`` keeps ``involution_d2::involution`` and ``involution_d2::fused_involution``
+as one node each; ONNX has no such operators, so :func:`lower_involution` replaces each node
+with standard operators: the fused operator's span as a 1x1 convolution, then
+:func:`involution_by_rows`, the aggregation
 written with standard operators that every ONNX runtime executes: per kernel row, a
 convolution with one-hot filters gathers the K taps of that row (Conv), which are weighted
 and summed (Mul, ReduceSum, Add).  That is about 7 ONNX nodes per kernel row, against 5
@@ -13,8 +15,8 @@ import torch.nn.functional as F
 
 from . import op  # noqa: F401 (registers torch.ops.involution_d2)
 
-__all__ = ["involution_by_rows", "involution_shifted_sum", "lower_involution",
-           "DECOMPOSITIONS"]
+__all__ = ["involution_by_rows", "involution_shifted_sum", "fused_involution_by_rows",
+           "lower_involution", "DECOMPOSITIONS"]
 
 
 def involution_by_rows(x, weight, stride, padding, dilation):
@@ -52,7 +54,18 @@ def involution_shifted_sum(x, weight, stride, padding, dilation):
     return out.reshape(n, c, ho, wo)
 
 
-DECOMPOSITIONS = {torch.ops.involution_d2.involution.default: involution_by_rows}
+def fused_involution_by_rows(x, reduced, span_weight, span_bias, groups, kernel_size, stride,
+                             padding, dilation):
+    """``fused_involution(...)``: the span as a 1x1 convolution, then
+    :func:`involution_by_rows`."""
+    n, cr, ho, wo = reduced.shape
+    kernels = F.conv2d(reduced, span_weight.reshape(-1, cr, 1, 1), span_bias)
+    kernels = kernels.view(n, groups, kernel_size, kernel_size, ho, wo)
+    return involution_by_rows(x, kernels, stride, padding, dilation)
+
+
+DECOMPOSITIONS = {torch.ops.involution_d2.involution.default: involution_by_rows,
+                  torch.ops.involution_d2.fused_involution.default: fused_involution_by_rows}
 
 
 def lower_involution(exported_program):

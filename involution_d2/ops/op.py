@@ -36,6 +36,15 @@ _LIBRARY.define("involution_backward(Tensor grad_out, Tensor x, Tensor weight, i
                 "int padding, int dilation, bool[2] output_mask) -> (Tensor, Tensor)")
 
 
+_LIBRARY.define("fused_involution(Tensor x, Tensor reduced, Tensor span_weight, "
+                "Tensor? span_bias, int groups, int kernel_size, int stride, int padding, "
+                "int dilation) -> Tensor")
+_LIBRARY.define("fused_involution_backward(Tensor grad_out, Tensor x, Tensor reduced, "
+                "Tensor span_weight, Tensor? span_bias, int groups, int kernel_size, "
+                "int stride, int padding, int dilation, bool[4] output_mask) "
+                "-> (Tensor, Tensor, Tensor, Tensor)")
+
+
 def _shifted_backward(grad_out, x, weight, stride, padding, dilation, output_mask):
     gx, gw = shifted_backward(grad_out.contiguous(), x.contiguous(), weight.contiguous(),
                               stride, padding, dilation, *output_mask)
@@ -89,6 +98,118 @@ def _backward_fake(grad_out, x, weight, stride, padding, dilation, output_mask):
             weight.new_empty(weight.shape if output_mask[1] else (0,)))
 
 
+# ------------------------------------------------------------------------ fused operator
+# fused_involution(x, reduced, span_weight, span_bias, G, K, ...) is
+# involution(x, generate_kernels(reduced, span_weight, span_bias, G, K), ...): the layer's
+# last 1x1 convolution (the "span", Cr -> G*K*K) and the aggregation in one operator.  Its
+# autograd saves x and the reduced features, never the G*K*K-channel kernels: the backward
+# regenerates them.  The native CPU forward generates them tile by tile in cache.
+
+
+def generate_kernels(reduced, span_weight, span_bias, groups, kernel_size):
+    """The generated kernels (N, G, K, K, Ho, Wo): the span convolution as one matrix
+    product per image."""
+    n, cr, ho, wo = reduced.shape
+    span = span_weight.reshape(-1, cr)
+    kernels = torch.matmul(span, reduced.reshape(n, cr, ho * wo))
+    if span_bias is not None:
+        kernels = kernels + span_bias[:, None]
+    return kernels.view(n, groups, kernel_size, kernel_size, ho, wo)
+
+
+def _fused_backward(aggregation_backward, grad_out, x, reduced, span_weight, span_bias,
+                    groups, kernel_size, stride, padding, dilation, output_mask):
+    need_x, need_reduced, need_span, need_bias = output_mask
+    need_kernels = need_reduced or need_span or need_bias
+    kernels = generate_kernels(reduced, span_weight, span_bias, groups, kernel_size)
+    gx, gk = aggregation_backward(grad_out, x, kernels, stride, padding, dilation,
+                                  [need_x, need_kernels])
+    del kernels
+    n, cr, ho, wo = reduced.shape
+    empty = reduced.new_empty((0,))
+    g_reduced = g_span = g_bias = empty
+    if need_kernels:
+        gk = gk.reshape(n, span_weight.shape[0], ho * wo)
+        planes = reduced.reshape(n, cr, ho * wo)
+        if need_reduced:
+            g_reduced = torch.matmul(span_weight.reshape(-1, cr).t(), gk).view_as(reduced)
+        if need_span:
+            g_span = torch.matmul(gk, planes.transpose(1, 2)).sum(0).view_as(span_weight)
+        if need_bias and span_bias is not None:
+            g_bias = gk.sum(dim=(0, 2))
+    return (gx if need_x else x.new_empty((0,))), g_reduced, g_span, g_bias
+
+
+@torch.library.impl(_LIBRARY, "fused_involution", "CPU")
+def _fused_forward_cpu(x, reduced, span_weight, span_bias, groups, kernel_size, stride, padding,
+                       dilation):
+    if native.native_is_available():
+        return torch.ops.involution_d2_cpu.fused_forward(x, reduced, span_weight, span_bias,
+                                                         groups, kernel_size, stride, padding,
+                                                         dilation)
+    kernels = generate_kernels(reduced, span_weight, span_bias, groups, kernel_size)
+    return shifted_forward(x.contiguous(), kernels, stride, padding, dilation)
+
+
+@torch.library.impl(_LIBRARY, "fused_involution_backward", "CPU")
+def _fused_backward_cpu(grad_out, x, reduced, span_weight, span_bias, groups, kernel_size,
+                        stride, padding, dilation, output_mask):
+    if native.native_is_available():
+        return torch.ops.involution_d2_cpu.fused_backward(
+            grad_out, x, reduced, span_weight, span_bias, groups, kernel_size, stride,
+            padding, dilation, output_mask)
+    return _fused_backward(_backward_cpu, grad_out, x, reduced, span_weight, span_bias, groups,
+                           kernel_size, stride, padding, dilation, output_mask)
+
+
+@torch.library.impl(_LIBRARY, "fused_involution", "CUDA")
+def _fused_forward_cuda(x, reduced, span_weight, span_bias, groups, kernel_size, stride,
+                        padding, dilation):
+    # The kernels are generated whole here: a tile-fused CUDA kernel is still to come.
+    kernels = generate_kernels(reduced, span_weight, span_bias, groups, kernel_size)
+    return _forward_cuda(x, kernels, stride, padding, dilation)
+
+
+@torch.library.impl(_LIBRARY, "fused_involution_backward", "CUDA")
+def _fused_backward_cuda(grad_out, x, reduced, span_weight, span_bias, groups, kernel_size,
+                         stride, padding, dilation, output_mask):
+    return _fused_backward(_backward_cuda, grad_out, x, reduced, span_weight, span_bias,
+                           groups, kernel_size, stride, padding, dilation, output_mask)
+
+
+@torch.library.register_fake(f"{NAMESPACE}::fused_involution")
+def _fused_forward_fake(x, reduced, span_weight, span_bias, groups, kernel_size, stride,
+                        padding, dilation):
+    return x.new_empty((x.shape[0], x.shape[1], reduced.shape[2], reduced.shape[3]))
+
+
+@torch.library.register_fake(f"{NAMESPACE}::fused_involution_backward")
+def _fused_backward_fake(grad_out, x, reduced, span_weight, span_bias, groups, kernel_size,
+                         stride, padding, dilation, output_mask):
+    likes = (x, reduced, span_weight, span_bias if span_bias is not None else span_weight)
+    return tuple(t.new_empty(t.shape if need and (i < 3 or span_bias is not None) else (0,))
+                 for i, (t, need) in enumerate(zip(likes, output_mask)))
+
+
+def _fused_setup_context(ctx, inputs, output):
+    x, reduced, span_weight, span_bias, *conf = inputs
+    ctx.save_for_backward(x, reduced, span_weight, span_bias)
+    ctx.conf = conf
+
+
+def _fused_autograd_backward(ctx, grad_out):
+    x, reduced, span_weight, span_bias = ctx.saved_tensors
+    mask = list(ctx.needs_input_grad[:4])
+    grads = torch.ops.involution_d2.fused_involution_backward(
+        grad_out, x, reduced, span_weight, span_bias, *ctx.conf, mask)
+    return (*(g if need else None for g, need in zip(grads, mask)), None, None, None, None,
+            None)
+
+
+torch.library.register_autograd(f"{NAMESPACE}::fused_involution", _fused_autograd_backward,
+                                setup_context=_fused_setup_context)
+
+
 def _setup_context(ctx, inputs, output):
     x, weight, stride, padding, dilation = inputs
     ctx.save_for_backward(x, weight)
@@ -109,3 +230,10 @@ torch.library.register_autograd(FORWARD, _autograd_backward, setup_context=_setu
 def involution_op(x, weight, stride, padding, dilation):
     """Calls the registered operator (no argument checks: see ``involution``)."""
     return torch.ops.involution_d2.involution(x, weight, stride, padding, dilation)
+
+
+def fused_involution_op(x, reduced, span_weight, span_bias, groups, kernel_size, stride,
+                        padding, dilation):
+    """Calls the registered fused operator (no argument checks: see ``fused_involution``)."""
+    return torch.ops.involution_d2.fused_involution(x, reduced, span_weight, span_bias, groups,
+                                                    kernel_size, stride, padding, dilation)

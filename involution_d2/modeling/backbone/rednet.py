@@ -104,8 +104,10 @@ class RedNetBottleneck(CNNBlockBase):
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
-        identity = self.downsample(x) if self.downsample is not None else x
-        return self.relu(out + identity)
+        # The sum and ReLU in place, as in Detectron2's BottleneckBlock: no extra
+        # block-sized tensor per block.
+        out += self.downsample(x) if self.downsample is not None else x
+        return F.relu_(out)
 
 
 class RedNet(ResNet):

@@ -130,9 +130,13 @@ struct Geometry {
   std::vector<int64_t> tap_offset;  // per b: (b*D % S) * L + b*D / S
 
   Geometry(const at::Tensor& x, const at::Tensor& w, int64_t stride, int64_t padding,
-           int64_t dilation, int64_t lanes) {
+           int64_t dilation, int64_t lanes)
+      : Geometry(x, w.size(1), w.size(2), w.size(4), w.size(5), stride, padding, dilation,
+                 lanes) {}
+  Geometry(const at::Tensor& x, int64_t groups, int64_t kernel_size, int64_t out_h,
+           int64_t out_w, int64_t stride, int64_t padding, int64_t dilation, int64_t lanes) {
     N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
-    G = w.size(1), K = w.size(2), Ho = w.size(4), Wo = w.size(5);
+    G = groups, K = kernel_size, Ho = out_h, Wo = out_w;
     Cg = C / G, S = stride, P = padding, D = dilation, V = lanes;
     tiles = (Wo + V - 1) / V;
     L = tiles * V + (K - 1) * D / S;
@@ -209,20 +213,22 @@ int row_taps(const Geometry& gm, int64_t i, int64_t lo, int64_t hi, acc_t* ring,
 
 // ------------------------------------------------------------------------------ forward
 // One tile: output columns [j0, j0 + nv) of channels [c0, c0 + CB) of output row i.
-template <int CB, typename scalar_t, typename acc_t>
+// The weights of tap (a, b) are at w_tile[(a*K + b) * w_plane]: the generated-weight tensor
+// (w_plane = Ho*Wo) or a tile generated in place (fused operator, w_plane = V).
+template <int CB, typename scalar_t, typename acc_t, typename w_t>
 inline void forward_tile(const Geometry& gm, int ntaps, const int64_t* taps,
-                         acc_t* const* rows, const scalar_t* w_row, scalar_t* out_row,
-                         int64_t c0, int64_t j0, int64_t nv) {
+                         acc_t* const* rows, const w_t* w_tile, int64_t w_plane,
+                         scalar_t* out_row, int64_t c0, int64_t j0, int64_t nv) {
   using Vec = Vectorized<acc_t>;
   const int64_t plane = gm.Ho * gm.Wo, cstride = gm.S * gm.L;
   Vec acc[CB];
   for (int c = 0; c < CB; ++c) acc[c] = Vec(acc_t(0));
   for (int ta = 0; ta < ntaps; ++ta) {
     const acc_t* xr = rows[ta] + c0 * cstride + j0;
-    const scalar_t* wr = w_row + taps[ta] * gm.K * plane + j0;
+    const w_t* wr = w_tile + taps[ta] * gm.K * w_plane;
     for (int64_t b = 0; b < gm.K; ++b) {
-      prefetch(wr + b * plane);
-      const Vec wv = load_vec<acc_t>(wr + b * plane, nv);
+      if (w_plane > gm.V) prefetch(wr + b * w_plane);  // a stream from memory, not a tile
+      const Vec wv = load_vec<acc_t>(wr + b * w_plane, nv);
       const acc_t* xp = xr + gm.tap_offset[b];
 #pragma GCC unroll 16
       for (int c = 0; c < CB; ++c) acc[c] = at::vec::fmadd(wv, Vec::loadu(xp + c * cstride), acc[c]);
@@ -240,7 +246,8 @@ void forward_row(const Geometry& gm, int ntaps, const int64_t* taps, acc_t* cons
   for (int64_t tile = 0; tile < gm.tiles; ++tile) {
     const int64_t j0 = tile * gm.V, nv = std::min(gm.V, gm.Wo - j0);
     for_each_channel_block(gm.Cg, [&](auto block, int64_t c0) {
-      forward_tile<decltype(block)::value>(gm, ntaps, taps, rows, w_row, out_row, c0, j0, nv);
+      forward_tile<decltype(block)::value>(gm, ntaps, taps, rows, w_row + j0, gm.Ho * gm.Wo,
+                                           out_row, c0, j0, nv);
     });
   }
 }
@@ -272,6 +279,96 @@ void forward_kernel(const at::Tensor& x, const at::Tensor& w, at::Tensor& out,
         staged = std::max(staged, y1);
         const int ntaps = row_taps(gm, i, 0, gm.H, ring.data(), taps.data(), rows.data());
         forward_row(gm, ntaps, taps.data(), rows.data(), wg + i * gm.Wo, og + i * gm.Wo);
+      }
+      item += i1 - i0;
+    }
+  });
+}
+
+// ------------------------------------------------------------------------ fused forward
+// The layer's last kernel-generation step (a 1x1 convolution, "span": Cr -> G*K*K with bias)
+// and the aggregation in one pass: for each tile of V output columns of row i and group g,
+// the tile's K*K generated weights are computed from the reduced features r (N, Cr, Ho, Wo)
+// into a thread-local K*K x V buffer, used at once by the aggregation and never written to
+// memory.  span (G*K*K x Cr) and bias are converted to the accumulation type once.
+
+// Rows [k0, k0 + KB) of the tile's generated weights: bias + span[g*K*K + k, :] . r[:, j].
+// Row k of the result goes to out[k * out_stride], nv lanes.
+template <int KB, typename scalar_t, typename acc_t>
+inline void generate_block(int64_t Cr, const scalar_t* r_tile, int64_t r_plane,
+                           const acc_t* span_g, const acc_t* bias_g, int64_t k0, int64_t nv,
+                           acc_t* out, int64_t out_stride) {
+  using Vec = Vectorized<acc_t>;
+  Vec acc[KB];
+  for (int k = 0; k < KB; ++k) acc[k] = Vec(bias_g[k0 + k]);
+  const acc_t* sp = span_g + k0 * Cr;
+  for (int64_t cr = 0; cr < Cr; ++cr) {
+    const Vec rv = load_vec<acc_t>(r_tile + cr * r_plane, nv);
+#pragma GCC unroll 16
+    for (int k = 0; k < KB; ++k) acc[k] = at::vec::fmadd(Vec(sp[k * Cr + cr]), rv, acc[k]);
+  }
+  for (int k = 0; k < KB; ++k) acc[k].store(out + (k0 + k) * out_stride, nv);
+}
+
+// The K*K generated weight rows of output row i of one group, full width, into
+// out[k * out_stride + j] (j < Wo).
+template <typename scalar_t, typename acc_t>
+void generate_row(const Geometry& gm, int64_t Cr, const scalar_t* r_row, const acc_t* span_g,
+                  const acc_t* bias_g, acc_t* out, int64_t out_stride) {
+  const int64_t plane = gm.Ho * gm.Wo;
+  for (int64_t j0 = 0; j0 < gm.Wo; j0 += gm.V) {
+    const int64_t nv = std::min(gm.V, gm.Wo - j0);
+    for_each_channel_block(gm.K * gm.K, [&](auto block, int64_t k0) {
+      generate_block<decltype(block)::value>(Cr, r_row + j0, plane, span_g, bias_g, k0, nv,
+                                             out + j0, out_stride);
+    });
+  }
+}
+
+template <typename scalar_t>
+void fused_forward_kernel(const at::Tensor& x, const at::Tensor& r, const at::Tensor& span,
+                          const at::Tensor& bias, at::Tensor& out, const Geometry& gm) {
+  using acc_t = acc_type<scalar_t>;
+  const scalar_t* xd = x.const_data_ptr<scalar_t>();
+  const scalar_t* rd = r.const_data_ptr<scalar_t>();
+  const acc_t* spd = span.const_data_ptr<acc_t>();
+  const acc_t* bd = bias.const_data_ptr<acc_t>();
+  scalar_t* od = out.mutable_data_ptr<scalar_t>();
+  const int64_t plane = gm.Ho * gm.Wo, Cr = r.size(1), KK = gm.K * gm.K;
+  at::parallel_for(0, gm.N * gm.G * gm.Ho, gm.grain(), [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> ring(gm.R * gm.slot);
+    std::vector<acc_t> w_tile(KK * gm.V);
+    std::vector<int64_t> taps(gm.K);
+    std::vector<acc_t*> rows(gm.K);
+    for (int64_t item = begin; item < end;) {
+      const int64_t ng = item / gm.Ho, i0 = item % gm.Ho;
+      const int64_t n = ng / gm.G, g = ng % gm.G;
+      const int64_t i1 = std::min(gm.Ho, i0 + (end - item));
+      const scalar_t* xg = xd + ng * gm.Cg * gm.H * gm.W;
+      const scalar_t* rn = rd + n * Cr * plane;
+      const acc_t* span_g = spd + g * KK * Cr;
+      const acc_t* bias_g = bd + g * KK;
+      scalar_t* og = od + ng * gm.Cg * plane;
+      int64_t staged = 0;
+      for (int64_t i = i0; i < i1; ++i) {
+        const int64_t y0 = std::max<int64_t>(0, i * gm.S - gm.P);
+        const int64_t y1 = std::min(gm.H, i * gm.S - gm.P + gm.span() + 1);
+        for (int64_t y = std::max(y0, staged); y < y1; ++y)
+          stage_row(gm, xg, y, ring.data() + (y % gm.R) * gm.slot);
+        staged = std::max(staged, y1);
+        const int ntaps = row_taps(gm, i, 0, gm.H, ring.data(), taps.data(), rows.data());
+        for (int64_t tile = 0; tile < gm.tiles; ++tile) {
+          const int64_t j0 = tile * gm.V, nv = std::min(gm.V, gm.Wo - j0);
+          for_each_channel_block(KK, [&](auto block, int64_t k0) {
+            generate_block<decltype(block)::value>(Cr, rn + i * gm.Wo + j0, plane, span_g,
+                                                   bias_g, k0, nv, w_tile.data(), gm.V);
+          });
+          for_each_channel_block(gm.Cg, [&](auto block, int64_t c0) {
+            forward_tile<decltype(block)::value>(gm, ntaps, taps.data(), rows.data(),
+                                                 w_tile.data(), gm.V, og + i * gm.Wo, c0, j0,
+                                                 nv);
+          });
+        }
       }
       item += i1 - i0;
     }
@@ -394,18 +491,19 @@ struct GradInputGeometry {
   }
 };
 
-template <typename scalar_t, typename acc_t>
+// Stages output row i: the Cg output-gradient rows, then the K*K weight rows, each
+// weight row k written by stage_weights(i, dst + (Cg + k) * Lj + pad, Lj) (Wo entries).
+template <typename scalar_t, typename acc_t, typename StageWeights>
 void stage_output_row(const Geometry& gm, const GradInputGeometry& gi, const scalar_t* gout_g,
-                      const scalar_t* w_g, int64_t i, acc_t* dst) {
+                      int64_t i, acc_t* dst, StageWeights&& stage_weights) {
   const int64_t plane = gm.Ho * gm.Wo;
   for (int64_t r = 0; r < gi.rows; ++r) {
-    const scalar_t* src = r < gm.Cg ? gout_g + r * plane + i * gm.Wo
-                                    : w_g + (r - gm.Cg) * plane + i * gm.Wo;
     acc_t* d = dst + r * gi.Lj;
     std::fill(d, d + gi.pad, acc_t(0));
-    at::vec::convert(src, d + gi.pad, gm.Wo);
+    if (r < gm.Cg) at::vec::convert(gout_g + r * plane + i * gm.Wo, d + gi.pad, gm.Wo);
     std::fill(d + gi.pad + gm.Wo, d + gi.Lj, acc_t(0));
   }
+  stage_weights(i, dst + gm.Cg * gi.Lj + gi.pad, gi.Lj);
 }
 
 template <int CB, typename acc_t>
@@ -424,13 +522,13 @@ inline void grad_input_tile(const GradInputGeometry& gi, int ntaps, const acc_t*
   for (int c = 0; c < CB; ++c) acc[c].store(out + (c0 + c) * out_stride + m0);
 }
 
-template <typename scalar_t>
-void grad_input_kernel(const at::Tensor& gout, const at::Tensor& w, at::Tensor& gx,
-                       const Geometry& gm) {
-  using acc_t = acc_type<scalar_t>;
+// weight_rows(ng) gives, for image and group ng, the stager of its weight rows:
+// (i, dst, stride) -> writes the K*K rows of output row i (see stage_output_row).
+template <typename scalar_t, typename acc_t, typename WeightRows>
+void grad_input_kernel(const at::Tensor& gout, at::Tensor& gx, const Geometry& gm,
+                       WeightRows&& weight_rows) {
   const GradInputGeometry gi(gm);
   const scalar_t* god = gout.const_data_ptr<scalar_t>();
-  const scalar_t* wd = w.const_data_ptr<scalar_t>();
   scalar_t* gxd = gx.mutable_data_ptr<scalar_t>();
   const int64_t plane = gm.Ho * gm.Wo;
   // The per-row result, laid out as flush_row reads it: (channel, phase) rows of L entries.
@@ -446,7 +544,7 @@ void grad_input_kernel(const at::Tensor& gout, const at::Tensor& w, at::Tensor& 
       const int64_t ng = item / gm.H, y0 = item % gm.H;
       const int64_t y1 = std::min(gm.H, y0 + (end - item));
       const scalar_t* gout_g = god + ng * gm.Cg * plane;
-      const scalar_t* w_g = wd + ng * gm.K * gm.K * plane;
+      auto stage_weights = weight_rows(ng);
       int64_t staged = 0;
       bool any_staged = false;
       for (int64_t y = y0; y < y1; ++y) {
@@ -454,7 +552,8 @@ void grad_input_kernel(const at::Tensor& gout, const at::Tensor& w, at::Tensor& 
         const int64_t lo = std::max<int64_t>(0, ceil_div(y + gm.P - gm.span(), gm.S));
         const int64_t hi = std::min(gm.Ho, floor_div(y + gm.P, gm.S) + 1);
         for (int64_t i = any_staged ? std::max(lo, staged) : lo; i < hi; ++i)
-          stage_output_row(gm, gi, gout_g, w_g, i, ring.data() + (i % gi.Ri) * gi.slot);
+          stage_output_row(gm, gi, gout_g, i, ring.data() + (i % gi.Ri) * gi.slot,
+                           stage_weights);
         if (hi > lo) {
           staged = std::max(staged, hi);
           any_staged = true;
@@ -543,7 +642,18 @@ std::tuple<at::Tensor, at::Tensor> involution_backward(
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "involution_backward", [&] {
       const Geometry gm(x, w, stride, padding, dilation, lanes<scalar_t>());
       if (gw.defined()) grad_weight_kernel<scalar_t>(gout, x, gw, gm);
-      if (gx.defined()) grad_input_kernel<scalar_t>(gout, w, gx, gm);
+      if (gx.defined()) {
+        using acc_t = acc_type<scalar_t>;
+        const scalar_t* wd = w.const_data_ptr<scalar_t>();
+        const int64_t plane = gm.Ho * gm.Wo;
+        grad_input_kernel<scalar_t, acc_t>(gout, gx, gm, [&](int64_t ng) {
+          const scalar_t* w_g = wd + ng * gm.K * gm.K * plane;
+          return [&gm, w_g, plane](int64_t i, acc_t* dst, int64_t stride) {
+            for (int64_t k = 0; k < gm.K * gm.K; ++k)
+              at::vec::convert(w_g + k * plane + i * gm.Wo, dst + k * stride, gm.Wo);
+          };
+        });
+      }
     });
   }
   // Gradients not asked for are returned as empty tensors.
@@ -552,12 +662,137 @@ std::tuple<at::Tensor, at::Tensor> involution_backward(
   return {gx, gw};
 }
 
+// Checks of the fused operator's inputs; returns (Ho, Wo).
+std::pair<int64_t, int64_t> check_fused_inputs(const at::Tensor& x, const at::Tensor& r,
+                                               const at::Tensor& span, int64_t groups,
+                                               int64_t kernel_size, int64_t stride,
+                                               int64_t padding, int64_t dilation) {
+  TORCH_CHECK(x.device().is_cpu() && r.device().is_cpu() && span.device().is_cpu(),
+              "involution_d2_cpu: expected CPU tensors");
+  TORCH_CHECK(x.dim() == 4 && r.dim() == 4, "involution_d2_cpu: expected x (N, C, H, W) and "
+              "reduced (N, Cr, Ho, Wo), got ", x.sizes(), " and ", r.sizes());
+  TORCH_CHECK(x.scalar_type() == r.scalar_type() && span.scalar_type() == x.scalar_type(),
+              "involution_d2_cpu: x, reduced and span weight must share a dtype, got ",
+              x.scalar_type(), ", ", r.scalar_type(), ", ", span.scalar_type());
+  const int64_t kk = kernel_size * kernel_size, cr = r.size(1);
+  TORCH_CHECK(groups >= 1 && x.size(1) % groups == 0 && span.numel() == groups * kk * cr &&
+                  span.size(0) == groups * kk && r.size(0) == x.size(0),
+              "involution_d2_cpu: span weight ", span.sizes(), " does not fit x ", x.sizes(),
+              ", reduced ", r.sizes(), ", groups ", groups, ", kernel size ", kernel_size);
+  TORCH_CHECK(stride >= 1 && padding >= 0 && dilation >= 1 && kernel_size >= 1,
+              "involution_d2_cpu: bad kernel_size/stride/padding/dilation");
+  const int64_t ho = (x.size(2) + 2 * padding - dilation * (kernel_size - 1) - 1) / stride + 1;
+  const int64_t wo = (x.size(3) + 2 * padding - dilation * (kernel_size - 1) - 1) / stride + 1;
+  TORCH_CHECK(r.size(2) == ho && r.size(3) == wo, "involution_d2_cpu: reduced ", r.sizes(),
+              " has the wrong output size for x ", x.sizes(), " (expected ", ho, "x", wo, ")");
+  return {ho, wo};
+}
+
+// span (G*K*K x Cr) and bias (G*K*K) in the accumulation type, contiguous.
+std::pair<at::Tensor, at::Tensor> span_in_acc_type(const at::Tensor& x, const at::Tensor& span_,
+                                                   const c10::optional<at::Tensor>& bias_,
+                                                   int64_t gkk, int64_t cr) {
+  const auto acc_dtype = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  at::Tensor span = span_.reshape({gkk, cr}).to(acc_dtype).contiguous();
+  at::Tensor bias = bias_.has_value() && bias_->defined() ? bias_->to(acc_dtype).contiguous()
+                                                          : at::zeros({gkk}, span.options());
+  TORCH_CHECK(bias.numel() == gkk, "involution_d2_cpu: span bias ", bias.sizes(),
+              " does not have ", gkk, " elements");
+  return {span, bias};
+}
+
+at::Tensor fused_involution_forward(const at::Tensor& x_, const at::Tensor& r_,
+                                   const at::Tensor& span_,
+                                   const c10::optional<at::Tensor>& bias_, int64_t groups,
+                                   int64_t kernel_size, int64_t stride, int64_t padding,
+                                   int64_t dilation) {
+  const auto [ho, wo] = check_fused_inputs(x_, r_, span_, groups, kernel_size, stride, padding,
+                                           dilation);
+  const at::Tensor x = x_.contiguous(), r = r_.contiguous();
+  at::Tensor out = at::empty({x.size(0), x.size(1), ho, wo}, x.options());
+  if (out.numel() == 0) return out;
+  const auto [span, bias] = span_in_acc_type(x, span_, bias_, groups * kernel_size * kernel_size,
+                                             r.size(1));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "fused_involution_forward", [&] {
+    const Geometry gm(x, groups, kernel_size, ho, wo, stride, padding, dilation,
+                      lanes<scalar_t>());
+    fused_forward_kernel<scalar_t>(x, r, span, bias, out, gm);
+  });
+  return out;
+}
+
+// The fused operator's backward.  The kernels' gradient (N, G*K*K, Ho, Wo) is computed by the
+// weight-gradient pass and reduced to the gradients of reduced, span and bias by matrix
+// products; the input gradient regenerates the kernels of each output row as it stages it,
+// so the kernels themselves never exist whole.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_involution_backward(
+    const at::Tensor& gout_, const at::Tensor& x_, const at::Tensor& r_, const at::Tensor& span_,
+    const c10::optional<at::Tensor>& bias_, int64_t groups, int64_t kernel_size, int64_t stride,
+    int64_t padding, int64_t dilation, std::array<bool, 4> mask) {
+  const auto [ho, wo] = check_fused_inputs(x_, r_, span_, groups, kernel_size, stride, padding,
+                                           dilation);
+  const at::Tensor x = x_.contiguous(), r = r_.contiguous();
+  const at::Tensor gout = gout_.to(x.scalar_type()).contiguous();
+  TORCH_CHECK(gout.sizes() == at::IntArrayRef({x.size(0), x.size(1), ho, wo}),
+              "involution_d2_cpu: grad_out ", gout.sizes(), " does not match the output size");
+  const int64_t n = x.size(0), cr = r.size(1), gkk = groups * kernel_size * kernel_size;
+  const bool has_bias = bias_.has_value() && bias_->defined();
+  const bool need_kernels = mask[1] || mask[2] || (mask[3] && has_bias);
+  at::Tensor gx = mask[0] ? at::empty_like(x) : at::empty({0}, x.options());
+  at::Tensor gk = need_kernels ? at::empty({n, groups, kernel_size, kernel_size, ho, wo},
+                                           x.options())
+                               : at::Tensor();
+  if (x.numel() > 0 && (mask[0] || need_kernels)) {
+    const auto [span, bias] = span_in_acc_type(x, span_, bias_, gkk, cr);
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "fused_involution_backward", [&] {
+      using acc_t = acc_type<scalar_t>;
+      const Geometry gm(x, groups, kernel_size, ho, wo, stride, padding, dilation,
+                        lanes<scalar_t>());
+      if (need_kernels) grad_weight_kernel<scalar_t>(gout, x, gk, gm);
+      if (mask[0]) {
+        const scalar_t* rd = r.const_data_ptr<scalar_t>();
+        const acc_t* spd = span.const_data_ptr<acc_t>();
+        const acc_t* bd = bias.const_data_ptr<acc_t>();
+        const int64_t plane = ho * wo, kk = kernel_size * kernel_size;
+        grad_input_kernel<scalar_t, acc_t>(gout, gx, gm, [&](int64_t ng) {
+          const scalar_t* rn = rd + (ng / gm.G) * cr * plane;
+          const acc_t* span_g = spd + (ng % gm.G) * kk * cr;
+          const acc_t* bias_g = bd + (ng % gm.G) * kk;
+          return [&gm, rn, span_g, bias_g, cr](int64_t i, acc_t* dst, int64_t stride) {
+            generate_row(gm, cr, rn + i * gm.Wo, span_g, bias_g, dst, stride);
+          };
+        });
+      }
+    });
+  }
+  at::Tensor g_r = at::empty({0}, r.options()), g_span = at::empty({0}, span_.options()),
+             g_bias = at::empty({0}, x.options());
+  if (need_kernels) {
+    const at::Tensor gk3 = gk.view({n, gkk, ho * wo});
+    if (mask[1])
+      g_r = at::matmul(span_.reshape({gkk, cr}).t(), gk3).view_as(r);
+    if (mask[2])
+      g_span = at::matmul(gk3, r.view({n, cr, ho * wo}).transpose(1, 2)).sum(0).view_as(span_);
+    if (mask[3] && has_bias) g_bias = gk3.sum({0, 2}).to(bias_->scalar_type());
+  } else {
+    if (mask[1]) g_r = at::zeros_like(r);
+    if (mask[2]) g_span = at::zeros_like(span_);
+    if (mask[3] && has_bias) g_bias = at::zeros_like(*bias_);
+  }
+  return {gx, g_r, g_span, g_bias};
+}
+
 }  // namespace
 
 TORCH_LIBRARY(involution_d2_cpu, m) {
   m.def("forward(Tensor x, Tensor weight, int stride, int padding, int dilation) -> Tensor");
   m.def("backward(Tensor grad_out, Tensor x, Tensor weight, int stride, int padding, "
         "int dilation, bool[2] output_mask) -> (Tensor, Tensor)");
+  m.def("fused_forward(Tensor x, Tensor reduced, Tensor span_weight, Tensor? span_bias, "
+        "int groups, int kernel_size, int stride, int padding, int dilation) -> Tensor");
+  m.def("fused_backward(Tensor grad_out, Tensor x, Tensor reduced, Tensor span_weight, "
+        "Tensor? span_bias, int groups, int kernel_size, int stride, int padding, "
+        "int dilation, bool[4] output_mask) -> (Tensor, Tensor, Tensor, Tensor)");
   // The vector instruction set this library was compiled for (see native.py).
   m.def("vector_width() -> int", []() -> int64_t { return VECTOR_WIDTH; });
 }
@@ -565,6 +800,8 @@ TORCH_LIBRARY(involution_d2_cpu, m) {
 TORCH_LIBRARY_IMPL(involution_d2_cpu, CPU, m) {
   m.impl("forward", &involution_forward);
   m.impl("backward", &involution_backward);
+  m.impl("fused_forward", &fused_involution_forward);
+  m.impl("fused_backward", &fused_involution_backward);
 }
 
 }  // namespace involution_d2

@@ -1,0 +1,196 @@
+"""The fused operator (span convolution + aggregation): every backend against the unfused
+reference composition, gradients of all four inputs, what it saves for backward, errors."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from involution_d2.ops import fused_involution, involution, native, output_size
+
+from test_ops import SHAPES, skip_if_unavailable
+
+CPU_BACKENDS = ["torch", "native"]
+
+
+def make_fused_inputs(shape, reduced_channels=5, dtype=torch.float64, seed=0, bias=True):
+    n, c, g, h, w, k, s, d = shape
+    p = d * (k - 1) // 2
+    ho, wo = output_size(h, k, s, p, d), output_size(w, k, s, p, d)
+    gen = torch.Generator().manual_seed(seed)
+
+    def randn(*size):
+        return torch.randn(*size, generator=gen, dtype=torch.float64).to(dtype)
+
+    x = randn(n, c, h, w)
+    reduced = randn(n, reduced_channels, ho, wo)
+    span_weight = randn(g * k * k, reduced_channels, 1, 1) / reduced_channels ** 0.5
+    span_bias = randn(g * k * k) if bias else None
+    return x, reduced, span_weight, span_bias, g, k, s, p, d
+
+
+def unfused(x, reduced, span_weight, span_bias, g, k, s, p, d):
+    kernels = F.conv2d(reduced, span_weight, span_bias)
+    n, _, ho, wo = kernels.shape
+    return involution(x, kernels.view(n, g, k, k, ho, wo), s, p, d, backend="reference")
+
+
+def with_grads(function, tensors, conf, gout, **kwargs):
+    leaves = [t.detach().requires_grad_() if t is not None else None for t in tensors]
+    out = function(*leaves, *conf, **kwargs)
+    grads = torch.autograd.grad(out, [t for t in leaves if t is not None], gout)
+    return (out.detach(),) + grads
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_fused_matches_the_unfused_composition(backend, shape):
+    skip_if_unavailable(backend)
+    x, r, sw, sb, *conf = make_fused_inputs(shape)
+    gout = torch.randn(x.shape[0], x.shape[1], *r.shape[2:], dtype=x.dtype)
+    got = with_grads(fused_involution, (x, r, sw, sb), conf, gout, backend=backend)
+    want = with_grads(unfused, (x, r, sw, sb), conf, gout)
+    for name, a, b in zip(("out", "x", "reduced", "span_weight", "span_bias"), got, want):
+        torch.testing.assert_close(a, b, msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("shape", [(2, 8, 2, 7, 9, 3, 1, 1), (1, 8, 4, 9, 8, 3, 2, 1),
+                                   (1, 6, 3, 9, 7, 5, 1, 2), (2, 4, 1, 7, 6, 3, 2, 2)])
+def test_fused_gradcheck(backend, shape):
+    skip_if_unavailable(backend)
+    x, r, sw, sb, *conf = make_fused_inputs(shape, reduced_channels=3)
+    inputs = tuple(t.requires_grad_() for t in (x, r, sw, sb))
+    assert torch.autograd.gradcheck(
+        lambda *t: fused_involution(*t, *conf, backend=backend), inputs)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_fused_without_bias_and_with_flat_span_weight(backend):
+    skip_if_unavailable(backend)
+    x, r, sw, _, *conf = make_fused_inputs(SHAPES[5], bias=False)
+    gout = torch.randn(x.shape[0], x.shape[1], *r.shape[2:], dtype=x.dtype)
+    got = with_grads(fused_involution, (x, r, sw.flatten(1), None), conf, gout, backend=backend)
+    want = with_grads(unfused, (x, r, sw, None), conf, gout)
+    torch.testing.assert_close(got[0], want[0])
+    torch.testing.assert_close(got[3], want[3].flatten(1))
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_fused_low_precision_on_cpu(backend, dtype):
+    skip_if_unavailable(backend)
+    x, r, sw, sb, *conf = make_fused_inputs(SHAPES[7], reduced_channels=8)
+    want = unfused(x, r, sw, sb, *conf)
+    got = fused_involution(*(t.to(dtype) for t in (x, r, sw, sb)), *conf, backend=backend)
+    assert got.dtype == dtype
+    tol = {torch.float32: 1e-5, torch.bfloat16: 3e-2, torch.float16: 4e-3}[dtype]
+    torch.testing.assert_close(got.double(), want, rtol=tol, atol=tol * want.abs().max().item())
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_native_fused_threads_split_rows_exactly(threads):
+    skip_if_unavailable("native")
+    x, r, sw, sb, *conf = make_fused_inputs((2, 32, 2, 23, 40, 7, 1, 1), dtype=torch.float32)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = fused_involution(x, r, sw, sb, *conf, backend="native")
+        torch.set_num_threads(threads)
+        many = fused_involution(x, r, sw, sb, *conf, backend="native")
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(one, many)
+
+
+@pytest.mark.parametrize("backend", ["reference"] + CPU_BACKENDS)
+def test_fused_empty_batch(backend):
+    skip_if_unavailable(backend)
+    x, r, sw, sb, *conf = make_fused_inputs((0, 8, 2, 9, 11, 3, 1, 1))
+    inputs = [t.requires_grad_() for t in (x, r, sw, sb)]
+    out = fused_involution(*inputs, *conf, backend=backend)
+    assert out.shape == (0, 8, 9, 11)
+    grads = torch.autograd.grad(out.sum(), inputs)
+    assert [g.shape for g in grads] == [t.shape for t in inputs]
+    assert all(not g.any() for g in grads)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_fused_saves_no_generated_kernels(backend):
+    # The G*K*K-channel kernels are never saved for backward: only x, the reduced features
+    # and the span's parameters (the "torch" backend recomputes the span in backward).
+    skip_if_unavailable(backend)
+    x, r, sw, sb, *conf = make_fused_inputs((2, 16, 4, 20, 24, 7, 1, 1))
+    inputs = [t.requires_grad_() for t in (x, r, sw, sb)]
+    saved = []
+
+    def pack(t):
+        saved.append(t.numel())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fused_involution(*inputs, *conf, backend=backend)
+    kernels = x.shape[0] * 4 * 49 * r.shape[2] * r.shape[3]
+    assert saved and max(saved) < kernels
+    assert sum(saved) <= sum(t.numel() for t in inputs)
+    out.sum().backward()  # and the backward still runs
+
+
+def test_fused_errors_name_the_problem():
+    x, r, sw, sb, g, k, s, p, d = make_fused_inputs(SHAPES[5])
+    with pytest.raises(ValueError, match=r"span_weight must have shape \(G\*K\*K, Cr, 1, 1\) = "
+                                         r"\(196, 5, 1, 1\) .* got \(195, 5, 1, 1\)"):
+        fused_involution(x, r, sw[:-1], sb, g, k, s, p, d)
+    with pytest.raises(ValueError, match=r"span_bias must have shape \(G\*K\*K,\) = \(196,\)"):
+        fused_involution(x, r, sw, sb[:-1], g, k, s, p, d)
+    with pytest.raises(ValueError, match=r"reduced must have shape \(N=2, Cr, 8, 8\)"):
+        fused_involution(x, r[:, :, :-1], sw, sb, g, k, s, p, d)
+    with pytest.raises(ValueError, match="16 channels, which groups=3 do not divide"):
+        fused_involution(x, r, sw, sb, 3, k, s, p, d)
+    with pytest.raises(TypeError, match="x is torch.float64 but reduced is torch.float32"):
+        fused_involution(x, r.float(), sw, sb, g, k, s, p, d)
+    with pytest.raises(ValueError, match="x is on cpu but span_weight is on meta"):
+        fused_involution(x, r, sw.to("meta"), sb, g, k, s, p, d)
+    with pytest.raises(TypeError, match="kernel_size must be an int"):
+        fused_involution(x, r, sw, sb, g, 7.0, s, p, d)
+
+
+def test_fused_op_compiles_and_exports_as_one_node():
+    skip_if_unavailable("native")
+    x, r, sw, sb, *conf = make_fused_inputs(SHAPES[5], dtype=torch.float32)
+
+    class Fused(torch.nn.Module):
+        def forward(self, x, r, sw, sb):
+            return fused_involution(x, r, sw, sb, *conf)
+
+    want = Fused()(x, r, sw, sb)
+    compiled = torch.compile(Fused(), fullgraph=True, backend="eager")
+    torch.testing.assert_close(compiled(x, r, sw, sb), want)
+    program = torch.export.export(Fused(), (x, r, sw, sb))
+    targets = [str(node.target) for node in program.graph.nodes if node.op == "call_function"]
+    assert targets == ["involution_d2.fused_involution.default"]
+    torch.testing.assert_close(program.module()(x, r, sw, sb), want)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_fused_op_registration_passes_opcheck(bias):
+    # Schema, fake kernel against the real one, autograd registration, AOT dispatch.
+    x, r, sw, sb, *conf = make_fused_inputs((2, 8, 2, 7, 6, 3, 2, 1), bias=bias)
+    inputs = [t.requires_grad_() if t is not None else None for t in (x, r, sw, sb)]
+    torch.library.opcheck(torch.ops.involution_d2.fused_involution.default, (*inputs, *conf))
+
+
+@pytest.mark.parametrize("convention", ["openmmlab", "detectron2"])
+def test_flop_handle_of_the_fused_op_counts_span_and_aggregation(convention):
+    # A trace of the fused operator counts what count_flops counts on the unfused "torch"
+    # backend: the span convolution and the aggregation.
+    from fvcore.nn import FlopCountAnalysis
+
+    from involution_d2.analysis import count_flops, flop_handles
+    from involution_d2.layers import Involution
+
+    skip_if_unavailable("native")
+    layer = Involution(32, 7, 2, backend="native").eval()
+    x = torch.randn(1, 32, 20, 24)
+    analysis = FlopCountAnalysis(layer, (x,)).set_op_handle(**flop_handles(convention))
+    analysis.unsupported_ops_warnings(False)
+    assert "fused_involution" in analysis.by_operator()
+    assert analysis.total() == count_flops(layer, (x,), convention).total
