@@ -25,6 +25,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -124,6 +125,8 @@ def run_python(code):
     must not hide a later install); returns (ok, last line of its error output)."""
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     lines = [line.strip() for line in done.stderr.splitlines() if line.strip()]
+    if done.returncode < 0:  # e.g. a truncated library: the import crashes
+        return False, f"the import crashed with {signal.Signals(-done.returncode).name}"
     return done.returncode == 0, (lines[-1] if lines else f"exit status {done.returncode}")
 
 

@@ -227,7 +227,7 @@ inline void forward_tile(const Geometry& gm, int ntaps, const int64_t* taps,
     const acc_t* xr = rows[ta] + c0 * cstride + j0;
     const w_t* wr = w_tile + taps[ta] * gm.K * w_plane;
     for (int64_t b = 0; b < gm.K; ++b) {
-      if (w_plane > gm.V) prefetch(wr + b * w_plane);  // a stream from memory, not a tile
+      if (w_plane > 2 * gm.V) prefetch(wr + b * w_plane);  // a stream from memory, not a tile
       const Vec wv = load_vec<acc_t>(wr + b * w_plane, nv);
       const acc_t* xp = xr + gm.tap_offset[b];
 #pragma GCC unroll 16
@@ -293,51 +293,104 @@ void forward_kernel(const at::Tensor& x, const at::Tensor& w, at::Tensor& out,
 // memory.  span (G*K*K x Cr) and bias are converted to the accumulation type once.
 
 // Rows [k0, k0 + KB) of the tile's generated weights: bias + span[g*K*K + k, :] . r[:, j].
-// Row k of the result goes to out[k * out_stride], nv lanes.
-template <int KB, typename scalar_t, typename acc_t>
-inline void generate_block(int64_t Cr, const scalar_t* r_tile, int64_t r_plane,
-                           const acc_t* span_g, const acc_t* bias_g, int64_t k0, int64_t nv,
+// Rows of generated weights computed at once, for two tiles of V columns: 2 x 12
+// accumulators (+ 2 input vectors and a weight) fit the 32 registers of AVX-512; 2 x 6 the 16
+// of AVX2.
+constexpr int kGenRows = VECTOR_WIDTH >= 64 ? 12 : 6;
+
+// Calls rows(block, k0) over [0, KK): kGenRows rows at a time, then blocks of 8, 4, 2 and 1.
+template <typename Rows>
+inline void for_each_row_block(int64_t KK, Rows&& rows) {
+  int64_t k0 = 0;
+  for (; k0 + kGenRows <= KK; k0 += kGenRows) rows(std::integral_constant<int, kGenRows>{}, k0);
+  if constexpr (kGenRows > 8) {
+    if (KK - k0 >= 8) {
+      rows(std::integral_constant<int, 8>{}, k0);
+      k0 += 8;
+    }
+  }
+  if (KK - k0 >= 4) {
+    rows(std::integral_constant<int, 4>{}, k0);
+    k0 += 4;
+  }
+  if (KK - k0 >= 2) {
+    rows(std::integral_constant<int, 2>{}, k0);
+    k0 += 2;
+  }
+  if (KK - k0 >= 1) rows(std::integral_constant<int, 1>{}, k0);
+}
+
+// Generated weights k in [k0, k0 + KB) for T consecutive tiles of V columns (the last with
+// nv_last lanes): bias[k] + sum_cr span_t[cr * KK + k] * r[cr, j], stored at
+// out[k * out_stride + t * V].  Each weight is broadcast once for the T tiles.
+template <int KB, int T, typename scalar_t, typename acc_t>
+inline void generate_block(int64_t Cr, int64_t KK, const scalar_t* r_tile, int64_t r_plane,
+                           const acc_t* span_t, const acc_t* bias_g, int64_t k0, int64_t nv_last,
                            acc_t* out, int64_t out_stride) {
   using Vec = Vectorized<acc_t>;
-  Vec acc[KB];
-  for (int k = 0; k < KB; ++k) acc[k] = Vec(bias_g[k0 + k]);
-  const acc_t* sp = span_g + k0 * Cr;
+  constexpr int64_t V = Vec::size();
+  Vec acc[T][KB];
+  for (int k = 0; k < KB; ++k)
+    for (int t = 0; t < T; ++t) acc[t][k] = Vec(bias_g[k0 + k]);
   for (int64_t cr = 0; cr < Cr; ++cr) {
-    const Vec rv = load_vec<acc_t>(r_tile + cr * r_plane, nv);
+    Vec rv[T];
+    for (int t = 0; t < T; ++t)
+      rv[t] = load_vec<acc_t>(r_tile + cr * r_plane + t * V, t == T - 1 ? nv_last : V);
+    const acc_t* sp = span_t + cr * KK + k0;
 #pragma GCC unroll 16
-    for (int k = 0; k < KB; ++k) acc[k] = at::vec::fmadd(Vec(sp[k * Cr + cr]), rv, acc[k]);
+    for (int k = 0; k < KB; ++k) {
+      const Vec w(sp[k]);
+      for (int t = 0; t < T; ++t) acc[t][k] = at::vec::fmadd(w, rv[t], acc[t][k]);
+    }
   }
-  for (int k = 0; k < KB; ++k) acc[k].store(out + (k0 + k) * out_stride, nv);
+  for (int k = 0; k < KB; ++k)
+    for (int t = 0; t < T; ++t)
+      acc[t][k].store(out + (k0 + k) * out_stride + t * V, t == T - 1 ? nv_last : V);
+}
+
+// The generated weights of ncols columns starting at r_row (one group's K*K rows), two tiles
+// at a time: out[k * out_stride + j].  span_t is the group's span, transposed (Cr x K*K).
+template <typename scalar_t, typename acc_t>
+void generate_columns(int64_t Cr, int64_t KK, const scalar_t* r_row, int64_t r_plane,
+                      const acc_t* span_t, const acc_t* bias_g, int64_t ncols, acc_t* out,
+                      int64_t out_stride) {
+  constexpr int64_t V = Vectorized<acc_t>::size();
+  for (int64_t j0 = 0; j0 < ncols; j0 += 2 * V) {
+    const int64_t left = ncols - j0;
+    for_each_row_block(KK, [&](auto block, int64_t k0) {
+      constexpr int KB = decltype(block)::value;
+      if (left > V)
+        generate_block<KB, 2>(Cr, KK, r_row + j0, r_plane, span_t, bias_g, k0,
+                              std::min(V, left - V), out + j0, out_stride);
+      else
+        generate_block<KB, 1>(Cr, KK, r_row + j0, r_plane, span_t, bias_g, k0, left, out + j0,
+                              out_stride);
+    });
+  }
 }
 
 // The K*K generated weight rows of output row i of one group, full width, into
 // out[k * out_stride + j] (j < Wo).
 template <typename scalar_t, typename acc_t>
-void generate_row(const Geometry& gm, int64_t Cr, const scalar_t* r_row, const acc_t* span_g,
+void generate_row(const Geometry& gm, int64_t Cr, const scalar_t* r_row, const acc_t* span_t,
                   const acc_t* bias_g, acc_t* out, int64_t out_stride) {
-  const int64_t plane = gm.Ho * gm.Wo;
-  for (int64_t j0 = 0; j0 < gm.Wo; j0 += gm.V) {
-    const int64_t nv = std::min(gm.V, gm.Wo - j0);
-    for_each_channel_block(gm.K * gm.K, [&](auto block, int64_t k0) {
-      generate_block<decltype(block)::value>(Cr, r_row + j0, plane, span_g, bias_g, k0, nv,
-                                             out + j0, out_stride);
-    });
-  }
+  generate_columns(Cr, gm.K * gm.K, r_row, gm.Ho * gm.Wo, span_t, bias_g, gm.Wo, out,
+                   out_stride);
 }
 
 template <typename scalar_t>
-void fused_forward_kernel(const at::Tensor& x, const at::Tensor& r, const at::Tensor& span,
+void fused_forward_kernel(const at::Tensor& x, const at::Tensor& r, const at::Tensor& span_t,
                           const at::Tensor& bias, at::Tensor& out, const Geometry& gm) {
   using acc_t = acc_type<scalar_t>;
   const scalar_t* xd = x.const_data_ptr<scalar_t>();
   const scalar_t* rd = r.const_data_ptr<scalar_t>();
-  const acc_t* spd = span.const_data_ptr<acc_t>();
+  const acc_t* spd = span_t.const_data_ptr<acc_t>();
   const acc_t* bd = bias.const_data_ptr<acc_t>();
   scalar_t* od = out.mutable_data_ptr<scalar_t>();
   const int64_t plane = gm.Ho * gm.Wo, Cr = r.size(1), KK = gm.K * gm.K;
   at::parallel_for(0, gm.N * gm.G * gm.Ho, gm.grain(), [&](int64_t begin, int64_t end) {
     std::vector<acc_t> ring(gm.R * gm.slot);
-    std::vector<acc_t> w_tile(KK * gm.V);
+    std::vector<acc_t> w_tile(KK * 2 * gm.V);  // two tiles' generated weights
     std::vector<int64_t> taps(gm.K);
     std::vector<acc_t*> rows(gm.K);
     for (int64_t item = begin; item < end;) {
@@ -346,7 +399,7 @@ void fused_forward_kernel(const at::Tensor& x, const at::Tensor& r, const at::Te
       const int64_t i1 = std::min(gm.Ho, i0 + (end - item));
       const scalar_t* xg = xd + ng * gm.Cg * gm.H * gm.W;
       const scalar_t* rn = rd + n * Cr * plane;
-      const acc_t* span_g = spd + g * KK * Cr;
+      const acc_t* span_g = spd + g * Cr * KK;
       const acc_t* bias_g = bd + g * KK;
       scalar_t* og = od + ng * gm.Cg * plane;
       int64_t staged = 0;
@@ -357,17 +410,17 @@ void fused_forward_kernel(const at::Tensor& x, const at::Tensor& r, const at::Te
           stage_row(gm, xg, y, ring.data() + (y % gm.R) * gm.slot);
         staged = std::max(staged, y1);
         const int ntaps = row_taps(gm, i, 0, gm.H, ring.data(), taps.data(), rows.data());
-        for (int64_t tile = 0; tile < gm.tiles; ++tile) {
-          const int64_t j0 = tile * gm.V, nv = std::min(gm.V, gm.Wo - j0);
-          for_each_channel_block(KK, [&](auto block, int64_t k0) {
-            generate_block<decltype(block)::value>(Cr, rn + i * gm.Wo + j0, plane, span_g,
-                                                   bias_g, k0, nv, w_tile.data(), gm.V);
-          });
-          for_each_channel_block(gm.Cg, [&](auto block, int64_t c0) {
-            forward_tile<decltype(block)::value>(gm, ntaps, taps.data(), rows.data(),
-                                                 w_tile.data(), gm.V, og + i * gm.Wo, c0, j0,
-                                                 nv);
-          });
+        for (int64_t j0 = 0; j0 < gm.Wo; j0 += 2 * gm.V) {
+          generate_columns(Cr, KK, rn + i * gm.Wo + j0, plane, span_g, bias_g,
+                           std::min(2 * gm.V, gm.Wo - j0), w_tile.data(), 2 * gm.V);
+          for (int64_t jt = j0; jt < std::min(gm.Wo, j0 + 2 * gm.V); jt += gm.V) {
+            const int64_t nv = std::min(gm.V, gm.Wo - jt);
+            for_each_channel_block(gm.Cg, [&](auto block, int64_t c0) {
+              forward_tile<decltype(block)::value>(gm, ntaps, taps.data(), rows.data(),
+                                                   w_tile.data() + (jt - j0), 2 * gm.V,
+                                                   og + i * gm.Wo, c0, jt, nv);
+            });
+          }
         }
       }
       item += i1 - i0;
@@ -688,12 +741,14 @@ std::pair<int64_t, int64_t> check_fused_inputs(const at::Tensor& x, const at::Te
   return {ho, wo};
 }
 
-// span (G*K*K x Cr) and bias (G*K*K) in the accumulation type, contiguous.
+// The span, per group transposed (G x Cr x K*K), and the bias (G*K*K), in the accumulation
+// type, contiguous.
 std::pair<at::Tensor, at::Tensor> span_in_acc_type(const at::Tensor& x, const at::Tensor& span_,
                                                    const c10::optional<at::Tensor>& bias_,
-                                                   int64_t gkk, int64_t cr) {
+                                                   int64_t groups, int64_t kk, int64_t cr) {
   const auto acc_dtype = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  at::Tensor span = span_.reshape({gkk, cr}).to(acc_dtype).contiguous();
+  const int64_t gkk = groups * kk;
+  at::Tensor span = span_.reshape({groups, kk, cr}).transpose(1, 2).to(acc_dtype).contiguous();
   at::Tensor bias = bias_.has_value() && bias_->defined() ? bias_->to(acc_dtype).contiguous()
                                                           : at::zeros({gkk}, span.options());
   TORCH_CHECK(bias.numel() == gkk, "involution_d2_cpu: span bias ", bias.sizes(),
@@ -711,8 +766,8 @@ at::Tensor fused_involution_forward(const at::Tensor& x_, const at::Tensor& r_,
   const at::Tensor x = x_.contiguous(), r = r_.contiguous();
   at::Tensor out = at::empty({x.size(0), x.size(1), ho, wo}, x.options());
   if (out.numel() == 0) return out;
-  const auto [span, bias] = span_in_acc_type(x, span_, bias_, groups * kernel_size * kernel_size,
-                                             r.size(1));
+  const auto [span, bias] = span_in_acc_type(x, span_, bias_, groups,
+                                             kernel_size * kernel_size, r.size(1));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "fused_involution_forward", [&] {
     const Geometry gm(x, groups, kernel_size, ho, wo, stride, padding, dilation,
                       lanes<scalar_t>());
@@ -743,7 +798,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_involution_back
                                            x.options())
                                : at::Tensor();
   if (x.numel() > 0 && (mask[0] || need_kernels)) {
-    const auto [span, bias] = span_in_acc_type(x, span_, bias_, gkk, cr);
+    const auto [span, bias] = span_in_acc_type(x, span_, bias_, groups,
+                                               kernel_size * kernel_size, cr);
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "fused_involution_backward", [&] {
       using acc_t = acc_type<scalar_t>;
       const Geometry gm(x, groups, kernel_size, ho, wo, stride, padding, dilation,
