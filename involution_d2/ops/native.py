@@ -74,7 +74,8 @@ def _status():
     except Exception as e:  # noqa: BLE001 - any build or load failure means "fall back"
         lines = [line.strip() for line in str(e).splitlines() if line.strip()]
         # The compiler's first error says more than ninja's last line.
-        errors = [line for line in lines if "error" in line.lower()]
+        errors = ([line for line in lines if "error:" in line]
+                  or [line for line in lines if "error" in line.lower()])
         reason = f"{type(e).__name__}: {(errors or lines or [''])[0][:300]}"
         warnings.warn(
             f"involution: the native CPU kernel could not be compiled ({reason}); "

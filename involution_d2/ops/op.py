@@ -7,6 +7,10 @@ and ``torch.jit.trace`` see a single node:
 - ``involution_d2::involution_backward(grad_out, x, weight, stride, padding, dilation,
   output_mask) -> (grad_x, grad_weight)``, its autograd formula (a gradient not asked for
   in ``output_mask`` comes back as an empty tensor);
+- ``involution_d2::fused_involution(x, reduced, span_weight, span_bias, groups,
+  kernel_size, stride, padding, dilation) -> out`` and its backward: the involution layer's
+  last 1x1 convolution (the "span", which generates the kernels) and the aggregation in one
+  operator, whose autograd keeps no generated kernels (below);
 - kernels: CPU, the native C++ kernels (:mod:`.native`, compiled on first use); CUDA, the
   CuPy kernels (:mod:`.cupy_backend`) on torch's current stream.  Where those are missing
   (no compiler, no CuPy) the operator still runs, on the pure-PyTorch kernels of
@@ -103,7 +107,8 @@ def _backward_fake(grad_out, x, weight, stride, padding, dilation, output_mask):
 # involution(x, generate_kernels(reduced, span_weight, span_bias, G, K), ...): the layer's
 # last 1x1 convolution (the "span", Cr -> G*K*K) and the aggregation in one operator.  Its
 # autograd saves x and the reduced features, never the G*K*K-channel kernels: the backward
-# regenerates them.  The native CPU forward generates them tile by tile in cache.
+# regenerates them.  The native CPU kernels generate them a block of output rows at a time,
+# so that they never exist whole (csrc/involution_cpu.cpp, "fused operator").
 
 
 def generate_kernels(reduced, span_weight, span_bias, groups, kernel_size):

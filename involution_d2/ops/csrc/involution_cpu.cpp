@@ -1,4 +1,6 @@
-// Involution CPU kernels: forward, input gradient and weight gradient.
+// Involution CPU kernels: forward, input gradient and weight gradient, and the fused operator
+// (the kernel generation's last 1x1 convolution, "span", with the aggregation; see "fused
+// operator" below).
 //
 //   out[n, c, i, j] = sum_{a, b < K} w[n, c / Cg, a, b, i, j]
 //                     * x[n, c, i*S + a*D - P, j*S + b*D - P]      (zero outside)
@@ -242,33 +244,35 @@ inline void forward_tile(const Geometry& gm, int ntaps, const int64_t* taps,
 
 template <typename scalar_t, typename acc_t>
 void forward_row(const Geometry& gm, int ntaps, const int64_t* taps, acc_t* const* rows,
-                 const scalar_t* w_row, scalar_t* out_row) {
+                 const scalar_t* w_row, int64_t w_plane, scalar_t* out_row) {
   for (int64_t tile = 0; tile < gm.tiles; ++tile) {
     const int64_t j0 = tile * gm.V, nv = std::min(gm.V, gm.Wo - j0);
     for_each_channel_block(gm.Cg, [&](auto block, int64_t c0) {
-      forward_tile<decltype(block)::value>(gm, ntaps, taps, rows, w_row + j0, gm.Ho * gm.Wo,
-                                           out_row, c0, j0, nv);
+      forward_tile<decltype(block)::value>(gm, ntaps, taps, rows, w_row + j0, w_plane, out_row,
+                                           c0, j0, nv);
     });
   }
 }
 
+// Output rows [i_begin, i_end) of image n, every group, split over the threads.  The weights
+// of group g, tap k, output pixel (i, j) are at w[g * w_group + k * w_plane +
+// (i - i_begin) * Wo + j]: the generated-weight tensor, or a block of generated rows.
 template <typename scalar_t>
-void forward_kernel(const at::Tensor& x, const at::Tensor& w, at::Tensor& out,
-                    const Geometry& gm) {
+void forward_rows(const Geometry& gm, const scalar_t* xd, scalar_t* od, int64_t n,
+                  int64_t i_begin, int64_t i_end, const scalar_t* w, int64_t w_group,
+                  int64_t w_plane) {
   using acc_t = acc_type<scalar_t>;
-  const scalar_t* xd = x.const_data_ptr<scalar_t>();
-  const scalar_t* wd = w.const_data_ptr<scalar_t>();
-  scalar_t* od = out.mutable_data_ptr<scalar_t>();
-  const int64_t plane = gm.Ho * gm.Wo;
-  at::parallel_for(0, gm.N * gm.G * gm.Ho, gm.grain(), [&](int64_t begin, int64_t end) {
+  const int64_t plane = gm.Ho * gm.Wo, nrows = i_end - i_begin;
+  at::parallel_for(0, gm.G * nrows, gm.grain(), [&](int64_t begin, int64_t end) {
     std::vector<acc_t> ring(gm.R * gm.slot);
     std::vector<int64_t> taps(gm.K);
     std::vector<acc_t*> rows(gm.K);
     for (int64_t item = begin; item < end;) {
-      const int64_t ng = item / gm.Ho, i0 = item % gm.Ho;
-      const int64_t i1 = std::min(gm.Ho, i0 + (end - item));
+      const int64_t g = item / nrows, i0 = i_begin + item % nrows;
+      const int64_t i1 = std::min(i_end, i0 + (end - item));
+      const int64_t ng = n * gm.G + g;
       const scalar_t* xg = xd + ng * gm.Cg * gm.H * gm.W;
-      const scalar_t* wg = wd + ng * gm.K * gm.K * plane;
+      const scalar_t* wg = w + g * w_group;
       scalar_t* og = od + ng * gm.Cg * plane;
       int64_t staged = 0;  // rows [.., staged) are in the ring (this run's segment)
       for (int64_t i = i0; i < i1; ++i) {
@@ -278,154 +282,76 @@ void forward_kernel(const at::Tensor& x, const at::Tensor& w, at::Tensor& out,
           stage_row(gm, xg, y, ring.data() + (y % gm.R) * gm.slot);
         staged = std::max(staged, y1);
         const int ntaps = row_taps(gm, i, 0, gm.H, ring.data(), taps.data(), rows.data());
-        forward_row(gm, ntaps, taps.data(), rows.data(), wg + i * gm.Wo, og + i * gm.Wo);
+        forward_row(gm, ntaps, taps.data(), rows.data(), wg + (i - i_begin) * gm.Wo, w_plane,
+                    og + i * gm.Wo);
       }
       item += i1 - i0;
     }
   });
-}
-
-// ------------------------------------------------------------------------ fused forward
-// The layer's last kernel-generation step (a 1x1 convolution, "span": Cr -> G*K*K with bias)
-// and the aggregation in one pass: for each tile of V output columns of row i and group g,
-// the tile's K*K generated weights are computed from the reduced features r (N, Cr, Ho, Wo)
-// into a thread-local K*K x V buffer, used at once by the aggregation and never written to
-// memory.  span (G*K*K x Cr) and bias are converted to the accumulation type once.
-
-// Rows [k0, k0 + KB) of the tile's generated weights: bias + span[g*K*K + k, :] . r[:, j].
-// Rows of generated weights computed at once, for two tiles of V columns: 2 x 12
-// accumulators (+ 2 input vectors and a weight) fit the 32 registers of AVX-512; 2 x 6 the 16
-// of AVX2.
-constexpr int kGenRows = VECTOR_WIDTH >= 64 ? 12 : 6;
-
-// Calls rows(block, k0) over [0, KK): kGenRows rows at a time, then blocks of 8, 4, 2 and 1.
-template <typename Rows>
-inline void for_each_row_block(int64_t KK, Rows&& rows) {
-  int64_t k0 = 0;
-  for (; k0 + kGenRows <= KK; k0 += kGenRows) rows(std::integral_constant<int, kGenRows>{}, k0);
-  if constexpr (kGenRows > 8) {
-    if (KK - k0 >= 8) {
-      rows(std::integral_constant<int, 8>{}, k0);
-      k0 += 8;
-    }
-  }
-  if (KK - k0 >= 4) {
-    rows(std::integral_constant<int, 4>{}, k0);
-    k0 += 4;
-  }
-  if (KK - k0 >= 2) {
-    rows(std::integral_constant<int, 2>{}, k0);
-    k0 += 2;
-  }
-  if (KK - k0 >= 1) rows(std::integral_constant<int, 1>{}, k0);
-}
-
-// Generated weights k in [k0, k0 + KB) for T consecutive tiles of V columns (the last with
-// nv_last lanes): bias[k] + sum_cr span_t[cr * KK + k] * r[cr, j], stored at
-// out[k * out_stride + t * V].  Each weight is broadcast once for the T tiles.
-template <int KB, int T, typename scalar_t, typename acc_t>
-inline void generate_block(int64_t Cr, int64_t KK, const scalar_t* r_tile, int64_t r_plane,
-                           const acc_t* span_t, const acc_t* bias_g, int64_t k0, int64_t nv_last,
-                           acc_t* out, int64_t out_stride) {
-  using Vec = Vectorized<acc_t>;
-  constexpr int64_t V = Vec::size();
-  Vec acc[T][KB];
-  for (int k = 0; k < KB; ++k)
-    for (int t = 0; t < T; ++t) acc[t][k] = Vec(bias_g[k0 + k]);
-  for (int64_t cr = 0; cr < Cr; ++cr) {
-    Vec rv[T];
-    for (int t = 0; t < T; ++t)
-      rv[t] = load_vec<acc_t>(r_tile + cr * r_plane + t * V, t == T - 1 ? nv_last : V);
-    const acc_t* sp = span_t + cr * KK + k0;
-#pragma GCC unroll 16
-    for (int k = 0; k < KB; ++k) {
-      const Vec w(sp[k]);
-      for (int t = 0; t < T; ++t) acc[t][k] = at::vec::fmadd(w, rv[t], acc[t][k]);
-    }
-  }
-  for (int k = 0; k < KB; ++k)
-    for (int t = 0; t < T; ++t)
-      acc[t][k].store(out + (k0 + k) * out_stride + t * V, t == T - 1 ? nv_last : V);
-}
-
-// The generated weights of ncols columns starting at r_row (one group's K*K rows), two tiles
-// at a time: out[k * out_stride + j].  span_t is the group's span, transposed (Cr x K*K).
-template <typename scalar_t, typename acc_t>
-void generate_columns(int64_t Cr, int64_t KK, const scalar_t* r_row, int64_t r_plane,
-                      const acc_t* span_t, const acc_t* bias_g, int64_t ncols, acc_t* out,
-                      int64_t out_stride) {
-  constexpr int64_t V = Vectorized<acc_t>::size();
-  for (int64_t j0 = 0; j0 < ncols; j0 += 2 * V) {
-    const int64_t left = ncols - j0;
-    for_each_row_block(KK, [&](auto block, int64_t k0) {
-      constexpr int KB = decltype(block)::value;
-      if (left > V)
-        generate_block<KB, 2>(Cr, KK, r_row + j0, r_plane, span_t, bias_g, k0,
-                              std::min(V, left - V), out + j0, out_stride);
-      else
-        generate_block<KB, 1>(Cr, KK, r_row + j0, r_plane, span_t, bias_g, k0, left, out + j0,
-                              out_stride);
-    });
-  }
-}
-
-// The K*K generated weight rows of output row i of one group, full width, into
-// out[k * out_stride + j] (j < Wo).
-template <typename scalar_t, typename acc_t>
-void generate_row(const Geometry& gm, int64_t Cr, const scalar_t* r_row, const acc_t* span_t,
-                  const acc_t* bias_g, acc_t* out, int64_t out_stride) {
-  generate_columns(Cr, gm.K * gm.K, r_row, gm.Ho * gm.Wo, span_t, bias_g, gm.Wo, out,
-                   out_stride);
 }
 
 template <typename scalar_t>
-void fused_forward_kernel(const at::Tensor& x, const at::Tensor& r, const at::Tensor& span_t,
+void forward_kernel(const at::Tensor& x, const at::Tensor& w, at::Tensor& out,
+                    const Geometry& gm) {
+  const int64_t plane = gm.Ho * gm.Wo, kk = gm.K * gm.K;
+  for (int64_t n = 0; n < gm.N; ++n)
+    forward_rows(gm, x.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), n, 0,
+                 gm.Ho, w.const_data_ptr<scalar_t>() + n * gm.G * kk * plane, kk * plane, plane);
+}
+
+// ------------------------------------------------------------------------ fused operator
+// The layer's last kernel-generation step (a 1x1 convolution, "span": Cr -> G*K*K, with bias)
+// and the aggregation in one operator.  The generated weights are computed a block of output
+// rows at a time, by one matrix product (ATen's BLAS) into a buffer of at most
+// kGeneratedBlock values, and aggregated from there: they never exist whole.
+
+constexpr int64_t kGeneratedBlock = int64_t(1) << 21;  // 8 MiB of float
+
+// Output rows per generated block: at least one.
+int64_t rows_per_block(int64_t gkk, int64_t wo) {
+  return std::max<int64_t>(1, kGeneratedBlock / std::max<int64_t>(1, gkk * wo));
+}
+
+// The matrix-product engine for the span: oneDNN's 1x1 convolution from this many reduced
+// channels, ATen's matmul (BLAS) below (measured on AMD EPYC, AVX-512: the convolution is
+// 1.5-2x faster with Cr >= 64 and 2-3x slower with Cr <= 16).
+constexpr int64_t kConvolutionFromChannels = 64;
+
+bool span_as_convolution(int64_t cr) { return cr >= kConvolutionFromChannels; }
+
+// Generated weights of image n, output rows [i0, i1): a contiguous (G*K*K, (i1 - i0) * Wo)
+// block, written into buf (or, by the convolution, a new tensor).  span is (G*K*K, Cr, 1, 1)
+// and bias (G*K*K) or undefined, in the dtype of r.
+at::Tensor generate_rows(const at::Tensor& r, const at::Tensor& span, const at::Tensor& bias,
+                         int64_t n, int64_t i0, int64_t i1, at::Tensor& buf) {
+  const int64_t cr = r.size(1), wo = r.size(3), gkk = span.size(0);
+  if (span_as_convolution(cr))
+    return at::conv2d(r.narrow(0, n, 1).narrow(2, i0, i1 - i0), span,
+                      bias.defined() ? c10::optional<at::Tensor>(bias) : c10::nullopt);
+  const at::Tensor r_rows = r[n].view({cr, r.size(2) * wo}).narrow(1, i0 * wo, (i1 - i0) * wo);
+  at::Tensor out = buf.narrow(0, 0, gkk * (i1 - i0) * wo).view({gkk, (i1 - i0) * wo});
+  const at::Tensor span2d = span.view({gkk, cr});
+  if (bias.defined())
+    at::addmm_out(out, bias.view({gkk, 1}), span2d, r_rows);
+  else
+    at::mm_out(out, span2d, r_rows);
+  return out;
+}
+
+template <typename scalar_t>
+void fused_forward_kernel(const at::Tensor& x, const at::Tensor& r, const at::Tensor& span,
                           const at::Tensor& bias, at::Tensor& out, const Geometry& gm) {
-  using acc_t = acc_type<scalar_t>;
-  const scalar_t* xd = x.const_data_ptr<scalar_t>();
-  const scalar_t* rd = r.const_data_ptr<scalar_t>();
-  const acc_t* spd = span_t.const_data_ptr<acc_t>();
-  const acc_t* bd = bias.const_data_ptr<acc_t>();
-  scalar_t* od = out.mutable_data_ptr<scalar_t>();
-  const int64_t plane = gm.Ho * gm.Wo, Cr = r.size(1), KK = gm.K * gm.K;
-  at::parallel_for(0, gm.N * gm.G * gm.Ho, gm.grain(), [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> ring(gm.R * gm.slot);
-    std::vector<acc_t> w_tile(KK * 2 * gm.V);  // two tiles' generated weights
-    std::vector<int64_t> taps(gm.K);
-    std::vector<acc_t*> rows(gm.K);
-    for (int64_t item = begin; item < end;) {
-      const int64_t ng = item / gm.Ho, i0 = item % gm.Ho;
-      const int64_t n = ng / gm.G, g = ng % gm.G;
-      const int64_t i1 = std::min(gm.Ho, i0 + (end - item));
-      const scalar_t* xg = xd + ng * gm.Cg * gm.H * gm.W;
-      const scalar_t* rn = rd + n * Cr * plane;
-      const acc_t* span_g = spd + g * Cr * KK;
-      const acc_t* bias_g = bd + g * KK;
-      scalar_t* og = od + ng * gm.Cg * plane;
-      int64_t staged = 0;
-      for (int64_t i = i0; i < i1; ++i) {
-        const int64_t y0 = std::max<int64_t>(0, i * gm.S - gm.P);
-        const int64_t y1 = std::min(gm.H, i * gm.S - gm.P + gm.span() + 1);
-        for (int64_t y = std::max(y0, staged); y < y1; ++y)
-          stage_row(gm, xg, y, ring.data() + (y % gm.R) * gm.slot);
-        staged = std::max(staged, y1);
-        const int ntaps = row_taps(gm, i, 0, gm.H, ring.data(), taps.data(), rows.data());
-        for (int64_t j0 = 0; j0 < gm.Wo; j0 += 2 * gm.V) {
-          generate_columns(Cr, KK, rn + i * gm.Wo + j0, plane, span_g, bias_g,
-                           std::min(2 * gm.V, gm.Wo - j0), w_tile.data(), 2 * gm.V);
-          for (int64_t jt = j0; jt < std::min(gm.Wo, j0 + 2 * gm.V); jt += gm.V) {
-            const int64_t nv = std::min(gm.V, gm.Wo - jt);
-            for_each_channel_block(gm.Cg, [&](auto block, int64_t c0) {
-              forward_tile<decltype(block)::value>(gm, ntaps, taps.data(), rows.data(),
-                                                   w_tile.data() + (jt - j0), 2 * gm.V,
-                                                   og + i * gm.Wo, c0, jt, nv);
-            });
-          }
-        }
-      }
-      item += i1 - i0;
+  const int64_t kk = gm.K * gm.K, gkk = gm.G * kk;
+  const int64_t block = std::min(gm.Ho, rows_per_block(gkk, gm.Wo));
+  at::Tensor buf = at::empty({gkk * block * gm.Wo}, x.options());
+  for (int64_t n = 0; n < gm.N; ++n) {
+    for (int64_t i0 = 0; i0 < gm.Ho; i0 += block) {
+      const int64_t i1 = std::min(gm.Ho, i0 + block), plane = (i1 - i0) * gm.Wo;
+      const at::Tensor w = generate_rows(r, span, bias, n, i0, i1, buf);
+      forward_rows(gm, x.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), n, i0,
+                   i1, w.const_data_ptr<scalar_t>(), kk * plane, plane);
     }
-  });
+  }
 }
 
 // ------------------------------------------------------------------------ weight gradient
@@ -575,29 +501,30 @@ inline void grad_input_tile(const GradInputGeometry& gi, int ntaps, const acc_t*
   for (int c = 0; c < CB; ++c) acc[c].store(out + (c0 + c) * out_stride + m0);
 }
 
-// weight_rows(ng) gives, for image and group ng, the stager of its weight rows:
-// (i, dst, stride) -> writes the K*K rows of output row i (see stage_output_row).
-template <typename scalar_t, typename acc_t, typename WeightRows>
-void grad_input_kernel(const at::Tensor& gout, at::Tensor& gx, const Geometry& gm,
-                       WeightRows&& weight_rows) {
+// Input rows [y_begin, y_end) of image n, every group, split over the threads.
+// weight_rows(g) gives the stager of group g's weight rows: (i, dst, stride) -> writes the K*K
+// rows of output row i (see stage_output_row).
+template <typename scalar_t, typename WeightRows>
+void grad_input_rows(const scalar_t* god, scalar_t* gxd, const Geometry& gm, int64_t n,
+                     int64_t y_begin, int64_t y_end, WeightRows&& weight_rows) {
+  using acc_t = acc_type<scalar_t>;
   const GradInputGeometry gi(gm);
-  const scalar_t* god = gout.const_data_ptr<scalar_t>();
-  scalar_t* gxd = gx.mutable_data_ptr<scalar_t>();
-  const int64_t plane = gm.Ho * gm.Wo;
+  const int64_t plane = gm.Ho * gm.Wo, nrows = y_end - y_begin;
   // The per-row result, laid out as flush_row reads it: (channel, phase) rows of L entries.
   const int64_t L = std::max(gm.L, gi.tiles * gm.V);
   Geometry out_gm = gm;
   out_gm.L = L;
   out_gm.slot = gm.Cg * gm.S * L;
-  at::parallel_for(0, gm.N * gm.G * gm.H, gm.grain(), [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, gm.G * nrows, gm.grain(), [&](int64_t begin, int64_t end) {
     std::vector<acc_t> ring(gi.Ri * gi.slot);
     std::vector<acc_t> row(out_gm.slot);
     std::vector<const acc_t*> wrows(gm.K * gm.K), grows(gm.K * gm.K);
     for (int64_t item = begin; item < end;) {
-      const int64_t ng = item / gm.H, y0 = item % gm.H;
-      const int64_t y1 = std::min(gm.H, y0 + (end - item));
+      const int64_t g = item / nrows, y0 = y_begin + item % nrows;
+      const int64_t y1 = std::min(y_end, y0 + (end - item));
+      const int64_t ng = n * gm.G + g;
       const scalar_t* gout_g = god + ng * gm.Cg * plane;
-      auto stage_weights = weight_rows(ng);
+      auto stage_weights = weight_rows(g);
       int64_t staged = 0;
       bool any_staged = false;
       for (int64_t y = y0; y < y1; ++y) {
@@ -638,6 +565,20 @@ void grad_input_kernel(const at::Tensor& gout, at::Tensor& gx, const Geometry& g
       item += y1 - y0;
     }
   });
+}
+
+// The weight stagers of grad_input_rows for weights laid out as w[g * K*K * w_plane +
+// k * w_plane + (i - i_first) * Wo + j]: the generated-weight tensor of one image
+// (i_first = 0, w_plane = Ho*Wo) or a block of generated rows.
+template <typename scalar_t>
+auto weight_rows_from(const Geometry& gm, const scalar_t* w, int64_t i_first, int64_t w_plane) {
+  return [&gm, w, i_first, w_plane](int64_t g) {
+    const scalar_t* w_g = w + g * gm.K * gm.K * w_plane;
+    return [&gm, w_g, i_first, w_plane](int64_t i, acc_type<scalar_t>* dst, int64_t stride) {
+      for (int64_t k = 0; k < gm.K * gm.K; ++k)
+        at::vec::convert(w_g + k * w_plane + (i - i_first) * gm.Wo, dst + k * stride, gm.Wo);
+    };
+  };
 }
 
 // --------------------------------------------------------------------------- operators
@@ -696,16 +637,13 @@ std::tuple<at::Tensor, at::Tensor> involution_backward(
       const Geometry gm(x, w, stride, padding, dilation, lanes<scalar_t>());
       if (gw.defined()) grad_weight_kernel<scalar_t>(gout, x, gw, gm);
       if (gx.defined()) {
-        using acc_t = acc_type<scalar_t>;
-        const scalar_t* wd = w.const_data_ptr<scalar_t>();
         const int64_t plane = gm.Ho * gm.Wo;
-        grad_input_kernel<scalar_t, acc_t>(gout, gx, gm, [&](int64_t ng) {
-          const scalar_t* w_g = wd + ng * gm.K * gm.K * plane;
-          return [&gm, w_g, plane](int64_t i, acc_t* dst, int64_t stride) {
-            for (int64_t k = 0; k < gm.K * gm.K; ++k)
-              at::vec::convert(w_g + k * plane + i * gm.Wo, dst + k * stride, gm.Wo);
-          };
-        });
+        for (int64_t n = 0; n < gm.N; ++n)
+          grad_input_rows(gout.const_data_ptr<scalar_t>(), gx.mutable_data_ptr<scalar_t>(), gm,
+                          n, 0, gm.H,
+                          weight_rows_from(gm, w.const_data_ptr<scalar_t>() +
+                                                   n * gm.G * gm.K * gm.K * plane,
+                                           0, plane));
       }
     });
   }
@@ -741,19 +679,17 @@ std::pair<int64_t, int64_t> check_fused_inputs(const at::Tensor& x, const at::Te
   return {ho, wo};
 }
 
-// The span, per group transposed (G x Cr x K*K), and the bias (G*K*K), in the accumulation
-// type, contiguous.
-std::pair<at::Tensor, at::Tensor> span_in_acc_type(const at::Tensor& x, const at::Tensor& span_,
-                                                   const c10::optional<at::Tensor>& bias_,
-                                                   int64_t groups, int64_t kk, int64_t cr) {
-  const auto acc_dtype = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  const int64_t gkk = groups * kk;
-  at::Tensor span = span_.reshape({groups, kk, cr}).transpose(1, 2).to(acc_dtype).contiguous();
-  at::Tensor bias = bias_.has_value() && bias_->defined() ? bias_->to(acc_dtype).contiguous()
-                                                          : at::zeros({gkk}, span.options());
-  TORCH_CHECK(bias.numel() == gkk, "involution_d2_cpu: span bias ", bias.sizes(),
-              " does not have ", gkk, " elements");
-  return {span, bias};
+// The span as a (G*K*K, Cr) matrix and the bias (or an undefined tensor), in x's dtype.
+std::pair<at::Tensor, at::Tensor> span_matrix(const at::Tensor& x, const at::Tensor& span,
+                                              const c10::optional<at::Tensor>& bias,
+                                              int64_t gkk, int64_t cr) {
+  at::Tensor b;
+  if (bias.has_value() && bias->defined()) {
+    TORCH_CHECK(bias->numel() == gkk, "involution_d2_cpu: span bias ", bias->sizes(),
+                " does not have ", gkk, " elements");
+    b = bias->to(x.scalar_type()).contiguous();
+  }
+  return {span.reshape({gkk, cr, 1, 1}).to(x.scalar_type()).contiguous(), b};
 }
 
 at::Tensor fused_involution_forward(const at::Tensor& x_, const at::Tensor& r_,
@@ -766,8 +702,8 @@ at::Tensor fused_involution_forward(const at::Tensor& x_, const at::Tensor& r_,
   const at::Tensor x = x_.contiguous(), r = r_.contiguous();
   at::Tensor out = at::empty({x.size(0), x.size(1), ho, wo}, x.options());
   if (out.numel() == 0) return out;
-  const auto [span, bias] = span_in_acc_type(x, span_, bias_, groups,
-                                             kernel_size * kernel_size, r.size(1));
+  const auto [span, bias] = span_matrix(x, span_, bias_, groups * kernel_size * kernel_size,
+                                        r.size(1));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "fused_involution_forward", [&] {
     const Geometry gm(x, groups, kernel_size, ho, wo, stride, padding, dilation,
                       lanes<scalar_t>());
@@ -798,32 +734,46 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_involution_back
                                            x.options())
                                : at::Tensor();
   if (x.numel() > 0 && (mask[0] || need_kernels)) {
-    const auto [span, bias] = span_in_acc_type(x, span_, bias_, groups,
-                                               kernel_size * kernel_size, cr);
+    const auto [span, bias] = span_matrix(x, span_, bias_, gkk, cr);
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "fused_involution_backward", [&] {
-      using acc_t = acc_type<scalar_t>;
       const Geometry gm(x, groups, kernel_size, ho, wo, stride, padding, dilation,
                         lanes<scalar_t>());
       if (need_kernels) grad_weight_kernel<scalar_t>(gout, x, gk, gm);
       if (mask[0]) {
-        const scalar_t* rd = r.const_data_ptr<scalar_t>();
-        const acc_t* spd = span.const_data_ptr<acc_t>();
-        const acc_t* bd = bias.const_data_ptr<acc_t>();
-        const int64_t plane = ho * wo, kk = kernel_size * kernel_size;
-        grad_input_kernel<scalar_t, acc_t>(gout, gx, gm, [&](int64_t ng) {
-          const scalar_t* rn = rd + (ng / gm.G) * cr * plane;
-          const acc_t* span_g = spd + (ng % gm.G) * kk * cr;
-          const acc_t* bias_g = bd + (ng % gm.G) * kk;
-          return [&gm, rn, span_g, bias_g, cr](int64_t i, acc_t* dst, int64_t stride) {
-            generate_row(gm, cr, rn + i * gm.Wo, span_g, bias_g, dst, stride);
-          };
-        });
+        // Blocks of input rows whose output rows (those reaching them) fit one generated
+        // block; the span's weights of those output rows are generated once per block.
+        const int64_t rows = rows_per_block(gkk, wo);
+        const int64_t in_rows = std::max<int64_t>(1, (rows - 1) * stride - gm.span() + 1);
+        const int64_t cap = std::min(ho, (in_rows - 1 + gm.span()) / stride + 2);
+        at::Tensor buf = at::empty({gkk * cap * wo}, x.options());
+        for (int64_t n = 0; n < gm.N; ++n) {
+          for (int64_t y0 = 0; y0 < gm.H; y0 += in_rows) {
+            const int64_t y1 = std::min(gm.H, y0 + in_rows);
+            const int64_t lo = std::max<int64_t>(0, ceil_div(y0 + padding - gm.span(), stride));
+            const int64_t hi = std::min(ho, floor_div(y1 - 1 + padding, stride) + 1);
+            const at::Tensor w = hi > lo ? generate_rows(r, span, bias, n, lo, hi, buf) : buf;
+            grad_input_rows(gout.const_data_ptr<scalar_t>(), gx.mutable_data_ptr<scalar_t>(),
+                            gm, n, y0, y1,
+                            weight_rows_from(gm, w.const_data_ptr<scalar_t>(), lo,
+                                             std::max<int64_t>(hi - lo, 0) * wo));
+          }
+        }
       }
     });
   }
   at::Tensor g_r = at::empty({0}, r.options()), g_span = at::empty({0}, span_.options()),
              g_bias = at::empty({0}, x.options());
-  if (need_kernels) {
+  if (need_kernels && span_as_convolution(cr) && n > 0) {
+    // The span convolution's own backward (oneDNN), on the kernels' gradient.
+    const at::Tensor span4d = span_.reshape({gkk, cr, 1, 1}).to(x.scalar_type());
+    const std::vector<int64_t> bias_sizes{gkk};
+    auto [gr, gs, gb] = at::convolution_backward(
+        gk.view({n, gkk, ho, wo}), r, span4d, at::OptionalIntArrayRef(bias_sizes), {1, 1},
+        {0, 0}, {1, 1}, false, {0, 0}, 1, {mask[1], mask[2], mask[3] && has_bias});
+    if (mask[1]) g_r = gr;
+    if (mask[2]) g_span = gs.view_as(span_);
+    if (mask[3] && has_bias) g_bias = gb.to(bias_->scalar_type());
+  } else if (need_kernels) {
     const at::Tensor gk3 = gk.view({n, gkk, ho * wo});
     if (mask[1])
       g_r = at::matmul(span_.reshape({gkk, cr}).t(), gk3).view_as(r);
