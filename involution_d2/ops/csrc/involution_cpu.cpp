@@ -305,7 +305,7 @@ void forward_kernel(const at::Tensor& x, const at::Tensor& w, at::Tensor& out,
 // rows at a time, by one matrix product (ATen's BLAS) into a buffer of at most
 // kGeneratedBlock values, and aggregated from there: they never exist whole.
 
-constexpr int64_t kGeneratedBlock = int64_t(1) << 21;  // 8 MiB of float
+constexpr int64_t kGeneratedBlock = int64_t(1) << 22;  // 16 MiB of float
 
 // Output rows per generated block: at least one.
 int64_t rows_per_block(int64_t gkk, int64_t wo) {
