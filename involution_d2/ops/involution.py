@@ -28,6 +28,16 @@ def output_size(size, kernel_size, stride=1, padding=0, dilation=1):
     return (size + 2 * padding - dilation * (kernel_size - 1) - 1) // stride + 1
 
 
+def _checked_output_size(op, h, w, k, stride, padding, dilation):
+    """(Ho, Wo), or a ValueError where the input is too small for the kernel."""
+    ho, wo = output_size(h, k, stride, padding, dilation), output_size(w, k, stride, padding,
+                                                                        dilation)
+    if ho < 1 or wo < 1:
+        raise ValueError(f"{op}: input {h}x{w} is smaller than the {k}x{k} kernel "
+                         f"(dilation {dilation}, padding {padding}) allows")
+    return ho, wo
+
+
 def _validate(x, weight, stride, padding, dilation):
     for name, t in (("x", x), ("weight", weight)):
         if not isinstance(t, torch.Tensor):
@@ -55,11 +65,7 @@ def _validate(x, weight, stride, padding, dilation):
     if c % g != 0:
         raise ValueError(f"involution: x has {c} channels, which {g} groups (weight.shape[1]) "
                          "do not divide: C must be a multiple of G")
-    exp_h = output_size(h, k, stride, padding, dilation)
-    exp_w = output_size(w, k, stride, padding, dilation)
-    if exp_h < 1 or exp_w < 1:
-        raise ValueError(f"involution: input {h}x{w} is smaller than the {k}x{k} kernel "
-                         f"(dilation {dilation}, padding {padding}) allows")
+    exp_h, exp_w = _checked_output_size("involution", h, w, k, stride, padding, dilation)
     if (ho, wo) != (exp_h, exp_w):
         raise ValueError(
             f"involution: weight has output size {ho}x{wo} but x of size {h}x{w} with K={k}, "
@@ -179,12 +185,8 @@ def _validate_fused(x, reduced, span_weight, span_bias, groups, kernel_size, str
     if c % groups != 0:
         raise ValueError(f"fused_involution: x has {c} channels, which groups={groups} do not "
                          "divide: C must be a multiple of the groups")
-    ho = output_size(h, kernel_size, stride, padding, dilation)
-    wo = output_size(w, kernel_size, stride, padding, dilation)
-    if ho < 1 or wo < 1:
-        raise ValueError(f"fused_involution: input {h}x{w} is smaller than the "
-                         f"{kernel_size}x{kernel_size} kernel (dilation {dilation}, padding "
-                         f"{padding}) allows")
+    ho, wo = _checked_output_size("fused_involution", h, w, kernel_size, stride, padding,
+                                  dilation)
     if reduced.dim() != 4 or reduced.shape[0] != n or tuple(reduced.shape[2:]) != (ho, wo):
         raise ValueError(f"fused_involution: reduced must have shape (N={n}, Cr, {ho}, {wo}) "
                          f"(the kernel-generation features at the output size), got "
