@@ -10,7 +10,9 @@ import pytest
 import torch
 
 from involution_d2.ops import involution, output_size
-from involution_d2.ops.export import involution_by_rows, involution_shifted_sum
+import torch.nn.functional as F
+
+from involution_d2.ops.export import involution_by_rows
 
 from conftest import requires_detectron2
 
@@ -36,6 +38,24 @@ def make_inputs(n, c, g, h, w, k, s, p, d, dtype=torch.float64):
     x = torch.randn(n, c, h, w, generator=gen, dtype=dtype)
     weight = torch.randn(n, g, k, k, ho, wo, generator=gen, dtype=dtype)
     return x, weight
+
+
+def involution_shifted_sum(x, weight, stride, padding, dilation):
+    """``involution(x, weight, ...)`` as a sum of K*K shifted products: pad the input once,
+    then for each tap (a, b) multiply a strided slice of it with that tap's weights.  Needs
+    K*K output-sized terms in an eager run; an exported graph's runtime reuses them."""
+    n, c, h, w = x.shape
+    _, g, k, _, ho, wo = weight.shape
+    padded = F.pad(x, (padding, padding, padding, padding))
+    padded = padded.reshape(n, g, c // g, h + 2 * padding, w + 2 * padding)
+    out = None
+    for a in range(k):
+        for b in range(k):
+            rows = slice(a * dilation, a * dilation + (ho - 1) * stride + 1, stride)
+            cols = slice(b * dilation, b * dilation + (wo - 1) * stride + 1, stride)
+            term = padded[:, :, :, rows, cols] * weight[:, :, a:a + 1, b]
+            out = term if out is None else out + term
+    return out.reshape(n, c, ho, wo)
 
 
 @pytest.mark.parametrize("lowering", [involution_by_rows, involution_shifted_sum])

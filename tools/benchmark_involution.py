@@ -63,11 +63,37 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
           "float64": torch.float64}
 
 
+class NaiveCupyInvolution(torch.autograd.Function):
+    """The baseline: the one-thread-per-output-element CUDA kernels (written the way the
+    official kernel works), with their backward."""
+
+    @staticmethod
+    def forward(ctx, x, weight, stride, padding, dilation):
+        from involution_d2.ops.cupy_backend import cupy_forward
+
+        ctx.save_for_backward(x, weight)
+        ctx.conf = (stride, padding, dilation)
+        return cupy_forward(x, weight, stride, padding, dilation, naive=True)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        from involution_d2.ops.cupy_backend import cupy_backward
+
+        x, weight = ctx.saved_tensors
+        gx, gw = cupy_backward(grad_out.contiguous(), x, weight, *ctx.conf,
+                               need_x=ctx.needs_input_grad[0],
+                               need_w=ctx.needs_input_grad[1], naive=True)
+        return gx, gw, None, None, None
+
+
+def naive_cupy_involution(x, weight, stride, padding, dilation):
+    return NaiveCupyInvolution.apply(x.contiguous(), weight.contiguous(), stride, padding,
+                                     dilation)
+
+
 def make_runner(backend):
     if backend == "naive":
-        from involution_d2.ops.cupy_backend import involution_cupy
-
-        return lambda x, w, s, p: involution_cupy(x, w, s, p, 1, naive=True)
+        return lambda x, w, s, p: naive_cupy_involution(x, w, s, p, 1)
     return lambda x, w, s, p: involution(x, w, s, p, 1, backend=backend)
 
 

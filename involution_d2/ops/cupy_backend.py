@@ -10,7 +10,6 @@ import os
 
 import numpy as np
 import torch
-from torch.autograd.function import once_differentiable
 
 _SOURCE_PATH = os.path.join(os.path.dirname(__file__), "cuda", "involution.cuh")
 THREADS = 256  # INV_THREADS in the CUDA source
@@ -166,29 +165,3 @@ def cupy_backward(grad_out, x, weight, stride, padding, dilation, need_x, need_w
     for launch in launches:
         _launch(launch, x.device)
     return gx, gw
-
-
-class CupyInvolution(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, weight, stride, padding, dilation, naive):
-        ctx.save_for_backward(x, weight)
-        ctx.conf = (stride, padding, dilation)
-        ctx.naive = naive
-        return cupy_forward(x, weight, stride, padding, dilation, naive)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_out):
-        x, weight = ctx.saved_tensors
-        gx, gw = cupy_backward(
-            grad_out.contiguous(), x, weight, *ctx.conf,
-            need_x=ctx.needs_input_grad[0], need_w=ctx.needs_input_grad[1], naive=ctx.naive,
-        )
-        return gx, gw, None, None, None, None
-
-
-def involution_cupy(x, weight, stride, padding, dilation, naive=False):
-    """``naive=True`` runs the one-thread-per-element baseline (for benchmarks only)."""
-    return CupyInvolution.apply(
-        x.contiguous(), weight.contiguous(), stride, padding, dilation, naive
-    )

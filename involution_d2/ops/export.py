@@ -7,7 +7,7 @@ with standard operators: the fused operator's span as a 1x1 convolution, then
 written with standard operators that every ONNX runtime executes: per kernel row, a
 convolution with one-hot filters gathers the K taps of that row (Conv), which are weighted
 and summed (Mul, ReduceSum, Add).  That is about 7 ONNX nodes per kernel row, against 5
-per tap (K*K) for a sum of shifted slices (:func:`involution_shifted_sum`), and needs K
+per tap (K*K) for a sum of shifted slices (the alternative tests/test_export.py checks), and needs K
 output-sized temporaries at once, against K*K for a full unfold.
 """
 import torch
@@ -15,8 +15,8 @@ import torch.nn.functional as F
 
 from . import op  # noqa: F401 (registers torch.ops.involution_d2)
 
-__all__ = ["involution_by_rows", "involution_shifted_sum", "fused_involution_by_rows",
-           "lower_involution", "DECOMPOSITIONS"]
+__all__ = ["involution_by_rows", "fused_involution_by_rows", "lower_involution",
+           "DECOMPOSITIONS"]
 
 
 def involution_by_rows(x, weight, stride, padding, dilation):
@@ -33,24 +33,6 @@ def involution_by_rows(x, weight, stride, padding, dilation):
                         dilation=dilation)
         term = (taps.reshape(n, g, c // g, k, ho, wo) * weight[:, :, None, a]).sum(dim=3)
         out = term if out is None else out + term
-    return out.reshape(n, c, ho, wo)
-
-
-def involution_shifted_sum(x, weight, stride, padding, dilation):
-    """``involution(x, weight, ...)`` as a sum of K*K shifted products: pad the input once,
-    then for each tap (a, b) multiply a strided slice of it with that tap's weights.  Needs
-    K*K output-sized terms in an eager run; an exported graph's runtime reuses them."""
-    n, c, h, w = x.shape
-    _, g, k, _, ho, wo = weight.shape
-    padded = F.pad(x, (padding, padding, padding, padding))
-    padded = padded.reshape(n, g, c // g, h + 2 * padding, w + 2 * padding)
-    out = None
-    for a in range(k):
-        for b in range(k):
-            rows = slice(a * dilation, a * dilation + (ho - 1) * stride + 1, stride)
-            cols = slice(b * dilation, b * dilation + (wo - 1) * stride + 1, stride)
-            term = padded[:, :, :, rows, cols] * weight[:, :, a:a + 1, b]
-            out = term if out is None else out + term
     return out.reshape(n, c, ho, wo)
 
 
