@@ -154,6 +154,86 @@ def test_emulated_kernels_match_reference(emulator, variant):
         assert any(name.endswith(", 16>") for name in chunks_seen)
 
 
+def _fused_emulation_source(names):
+    lines = ["#define INVOLUTION_HOST_EMULATION", '#include "involution.cuh"',
+             "inv_dim3 blockIdx, blockDim, threadIdx, gridDim;"]
+    for idx, name in enumerate(names):
+        t, i = name[name.index("<") + 1:-1].split(", ")[:2]
+        values = ", ".join(f"({i})v[{k}]" for k in range(10))
+        lines.append(
+            f'extern "C" void launch_{idx}(void** p, const long long* v, unsigned grid, '
+            "unsigned block) {\n"
+            "  gridDim.x = grid; blockDim.x = block;\n"
+            "  for (unsigned b = 0; b < grid; ++b) for (unsigned t = 0; t < block; ++t) {\n"
+            "    blockIdx.x = b; threadIdx.x = t;\n"
+            f"    {name}((const {t}*)p[0], (const {t}*)p[1], (const {t}*)p[2], "
+            f"(const {t}*)p[3], ({t}*)p[4], {values});\n"
+            "  }\n}")
+    return "\n".join(lines) + "\n"
+
+
+def _fused_plans():
+    """(case, dtype, bias, min_threads) with inputs and the planned launch."""
+    plans = []
+    old = cupy_backend.MIN_THREADS
+    try:
+        for min_threads in (0, old):
+            cupy_backend.MIN_THREADS = min_threads
+            for ci, case in enumerate(CASES):
+                n, c, g, h, w, k, s, d = case
+                for dtype in DTYPES:
+                    for bias in (True, False):
+                        x, _, _, s, p, d = _make_case(case, dtype, ci)
+                        ho, wo = _make_case(case, dtype, ci)[1].shape[4:]
+                        gen = torch.Generator().manual_seed(100 + ci)
+                        r = torch.randn(n, 5, ho, wo, generator=gen).to(dtype)
+                        span = (torch.randn(g * k * k, 5, 1, 1, generator=gen) / 3).to(dtype)
+                        sb = torch.randn(g * k * k, generator=gen).to(dtype) if bias else None
+                        out, launches = cupy_backend.fused_forward_plan(x, r, span, sb, g, k, s,
+                                                                        p, d)
+                        plans.append(((case, dtype, bias, min_threads), (x, r, span, sb, g, k,
+                                                                         s, p, d), out,
+                                      launches))
+    finally:
+        cupy_backend.MIN_THREADS = old
+    return plans
+
+
+def test_emulated_fused_forward_matches_the_composition(tmp_path):
+    # The fused kernel (span convolution in registers, then the aggregation) against the
+    # span convolution followed by the unfold reference, every case, dtype, with and
+    # without bias, at the largest and the default channel chunks.
+    if CXX is None:
+        pytest.skip("needs a C++ compiler (g++) for the host emulation of the CUDA kernels")
+    plans = _fused_plans()
+    names = sorted({launch[0] for *_, launches in plans for launch in launches})
+    src = tmp_path / "fused.cpp"
+    src.write_text(_fused_emulation_source(names))
+    lib = tmp_path / "fused.so"
+    subprocess.run([CXX, "-O1", "-std=c++17", "-shared", "-fPIC", "-Wall",
+                    "-Wno-unknown-pragmas", "-I", os.path.dirname(cupy_backend._SOURCE_PATH),
+                    str(src), "-o", str(lib)], check=True, capture_output=True, text=True)
+    dll = ctypes.CDLL(str(lib))
+    functions = {name: getattr(dll, f"launch_{i}") for i, name in enumerate(names)}
+    for key, (x, r, span, sb, g, k, s, p, d), out, launches in plans:
+        for name, total, args in launches:
+            ptrs = (ctypes.c_void_p * 5)(*[a.data_ptr() for a in args[:5]])
+            vals = (ctypes.c_longlong * 10)(*args[5:])
+            grid = min(cupy_backend.grid_size(total), 3)  # the grid-stride loop runs too
+            functions[name](ptrs, vals, ctypes.c_uint(grid), ctypes.c_uint(cupy_backend.THREADS))
+        n, _, ho, wo = r.shape
+        # The generated weights rounded to the dtype, as both operators round them.
+        kernels = torch.nn.functional.conv2d(r.double(), span.double(),
+                                             sb.double() if sb is not None else None)
+        kernels = kernels.to(x.dtype).double().view(n, g, k, k, ho, wo)
+        want = involution_reference(x.double(), kernels, s, p, d)
+        rtol, atol = DTYPES[x.dtype]
+        torch.testing.assert_close(out.double(), want, rtol=rtol,
+                                   atol=atol * (1 + want.abs().max().item()),
+                                   msg=lambda m: f"fused {key}: {m}")
+    assert any(name.endswith(", 16>") for name in names)
+
+
 def _all_kernel_names():
     """Every kernel kind in every dtype and index width, at RedNet's K = 7, stride 2 (the
     emulation above already covers the other sizes; compiling all of them takes minutes)."""
@@ -165,6 +245,9 @@ def _all_kernel_names():
                                 ("involution_backward_weight", None),
                                 ("involution_backward_weight_naive", None)):
                 names.add(cupy_backend.kernel_name(kind, dtype, big, 7, 2, 1, chunk))
+            for chunk in (16, 1):
+                names.add(cupy_backend.kernel_name("involution_fused_forward", dtype, big, 7,
+                                                   2, 1, chunk))
     return sorted(names)
 
 
@@ -214,10 +297,9 @@ def test_kernels_compile_with_nvcc(tmp_path):
     for name in _all_kernel_names():
         kind, targs = name.split("<", 1)
         t, i = targs.split(", ")[:2]
-        lines.append(
-            f"template __global__ void {name}(const {t}*, const {t}*, {t}*, {i}, {i}, {i}, {i},"
-            f" {i}, {i}, {i}, {i});"
-        )
+        pointers, values = (4, 10) if kind == "involution_fused_forward" else (2, 8)
+        params = [f"const {t}*"] * pointers + [f"{t}*"] + [i] * values
+        lines.append(f"template __global__ void {name}({', '.join(params)});")
     src = tmp_path / "instantiate.cu"
     src.write_text("\n".join(lines) + "\n")
     include = os.path.dirname(cupy_backend._SOURCE_PATH)

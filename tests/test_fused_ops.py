@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 from involution_d2.ops import fused_involution, involution, native, output_size
 
+from conftest import requires_cupy
 from test_ops import SHAPES, skip_if_unavailable
 
 CPU_BACKENDS = ["torch", "native"]
@@ -194,3 +195,25 @@ def test_flop_handle_of_the_fused_op_counts_span_and_aggregation(convention):
     analysis.unsupported_ops_warnings(False)
     assert "fused_involution" in analysis.by_operator()
     assert analysis.total() == count_flops(layer, (x,), convention).total
+
+
+@requires_cupy
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("shape", [SHAPES[1], SHAPES[3], SHAPES[5], SHAPES[7]])
+def test_cupy_fused_matches_the_composition(shape, dtype):
+    x, r, sw, sb, *conf = make_fused_inputs(shape)
+    want = unfused(x, r, sw, sb, *conf)
+    got = fused_involution(*(t.to("cuda", dtype) for t in (x, r, sw, sb)), *conf,
+                           backend="cupy")
+    tol = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 4e-3,
+           torch.bfloat16: 3e-2}[dtype]
+    torch.testing.assert_close(got.double().cpu(), want, rtol=tol,
+                               atol=tol * want.abs().max().item())
+
+
+@requires_cupy
+def test_cupy_fused_gradcheck():
+    x, r, sw, sb, *conf = make_fused_inputs((2, 8, 2, 7, 9, 3, 2, 1), reduced_channels=3)
+    inputs = tuple(t.to("cuda").requires_grad_() for t in (x, r, sw, sb))
+    assert torch.autograd.gradcheck(
+        lambda *t: fused_involution(*t, *conf, backend="cupy"), inputs)

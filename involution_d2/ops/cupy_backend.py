@@ -165,3 +165,31 @@ def cupy_backward(grad_out, x, weight, stride, padding, dilation, need_x, need_w
     for launch in launches:
         _launch(launch, x.device)
     return gx, gw
+
+
+def fused_forward_plan(x, reduced, span_weight, span_bias, groups, kernel_size, stride, padding,
+                       dilation):
+    """The fused operator's output and its launch: each thread generates its pixel's K*K
+    weights in registers from ``reduced`` (N, Cr, Ho, Wo) and the span (G*K*K, Cr), then
+    aggregates.  Inputs contiguous, one dtype; ``span_bias`` may be None."""
+    n, c, h, w = x.shape
+    cr, ho, wo = reduced.shape[1], reduced.shape[2], reduced.shape[3]
+    out = x.new_empty((n, c, ho, wo))
+    span = span_weight.reshape(-1, cr)
+    chunk = _chunk(c // groups, n * groups * ho * wo)
+    big = _needs_64bit(x, reduced, span, out)
+    name = kernel_name("involution_fused_forward", x.dtype, big, kernel_size, stride, dilation,
+                       chunk)
+    total = n * groups * (-(-(c // groups) // chunk)) * ho * wo
+    bias = span_bias if span_bias is not None else span  # not read without a bias
+    return out, [(name, total, [x, reduced, span, bias, out, total, c, h, w, groups, ho, wo,
+                                padding, cr, int(span_bias is not None)])]
+
+
+def cupy_fused_forward(x, reduced, span_weight, span_bias, groups, kernel_size, stride, padding,
+                       dilation):
+    out, launches = fused_forward_plan(x, reduced, span_weight, span_bias, groups, kernel_size,
+                                       stride, padding, dilation)
+    for launch in launches:
+        _launch(launch, x.device)
+    return out

@@ -25,7 +25,7 @@ calls this operator.
 import torch
 
 from . import native
-from .cupy_backend import cupy_backward, cupy_forward, cupy_is_usable
+from .cupy_backend import cupy_backward, cupy_forward, cupy_fused_forward, cupy_is_usable
 from .shifted import _backward as shifted_backward
 from .shifted import _forward as shifted_forward
 
@@ -170,9 +170,13 @@ def _fused_backward_cpu(grad_out, x, reduced, span_weight, span_bias, groups, ke
 @torch.library.impl(_LIBRARY, "fused_involution", "CUDA")
 def _fused_forward_cuda(x, reduced, span_weight, span_bias, groups, kernel_size, stride,
                         padding, dilation):
-    # The kernels are generated whole here: a tile-fused CUDA kernel is still to come.
+    if cupy_is_usable():  # each thread generates its pixel's kernels in registers
+        return cupy_fused_forward(
+            x.contiguous(), reduced.contiguous(), span_weight.contiguous(),
+            span_bias.contiguous() if span_bias is not None else None, groups, kernel_size,
+            stride, padding, dilation)
     kernels = generate_kernels(reduced, span_weight, span_bias, groups, kernel_size)
-    return _forward_cuda(x, kernels, stride, padding, dilation)
+    return shifted_forward(x.contiguous(), kernels, stride, padding, dilation)
 
 
 @torch.library.impl(_LIBRARY, "fused_involution_backward", "CUDA")

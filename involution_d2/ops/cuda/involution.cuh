@@ -1,4 +1,5 @@
-// Involution CUDA kernels: forward, input gradient and weight gradient.
+// Involution CUDA kernels: forward, input gradient and weight gradient, and the fused
+// forward (the layer's span convolution with the aggregation).
 //
 //   out[n, c, i, j] = sum_{a, b < K} w[n, c / Cg, a, b, i, j]
 //                     * x[n, c, i*S + a*D - pad, j*S + b*D - pad]      (zero outside)
@@ -150,6 +151,70 @@ INV_GLOBAL void INV_LAUNCH_BOUNDS(INV_THREADS) involution_forward(
         const I xx = j * S + b * D - pad;
         if (xx < 0 || xx >= W) continue;
         const acc_t wv = Elem<T>::load(wp + (a * K + b) * HoWo);
+        const T* xp = xn + y * W + xx;
+        INV_UNROLL
+        for (int c = 0; c < CHUNK; ++c)
+          if (c < nc) acc[c] += wv * Elem<T>::load(xp + c * HW);
+      }
+    }
+    T* op = out + (n * C + c0) * HoWo + i * Wo + j;
+    INV_UNROLL
+    for (int c = 0; c < CHUNK; ++c)
+      if (c < nc) Elem<T>::store(op + c * HoWo, acc[c]);
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Fused forward: the layer's span convolution (reduced features r (N, Cr, Ho, Wo) -> the
+// G*K*K generated weights, span (G*K*K, Cr), bias (G*K*K) when has_bias) and the
+// aggregation.  One thread: output pixel (i, j) of CHUNK channels of one group.  It first
+// computes the pixel's K*K weights of its group in registers,
+//   wk[a*K + b] = bias[g*K*K + a*K + b] + sum_cr span[(g*K*K + a*K + b) * Cr + cr] * r[n, cr, i, j],
+// then aggregates like involution_forward: the generated weights never reach memory.
+// Items: N * G * chunks * Ho * Wo, as in involution_forward.
+// ---------------------------------------------------------------------------------------
+template <typename T, typename I, int K, int S, int D, int CHUNK>
+INV_GLOBAL void INV_LAUNCH_BOUNDS(INV_THREADS) involution_fused_forward(
+    const T* __restrict__ x, const T* __restrict__ r, const T* __restrict__ span,
+    const T* __restrict__ bias, T* __restrict__ out, const I total, const I C, const I H,
+    const I W, const I G, const I Ho, const I Wo, const I pad, const I Cr, const I has_bias) {
+  typedef typename Elem<T>::acc_t acc_t;
+  const I HW = H * W, HoWo = Ho * Wo;
+  INV_KERNEL_LOOP(idx, total) {
+    const ChunkItem<I, CHUNK> it(idx, Ho, Wo, G, C / G);
+    const I n = it.n, g = it.g, c0 = it.c0, nc = it.nc, i = it.row, j = it.col;
+
+    acc_t wk[K * K];
+    const T* sg = span + g * (K * K) * Cr;
+    INV_UNROLL
+    for (int k = 0; k < K * K; ++k) wk[k] = has_bias ? Elem<T>::load(bias + g * (K * K) + k) : 0;
+    const T* rp = r + n * Cr * HoWo + i * Wo + j;
+    for (I cr = 0; cr < Cr; ++cr) {
+      const acc_t rv = Elem<T>::load(rp + cr * HoWo);
+      INV_UNROLL
+      for (int k = 0; k < K * K; ++k) wk[k] += Elem<T>::load(sg + k * Cr + cr) * rv;
+    }
+    // The unfused operator rounds the generated weights to T; so does this one.
+    INV_UNROLL
+    for (int k = 0; k < K * K; ++k) {
+      T rounded;
+      Elem<T>::store(&rounded, wk[k]);
+      wk[k] = Elem<T>::load(&rounded);
+    }
+
+    acc_t acc[CHUNK];
+    INV_UNROLL
+    for (int c = 0; c < CHUNK; ++c) acc[c] = 0;
+    const T* xn = x + (n * C + c0) * HW;
+    INV_UNROLL
+    for (int a = 0; a < K; ++a) {
+      const I y = i * S + a * D - pad;
+      if (y < 0 || y >= H) continue;
+      INV_UNROLL
+      for (int b = 0; b < K; ++b) {
+        const I xx = j * S + b * D - pad;
+        if (xx < 0 || xx >= W) continue;
+        const acc_t wv = wk[a * K + b];
         const T* xp = xn + y * W + xx;
         INV_UNROLL
         for (int c = 0; c < CHUNK; ++c)
