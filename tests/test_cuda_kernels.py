@@ -77,23 +77,26 @@ ALL_PLANS = {
 }
 
 
-def _emulation_source(names):
+def _emulation_source(names, pointers=3, values=8):
+    """C++ launchers running each kernel thread by thread: launch_<i>(pointers, values,
+    grid, block) calls names[i] with ``pointers`` tensors (the last one written) and
+    ``values`` integers."""
     lines = [
         "#define INVOLUTION_HOST_EMULATION",
         '#include "involution.cuh"',
         "inv_dim3 blockIdx, blockDim, threadIdx, gridDim;",
     ]
     for idx, name in enumerate(names):
-        targs = name[name.index("<") + 1:-1].split(", ")
-        t, i = targs[0], targs[1]
+        t, i = name[name.index("<") + 1:-1].split(", ")[:2]
+        args = [f"(const {t}*)p[{k}]" for k in range(pointers - 1)]
+        args += [f"({t}*)p[{pointers - 1}]"] + [f"({i})v[{k}]" for k in range(values)]
         lines.append(
             f'extern "C" void launch_{idx}(void** p, const long long* v, unsigned grid, '
             "unsigned block) {\n"
             "  gridDim.x = grid; blockDim.x = block;\n"
             "  for (unsigned b = 0; b < grid; ++b) for (unsigned t = 0; t < block; ++t) {\n"
             "    blockIdx.x = b; threadIdx.x = t;\n"
-            f"    {name}((const {t}*)p[0], (const {t}*)p[1], ({t}*)p[2], ({i})v[0], ({i})v[1],"
-            f" ({i})v[2], ({i})v[3], ({i})v[4], ({i})v[5], ({i})v[6], ({i})v[7]);\n"
+            f"    {name}({', '.join(args)});\n"
             "  }\n}"
         )
     return "\n".join(lines) + "\n"
@@ -154,24 +157,6 @@ def test_emulated_kernels_match_reference(emulator, variant):
         assert any(name.endswith(", 16>") for name in chunks_seen)
 
 
-def _fused_emulation_source(names):
-    lines = ["#define INVOLUTION_HOST_EMULATION", '#include "involution.cuh"',
-             "inv_dim3 blockIdx, blockDim, threadIdx, gridDim;"]
-    for idx, name in enumerate(names):
-        t, i = name[name.index("<") + 1:-1].split(", ")[:2]
-        values = ", ".join(f"({i})v[{k}]" for k in range(10))
-        lines.append(
-            f'extern "C" void launch_{idx}(void** p, const long long* v, unsigned grid, '
-            "unsigned block) {\n"
-            "  gridDim.x = grid; blockDim.x = block;\n"
-            "  for (unsigned b = 0; b < grid; ++b) for (unsigned t = 0; t < block; ++t) {\n"
-            "    blockIdx.x = b; threadIdx.x = t;\n"
-            f"    {name}((const {t}*)p[0], (const {t}*)p[1], (const {t}*)p[2], "
-            f"(const {t}*)p[3], ({t}*)p[4], {values});\n"
-            "  }\n}")
-    return "\n".join(lines) + "\n"
-
-
 def _fused_plans():
     """(case, dtype, bias, min_threads) with inputs and the planned launch."""
     plans = []
@@ -208,7 +193,7 @@ def test_emulated_fused_forward_matches_the_composition(tmp_path):
     plans = _fused_plans()
     names = sorted({launch[0] for *_, launches in plans for launch in launches})
     src = tmp_path / "fused.cpp"
-    src.write_text(_fused_emulation_source(names))
+    src.write_text(_emulation_source(names, pointers=5, values=10))
     lib = tmp_path / "fused.so"
     subprocess.run([CXX, "-O1", "-std=c++17", "-shared", "-fPIC", "-Wall",
                     "-Wno-unknown-pragmas", "-I", os.path.dirname(cupy_backend._SOURCE_PATH),

@@ -122,6 +122,54 @@ template <typename I, int CHUNK> struct ChunkItem {
   }
 };
 
+// Where aggregate_pixel finds tap k's weight of the current pixel: in the weight tensor
+// (involution_forward), or in registers (involution_fused_forward).
+template <typename T, typename I> struct TensorTaps {
+  const T* p;  // the pixel's weight of tap 0
+  I stride;    // between taps: Ho * Wo
+  INV_INLINE typename Elem<T>::acc_t operator()(int k) const {
+    return Elem<T>::load(p + k * stride);
+  }
+};
+template <typename A> struct RegisterTaps {
+  const A* w;
+  INV_INLINE A operator()(int k) const { return w[k]; }
+};
+
+// Output pixel (i, j) of channels [c0, c0 + nc) of image n (at most CHUNK), each weight
+// taps(a*K + b) loaded once and applied to all of them.
+template <typename T, typename I, int K, int S, int D, int CHUNK, typename Taps>
+INV_INLINE void aggregate_pixel(const T* __restrict__ x, T* __restrict__ out, const Taps& taps,
+                                const I n, const I c0, const I nc, const I i, const I j,
+                                const I C, const I H, const I W, const I Ho, const I Wo,
+                                const I pad) {
+  typedef typename Elem<T>::acc_t acc_t;
+  const I HW = H * W, HoWo = Ho * Wo;
+  acc_t acc[CHUNK];
+  INV_UNROLL
+  for (int c = 0; c < CHUNK; ++c) acc[c] = 0;
+  const T* xn = x + (n * C + c0) * HW;
+  INV_UNROLL
+  for (int a = 0; a < K; ++a) {
+    const I y = i * S + a * D - pad;
+    if (y < 0 || y >= H) continue;
+    INV_UNROLL
+    for (int b = 0; b < K; ++b) {
+      const I xx = j * S + b * D - pad;
+      if (xx < 0 || xx >= W) continue;
+      const acc_t wv = taps(a * K + b);
+      const T* xp = xn + y * W + xx;
+      INV_UNROLL
+      for (int c = 0; c < CHUNK; ++c)
+        if (c < nc) acc[c] += wv * Elem<T>::load(xp + c * HW);
+    }
+  }
+  T* op = out + (n * C + c0) * HoWo + i * Wo + j;
+  INV_UNROLL
+  for (int c = 0; c < CHUNK; ++c)
+    if (c < nc) Elem<T>::store(op + c * HoWo, acc[c]);
+}
+
 // ---------------------------------------------------------------------------------------
 // Forward.  One thread: output pixel (i, j) of CHUNK consecutive channels of one group.
 // Items: N * G * chunks * Ho * Wo.
@@ -130,37 +178,13 @@ template <typename T, typename I, int K, int S, int D, int CHUNK>
 INV_GLOBAL void INV_LAUNCH_BOUNDS(INV_THREADS) involution_forward(
     const T* __restrict__ x, const T* __restrict__ w, T* __restrict__ out, const I total,
     const I C, const I H, const I W, const I G, const I Ho, const I Wo, const I pad) {
-  typedef typename Elem<T>::acc_t acc_t;
-  const I HW = H * W, HoWo = Ho * Wo;
+  const I HoWo = Ho * Wo;
   INV_KERNEL_LOOP(idx, total) {
     const ChunkItem<I, CHUNK> it(idx, Ho, Wo, G, C / G);
-    const I n = it.n, g = it.g, c0 = it.c0, nc = it.nc, i = it.row, j = it.col;
-
-    acc_t acc[CHUNK];
-    INV_UNROLL
-    for (int c = 0; c < CHUNK; ++c) acc[c] = 0;
-
-    const T* xn = x + (n * C + c0) * HW;
-    const T* wp = w + (n * G + g) * (K * K) * HoWo + i * Wo + j;
-    INV_UNROLL
-    for (int a = 0; a < K; ++a) {
-      const I y = i * S + a * D - pad;
-      if (y < 0 || y >= H) continue;
-      INV_UNROLL
-      for (int b = 0; b < K; ++b) {
-        const I xx = j * S + b * D - pad;
-        if (xx < 0 || xx >= W) continue;
-        const acc_t wv = Elem<T>::load(wp + (a * K + b) * HoWo);
-        const T* xp = xn + y * W + xx;
-        INV_UNROLL
-        for (int c = 0; c < CHUNK; ++c)
-          if (c < nc) acc[c] += wv * Elem<T>::load(xp + c * HW);
-      }
-    }
-    T* op = out + (n * C + c0) * HoWo + i * Wo + j;
-    INV_UNROLL
-    for (int c = 0; c < CHUNK; ++c)
-      if (c < nc) Elem<T>::store(op + c * HoWo, acc[c]);
+    const TensorTaps<T, I> taps = {w + (it.n * G + it.g) * (K * K) * HoWo + it.row * Wo + it.col,
+                                   HoWo};
+    aggregate_pixel<T, I, K, S, D, CHUNK>(x, out, taps, it.n, it.c0, it.nc, it.row, it.col, C,
+                                          H, W, Ho, Wo, pad);
   }
 }
 
@@ -179,10 +203,10 @@ INV_GLOBAL void INV_LAUNCH_BOUNDS(INV_THREADS) involution_fused_forward(
     const T* __restrict__ bias, T* __restrict__ out, const I total, const I C, const I H,
     const I W, const I G, const I Ho, const I Wo, const I pad, const I Cr, const I has_bias) {
   typedef typename Elem<T>::acc_t acc_t;
-  const I HW = H * W, HoWo = Ho * Wo;
+  const I HoWo = Ho * Wo;
   INV_KERNEL_LOOP(idx, total) {
     const ChunkItem<I, CHUNK> it(idx, Ho, Wo, G, C / G);
-    const I n = it.n, g = it.g, c0 = it.c0, nc = it.nc, i = it.row, j = it.col;
+    const I n = it.n, g = it.g, i = it.row, j = it.col;
 
     acc_t wk[K * K];
     const T* sg = span + g * (K * K) * Cr;
@@ -202,29 +226,9 @@ INV_GLOBAL void INV_LAUNCH_BOUNDS(INV_THREADS) involution_fused_forward(
       wk[k] = Elem<T>::load(&rounded);
     }
 
-    acc_t acc[CHUNK];
-    INV_UNROLL
-    for (int c = 0; c < CHUNK; ++c) acc[c] = 0;
-    const T* xn = x + (n * C + c0) * HW;
-    INV_UNROLL
-    for (int a = 0; a < K; ++a) {
-      const I y = i * S + a * D - pad;
-      if (y < 0 || y >= H) continue;
-      INV_UNROLL
-      for (int b = 0; b < K; ++b) {
-        const I xx = j * S + b * D - pad;
-        if (xx < 0 || xx >= W) continue;
-        const acc_t wv = wk[a * K + b];
-        const T* xp = xn + y * W + xx;
-        INV_UNROLL
-        for (int c = 0; c < CHUNK; ++c)
-          if (c < nc) acc[c] += wv * Elem<T>::load(xp + c * HW);
-      }
-    }
-    T* op = out + (n * C + c0) * HoWo + i * Wo + j;
-    INV_UNROLL
-    for (int c = 0; c < CHUNK; ++c)
-      if (c < nc) Elem<T>::store(op + c * HoWo, acc[c]);
+    const RegisterTaps<acc_t> taps = {wk};
+    aggregate_pixel<T, I, K, S, D, CHUNK>(x, out, taps, n, it.c0, it.nc, i, j, C, H, W, Ho, Wo,
+                                          pad);
   }
 }
 
