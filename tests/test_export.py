@@ -225,3 +225,13 @@ def test_detector_compiles_and_equals_eager():
     for field, value in want.get_fields().items():
         other = got.get(field)
         assert torch.equal(getattr(value, "tensor", value), getattr(other, "tensor", other)), field
+
+
+def test_export_tool_starts_as_a_command():
+    # What a user runs: the script in a fresh interpreter (nothing imported before it).
+    import subprocess
+
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "tools", "export_model.py"),
+                           "--help"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "--config-file" in proc.stdout

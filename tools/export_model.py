@@ -132,15 +132,15 @@ def relative_error(got, want):
                for g, w in zip(got, want))
 
 
-INVOLUTION_OPS = (torch.ops.involution_d2.involution.default,
-                  torch.ops.involution_d2.fused_involution.default)
-
-
 def count_involution_nodes(graph_or_program):
     """Involution operator nodes (plain or fused) of an exported program or a traced
     module."""
+    import involution_d2.ops  # noqa: F401 (registers the operators)
+
     if isinstance(graph_or_program, torch.export.ExportedProgram):
-        return sum(node.target in INVOLUTION_OPS for node in graph_or_program.graph.nodes)
+        operators = (torch.ops.involution_d2.involution.default,
+                     torch.ops.involution_d2.fused_involution.default)
+        return sum(node.target in operators for node in graph_or_program.graph.nodes)
     graph = str(graph_or_program.inlined_graph)
     return graph.count("involution_d2::involution(") + graph.count(
         "involution_d2::fused_involution(")
@@ -171,7 +171,8 @@ def main(argv=None):
     if "torchscript" in args.format:
         path = os.path.join(args.output, "model.ts")
         traced, want, got = trace_detector(model, image, path)
-        assert_instances_allclose(want, got, size_as_tensor=True)
+        if len(want) or len(got):  # Detectron2's comparison fails on two empty results
+            assert_instances_allclose(want, got, size_as_tensor=True)
         results["torchscript"] = path
         print(f"{path}: the detector traced ({count_involution_nodes(traced)} involution "
               f"nodes), {len(got)} predictions, equal to eager")
