@@ -198,7 +198,8 @@ class Case:
                                              enabled=dtype is not None):
             self.network(tensor)
 
-    def train(self, inputs, tensor, dtype):
+    def training_loss(self, inputs, tensor, dtype):
+        """One training forward, to its loss."""
         from detectron2.utils.events import EventStorage
 
         self._prepare()
@@ -206,10 +207,11 @@ class Case:
         with EventStorage(0), torch.autocast(tensor.device.type, dtype=dtype or torch.float32,
                             enabled=dtype is not None):
             if self.suite.startswith("backbone"):
-                loss = sum(o.float().mean() for o in self.network(tensor))
-            else:
-                loss = sum(self.model(inputs).values())
-        loss.backward()
+                return sum(o.float().mean() for o in self.network(tensor))
+            return sum(self.model(inputs).values())
+
+    def train(self, inputs, tensor, dtype):
+        self.training_loss(inputs, tensor, dtype).backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 
@@ -246,10 +248,6 @@ def saved_for_backward(case, inputs, tensor, dtype):
     """Bytes that one training forward keeps for backward: every storage that autograd
     saves, counted once, parameters and buffers excluded (they exist anyway). Counted
     through torch.autograd.graph.saved_tensors_hooks: exact and the same on any machine."""
-    from detectron2.utils.events import EventStorage
-
-    case._prepare()
-    case.model.train()
     resident = {t.untyped_storage().data_ptr() for t in
                 list(case.model.parameters()) + list(case.model.buffers())}
     storages = {}
@@ -260,15 +258,9 @@ def saved_for_backward(case, inputs, tensor, dtype):
             storages[storage.data_ptr()] = storage.nbytes()
         return t
 
-    with EventStorage(0), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
-            torch.autocast(tensor.device.type, dtype=DTYPES[dtype] or torch.float32,
-                           enabled=DTYPES[dtype] is not None):
-        if case.suite.startswith("backbone"):
-            loss = sum(o.float().mean() for o in case.network(tensor))
-        else:
-            loss = sum(case.model(inputs).values())
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = case.training_loss(inputs, tensor, DTYPES[dtype])
     del loss
-    case.optimizer.zero_grad(set_to_none=True)
     return sum(storages.values())
 
 

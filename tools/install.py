@@ -177,10 +177,8 @@ class Source:
             return os.path.join(cache, "detectron2-src", f"detectron2-{self.revision[:12]}")
         if self.kind == "archive":
             name = os.path.basename(self.location)
-            for ext in (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar", ".zip"):
-                if name.endswith(ext):
-                    name = name[: -len(ext)]
-            return os.path.join(cache, "detectron2-src", name)
+            ending = next(e for e in ARCHIVE_ENDINGS if name.endswith(e))
+            return os.path.join(cache, "detectron2-src", name[: -len(ending)])
         return self.location
 
 

@@ -7,13 +7,13 @@ with standard operators: the fused operator's span as a 1x1 convolution, then
 written with standard operators that every ONNX runtime executes: per kernel row, a
 convolution with one-hot filters gathers the K taps of that row (Conv), which are weighted
 and summed (Mul, ReduceSum, Add).  That is about 7 ONNX nodes per kernel row, against 5
-per tap (K*K) for a sum of shifted slices (the alternative tests/test_export.py checks), and needs K
-output-sized temporaries at once, against K*K for a full unfold.
+per tap (K*K) for a sum of shifted slices (the alternative tests/test_export.py checks), and
+needs K output-sized temporaries at once, against K*K for a full unfold.
 """
 import torch
 import torch.nn.functional as F
 
-from . import op  # noqa: F401 (registers torch.ops.involution_d2)
+from . import op  # registers torch.ops.involution_d2
 
 __all__ = ["involution_by_rows", "fused_involution_by_rows", "lower_involution",
            "DECOMPOSITIONS"]
@@ -40,9 +40,7 @@ def fused_involution_by_rows(x, reduced, span_weight, span_bias, groups, kernel_
                              padding, dilation):
     """``fused_involution(...)``: the span as a 1x1 convolution, then
     :func:`involution_by_rows`."""
-    n, cr, ho, wo = reduced.shape
-    kernels = F.conv2d(reduced, span_weight.reshape(-1, cr, 1, 1), span_bias)
-    kernels = kernels.view(n, groups, kernel_size, kernel_size, ho, wo)
+    kernels = op.generate_kernels(reduced, span_weight, span_bias, groups, kernel_size)
     return involution_by_rows(x, kernels, stride, padding, dilation)
 
 

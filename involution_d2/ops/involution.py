@@ -2,12 +2,11 @@
 import os
 
 import torch
-import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from .cupy_backend import CupyUnavailableError, cupy_is_usable
 from .native import native_is_available, native_ops
-from .op import fused_involution_op, involution_op
+from .op import fused_involution_op, generate_kernels, involution_op
 from .reference import involution_reference
 from .shifted import involution_shifted
 
@@ -81,17 +80,29 @@ def _validate(x, weight, stride, padding, dilation):
                             "float16, bfloat16, float32, float64")
 
 
-def _autocast(x, weight):
-    """Under torch.autocast, run in the autocast dtype like convolutions do; otherwise
-    x and weight must agree."""
+def _autocast(op, x, **others):
+    """(x, *others) in one dtype: under torch.autocast the autocast dtype, as convolutions
+    run; otherwise the others (None allowed) must already be in x's dtype."""
     device_type = x.device.type
     if device_type in ("cuda", "cpu") and torch.is_autocast_enabled(device_type):
         dtype = torch.get_autocast_dtype(device_type)
-        return x.to(dtype), weight.to(dtype)
-    if x.dtype != weight.dtype:
-        raise TypeError(f"involution: x is {x.dtype} but weight is {weight.dtype}; cast one "
-                        "to the other (under torch.autocast both are cast automatically)")
-    return x, weight
+        return (x.to(dtype),) + tuple(t.to(dtype) if t is not None else None
+                                      for t in others.values())
+    for name, t in others.items():
+        if t is not None and t.dtype != x.dtype:
+            raise TypeError(f"{op}: x is {x.dtype} but {name} is {t.dtype}; cast one to the "
+                            "other (under torch.autocast all are cast automatically)")
+    return (x,) + tuple(others.values())
+
+
+def _in_profiler_range(run, *args):
+    """``run(*args)`` inside a named profiler range, so that profiles show the involution's
+    share (its backward shows as the backward operator or the "torch" backend's autograd
+    node); not in traced graphs, where the range would be recorded as operators of its own."""
+    if torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return run(*args)
+    with torch.profiler.record_function(AGGREGATION_RANGE):
+        return run(*args)
 
 
 @torch.compiler.assume_constant_result
@@ -146,16 +157,9 @@ def involution(x, weight, stride=1, padding=0, dilation=1, backend="auto"):
     overrides what "auto" picks.
     """
     _validate(x, weight, stride, padding, dilation)
-    x, weight = _autocast(x, weight)
+    x, weight = _autocast("involution", x, weight=weight)
     backend = resolve_backend(backend, x.device)
-    if torch.jit.is_tracing() or torch.compiler.is_compiling():
-        # No profiler range in traced graphs: it would be recorded as operators of its own.
-        return _run(backend, x, weight, stride, padding, dilation)
-    # A named range, so that profiles show the aggregation's share (the backward shows as
-    # the backward operator, involution_d2::involution_backward, or the autograd node of
-    # the "torch" backend, ShiftedInvolutionBackward).
-    with torch.profiler.record_function(AGGREGATION_RANGE):
-        return _run(backend, x, weight, stride, padding, dilation)
+    return _in_profiler_range(_run, backend, x, weight, stride, padding, dilation)
 
 
 def _run(backend, x, weight, stride, padding, dilation):
@@ -213,11 +217,8 @@ def _validate_fused(x, reduced, span_weight, span_bias, groups, kernel_size, str
 
 def _span_then_aggregate(aggregate, x, reduced, span_weight, span_bias, groups, kernel_size,
                          stride, padding, dilation):
-    """The fused operator unfused: the span as a 1x1 convolution (what FLOP counters and
-    exporters know), then the aggregation."""
-    n, cr, ho, wo = reduced.shape
-    kernels = F.conv2d(reduced, span_weight.reshape(-1, cr, 1, 1), span_bias)
-    kernels = kernels.view(n, groups, kernel_size, kernel_size, ho, wo)
+    """The fused operator unfused: the span convolution, then the aggregation."""
+    kernels = generate_kernels(reduced, span_weight, span_bias, groups, kernel_size)
     return aggregate(x, kernels, stride, padding, dilation)
 
 
@@ -241,24 +242,11 @@ def fused_involution(x, reduced, span_weight, span_bias, groups, kernel_size, st
     """
     _validate_fused(x, reduced, span_weight, span_bias, groups, kernel_size, stride, padding,
                     dilation)
-    device_type = x.device.type
-    if device_type in ("cuda", "cpu") and torch.is_autocast_enabled(device_type):
-        dtype = torch.get_autocast_dtype(device_type)
-        x, reduced, span_weight = x.to(dtype), reduced.to(dtype), span_weight.to(dtype)
-        span_bias = span_bias.to(dtype) if span_bias is not None else None
-    else:
-        for name, t in (("reduced", reduced), ("span_weight", span_weight),
-                        ("span_bias", span_bias)):
-            if t is not None and t.dtype != x.dtype:
-                raise TypeError(f"fused_involution: x is {x.dtype} but {name} is {t.dtype}; "
-                                "cast one to the other (under torch.autocast all are cast "
-                                "automatically)")
+    x, reduced, span_weight, span_bias = _autocast(
+        "fused_involution", x, reduced=reduced, span_weight=span_weight, span_bias=span_bias)
     backend = resolve_backend(backend, x.device)
-    args = (x, reduced, span_weight, span_bias, groups, kernel_size, stride, padding, dilation)
-    if torch.jit.is_tracing() or torch.compiler.is_compiling():
-        return _run_fused(backend, *args)
-    with torch.profiler.record_function(AGGREGATION_RANGE):
-        return _run_fused(backend, *args)
+    return _in_profiler_range(_run_fused, backend, x, reduced, span_weight, span_bias, groups,
+                              kernel_size, stride, padding, dilation)
 
 
 def _run_fused(backend, *args):

@@ -23,6 +23,7 @@ Inputs may be non-contiguous; outputs are contiguous. ``x`` and ``weight`` share
 calls this operator.
 """
 import torch
+import torch.nn.functional as F
 
 from . import native
 from .cupy_backend import cupy_backward, cupy_forward, cupy_fused_forward, cupy_is_usable
@@ -112,13 +113,10 @@ def _backward_fake(grad_out, x, weight, stride, padding, dilation, output_mask):
 
 
 def generate_kernels(reduced, span_weight, span_bias, groups, kernel_size):
-    """The generated kernels (N, G, K, K, Ho, Wo): the span convolution as one matrix
-    product per image."""
+    """The generated kernels (N, G, K, K, Ho, Wo): the span as a 1x1 convolution (what FLOP
+    counters and exporters know, in the unfused paths and the ONNX lowering)."""
     n, cr, ho, wo = reduced.shape
-    span = span_weight.reshape(-1, cr)
-    kernels = torch.matmul(span, reduced.reshape(n, cr, ho * wo))
-    if span_bias is not None:
-        kernels = kernels + span_bias[:, None]
+    kernels = F.conv2d(reduced, span_weight.reshape(-1, cr, 1, 1), span_bias)
     return kernels.view(n, groups, kernel_size, kernel_size, ho, wo)
 
 

@@ -215,11 +215,11 @@ int row_taps(const Geometry& gm, int64_t i, int64_t lo, int64_t hi, acc_t* ring,
 
 // ------------------------------------------------------------------------------ forward
 // One tile: output columns [j0, j0 + nv) of channels [c0, c0 + CB) of output row i.
-// The weights of tap (a, b) are at w_tile[(a*K + b) * w_plane]: the generated-weight tensor
-// (w_plane = Ho*Wo) or a tile generated in place (fused operator, w_plane = V).
-template <int CB, typename scalar_t, typename acc_t, typename w_t>
+// The weights of tap (a, b) are at w_tile[(a*K + b) * w_plane]: planes of the generated-weight
+// tensor (w_plane = Ho*Wo) or of a block of generated rows (fused operator).
+template <int CB, typename scalar_t, typename acc_t>
 inline void forward_tile(const Geometry& gm, int ntaps, const int64_t* taps,
-                         acc_t* const* rows, const w_t* w_tile, int64_t w_plane,
+                         acc_t* const* rows, const scalar_t* w_tile, int64_t w_plane,
                          scalar_t* out_row, int64_t c0, int64_t j0, int64_t nv) {
   using Vec = Vectorized<acc_t>;
   const int64_t plane = gm.Ho * gm.Wo, cstride = gm.S * gm.L;
@@ -227,9 +227,9 @@ inline void forward_tile(const Geometry& gm, int ntaps, const int64_t* taps,
   for (int c = 0; c < CB; ++c) acc[c] = Vec(acc_t(0));
   for (int ta = 0; ta < ntaps; ++ta) {
     const acc_t* xr = rows[ta] + c0 * cstride + j0;
-    const w_t* wr = w_tile + taps[ta] * gm.K * w_plane;
+    const scalar_t* wr = w_tile + taps[ta] * gm.K * w_plane;
     for (int64_t b = 0; b < gm.K; ++b) {
-      if (w_plane > 2 * gm.V) prefetch(wr + b * w_plane);  // a stream from memory, not a tile
+      prefetch(wr + b * w_plane);
       const Vec wv = load_vec<acc_t>(wr + b * w_plane, nv);
       const acc_t* xp = xr + gm.tap_offset[b];
 #pragma GCC unroll 16
@@ -582,6 +582,10 @@ auto weight_rows_from(const Geometry& gm, const scalar_t* w, int64_t i_first, in
 }
 
 // --------------------------------------------------------------------------- operators
+int64_t output_extent(int64_t in, int64_t k, int64_t stride, int64_t padding, int64_t dilation) {
+  return (in + 2 * padding - dilation * (k - 1) - 1) / stride + 1;
+}
+
 void check_inputs(const at::Tensor& x, const at::Tensor& w, int64_t stride, int64_t padding,
                   int64_t dilation) {
   TORCH_CHECK(x.device().is_cpu() && w.device().is_cpu(),
@@ -598,8 +602,8 @@ void check_inputs(const at::Tensor& x, const at::Tensor& w, int64_t stride, int6
   TORCH_CHECK(w.size(0) == x.size(0) && w.size(1) >= 1 && x.size(1) % w.size(1) == 0 &&
                   w.size(3) == k && k >= 1,
               "involution_d2_cpu: weight ", w.sizes(), " does not fit x ", x.sizes());
-  const int64_t ho = (x.size(2) + 2 * padding - dilation * (k - 1) - 1) / stride + 1;
-  const int64_t wo = (x.size(3) + 2 * padding - dilation * (k - 1) - 1) / stride + 1;
+  const int64_t ho = output_extent(x.size(2), k, stride, padding, dilation);
+  const int64_t wo = output_extent(x.size(3), k, stride, padding, dilation);
   TORCH_CHECK(ho >= 1 && wo >= 1 && w.size(4) == ho && w.size(5) == wo,
               "involution_d2_cpu: weight ", w.sizes(), " has the wrong output size for x ",
               x.sizes(), " (expected ", ho, "x", wo, ")");
@@ -672,8 +676,8 @@ std::pair<int64_t, int64_t> check_fused_inputs(const at::Tensor& x, const at::Te
               ", reduced ", r.sizes(), ", groups ", groups, ", kernel size ", kernel_size);
   TORCH_CHECK(stride >= 1 && padding >= 0 && dilation >= 1 && kernel_size >= 1,
               "involution_d2_cpu: bad kernel_size/stride/padding/dilation");
-  const int64_t ho = (x.size(2) + 2 * padding - dilation * (kernel_size - 1) - 1) / stride + 1;
-  const int64_t wo = (x.size(3) + 2 * padding - dilation * (kernel_size - 1) - 1) / stride + 1;
+  const int64_t ho = output_extent(x.size(2), kernel_size, stride, padding, dilation);
+  const int64_t wo = output_extent(x.size(3), kernel_size, stride, padding, dilation);
   TORCH_CHECK(r.size(2) == ho && r.size(3) == wo, "involution_d2_cpu: reduced ", r.sizes(),
               " has the wrong output size for x ", x.sizes(), " (expected ", ho, "x", wo, ")");
   return {ho, wo};
@@ -712,10 +716,10 @@ at::Tensor fused_involution_forward(const at::Tensor& x_, const at::Tensor& r_,
   return out;
 }
 
-// The fused operator's backward.  The kernels' gradient (N, G*K*K, Ho, Wo) is computed by the
-// weight-gradient pass and reduced to the gradients of reduced, span and bias by matrix
-// products; the input gradient regenerates the kernels of each output row as it stages it,
-// so the kernels themselves never exist whole.
+// The fused operator's backward.  The kernels' gradient (N, G*K*K, Ho, Wo, a transient) is
+// computed by the weight-gradient pass and reduced to the gradients of reduced, span and bias
+// by the span's own backward; the input gradient regenerates the kernels a block of rows at
+// a time, so the kernels themselves never exist whole.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_involution_backward(
     const at::Tensor& gout_, const at::Tensor& x_, const at::Tensor& r_, const at::Tensor& span_,
     const c10::optional<at::Tensor>& bias_, int64_t groups, int64_t kernel_size, int64_t stride,
@@ -780,10 +784,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_involution_back
     if (mask[2])
       g_span = at::matmul(gk3, r.view({n, cr, ho * wo}).transpose(1, 2)).sum(0).view_as(span_);
     if (mask[3] && has_bias) g_bias = gk3.sum({0, 2}).to(bias_->scalar_type());
-  } else {
-    if (mask[1]) g_r = at::zeros_like(r);
-    if (mask[2]) g_span = at::zeros_like(span_);
-    if (mask[3] && has_bias) g_bias = at::zeros_like(*bias_);
   }
   return {gx, g_r, g_span, g_bias};
 }
