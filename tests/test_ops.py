@@ -317,9 +317,10 @@ def test_explicit_cupy_without_cupy_is_a_clear_error(monkeypatch):
 
     from involution_d2.ops import cupy_backend
 
-    involution_module = importlib.import_module("involution_d2.ops.involution")
+    op_module = importlib.import_module("involution_d2.ops.op")
 
-    monkeypatch.setattr(involution_module, "cupy_is_usable", lambda: False)
+    # op.kernel_backend is the one place that decides whether the CUDA kernels run.
+    monkeypatch.setattr(op_module, "cupy_is_usable", lambda: False)
     with pytest.raises(ValueError, match="CuPy is not installed or sees no GPU; install "
                                          "cupy-cuda12x / cupy-cuda13x or use backend='torch'"):
         resolve_backend("cupy", torch.device("cuda", 0))

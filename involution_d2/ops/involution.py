@@ -4,11 +4,11 @@ import os
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from .cupy_backend import CupyUnavailableError, cupy_is_usable
-from .native import native_is_available, native_ops
-from .op import fused_involution_op, generate_kernels, involution_op
+from .cupy_backend import CupyUnavailableError
+from .native import native_ops
+from .op import (fused_involution_op, generate_kernels, involution_op, involution_shifted,
+                 kernel_backend)
 from .reference import involution_reference
-from .shifted import involution_shifted
 
 BACKENDS = ("auto", "reference", "torch", "native", "cupy")
 AGGREGATION_RANGE = "involution_d2::aggregation"  # profiler range of every operator call
@@ -105,15 +105,6 @@ def _in_profiler_range(run, *args):
         return run(*args)
 
 
-@torch.compiler.assume_constant_result
-def _native_backend(device_type):
-    """The native backend of a device type where it works ("native", "cupy"), else "".
-    (A constant for torch.compile, which need not trace the build or CuPy's probe.)"""
-    if device_type == "cpu":
-        return "native" if native_is_available() else ""
-    return "cupy" if device_type == "cuda" and cupy_is_usable() else ""
-
-
 def resolve_backend(backend, device):
     """The backend that `involution` runs for `backend` on `device`."""
     if backend not in BACKENDS:
@@ -123,18 +114,18 @@ def resolve_backend(backend, device):
         if backend not in BACKENDS:
             raise ValueError(f"INVOLUTION_BACKEND={backend!r} is not one of {BACKENDS}")
     if backend == "auto":
-        return _native_backend(device.type) or "torch"
+        return kernel_backend(device.type) or "torch"
     if backend == "native":
         if device.type != "cpu":
             raise ValueError(f"involution: backend='native' is the CPU kernel, got tensors on "
                              f"{device}; use backend='cupy' or 'auto' for CUDA tensors")
-        if not _native_backend("cpu"):
+        if not kernel_backend("cpu"):
             native_ops()  # raises NativeUnavailableError, saying why it could not be built
     if backend == "cupy":
         if device.type != "cuda":
             raise ValueError(f"involution: backend='cupy' needs CUDA tensors, got tensors on "
                              f"{device}; use backend='torch' or 'auto' there")
-        if not cupy_is_usable():
+        if not kernel_backend("cuda"):
             raise CupyUnavailableError(
                 "involution: backend='cupy' but CuPy is not installed or sees no GPU; "
                 "install cupy-cuda12x / cupy-cuda13x or use backend='torch'"

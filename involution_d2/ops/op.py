@@ -24,11 +24,12 @@ calls this operator.
 """
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 from . import native
 from .cupy_backend import cupy_backward, cupy_forward, cupy_fused_forward, cupy_is_usable
-from .shifted import _backward as shifted_backward
-from .shifted import _forward as shifted_forward
+from .shifted import backward as shifted_backward
+from .shifted import forward as shifted_forward
 
 NAMESPACE = "involution_d2"
 FORWARD = f"{NAMESPACE}::involution"
@@ -50,6 +51,17 @@ _LIBRARY.define("fused_involution_backward(Tensor grad_out, Tensor x, Tensor red
                 "-> (Tensor, Tensor, Tensor, Tensor)")
 
 
+@torch.compiler.assume_constant_result
+def kernel_backend(device_type):
+    """The native kernels of a device type where they work ("native" on the CPU, "cupy" on
+    CUDA), else "": then the operators run the pure-PyTorch kernels of :mod:`.shifted`.  The
+    one place that decides the fallback, for the operators here and for ``backend="auto"``.
+    (A constant for torch.compile, which need not trace the build or CuPy's probe.)"""
+    if device_type == "cpu":
+        return "native" if native.native_is_available() else ""
+    return "cupy" if device_type == "cuda" and cupy_is_usable() else ""
+
+
 def _shifted_backward(grad_out, x, weight, stride, padding, dilation, output_mask):
     gx, gw = shifted_backward(grad_out.contiguous(), x.contiguous(), weight.contiguous(),
                               stride, padding, dilation, *output_mask)
@@ -62,14 +74,14 @@ def _or_empty(grad, like):
 
 @torch.library.impl(_LIBRARY, "involution", "CPU")
 def _forward_cpu(x, weight, stride, padding, dilation):
-    if native.native_is_available():
+    if kernel_backend("cpu"):
         return torch.ops.involution_d2_cpu.forward(x, weight, stride, padding, dilation)
     return shifted_forward(x.contiguous(), weight.contiguous(), stride, padding, dilation)
 
 
 @torch.library.impl(_LIBRARY, "involution_backward", "CPU")
 def _backward_cpu(grad_out, x, weight, stride, padding, dilation, output_mask):
-    if native.native_is_available():
+    if kernel_backend("cpu"):
         return torch.ops.involution_d2_cpu.backward(grad_out, x, weight, stride, padding,
                                                     dilation, output_mask)
     return _shifted_backward(grad_out, x, weight, stride, padding, dilation, output_mask)
@@ -78,14 +90,14 @@ def _backward_cpu(grad_out, x, weight, stride, padding, dilation, output_mask):
 @torch.library.impl(_LIBRARY, "involution", "CUDA")
 def _forward_cuda(x, weight, stride, padding, dilation):
     x, weight = x.contiguous(), weight.contiguous()
-    if cupy_is_usable():
+    if kernel_backend("cuda"):
         return cupy_forward(x, weight, stride, padding, dilation)
     return shifted_forward(x, weight, stride, padding, dilation)
 
 
 @torch.library.impl(_LIBRARY, "involution_backward", "CUDA")
 def _backward_cuda(grad_out, x, weight, stride, padding, dilation, output_mask):
-    if not cupy_is_usable():
+    if not kernel_backend("cuda"):
         return _shifted_backward(grad_out, x, weight, stride, padding, dilation, output_mask)
     gx, gw = cupy_backward(grad_out.contiguous(), x.contiguous(), weight.contiguous(), stride,
                            padding, dilation, *output_mask)
@@ -146,7 +158,7 @@ def _fused_backward(aggregation_backward, grad_out, x, reduced, span_weight, spa
 @torch.library.impl(_LIBRARY, "fused_involution", "CPU")
 def _fused_forward_cpu(x, reduced, span_weight, span_bias, groups, kernel_size, stride, padding,
                        dilation):
-    if native.native_is_available():
+    if kernel_backend("cpu"):
         return torch.ops.involution_d2_cpu.fused_forward(x, reduced, span_weight, span_bias,
                                                          groups, kernel_size, stride, padding,
                                                          dilation)
@@ -157,7 +169,7 @@ def _fused_forward_cpu(x, reduced, span_weight, span_bias, groups, kernel_size, 
 @torch.library.impl(_LIBRARY, "fused_involution_backward", "CPU")
 def _fused_backward_cpu(grad_out, x, reduced, span_weight, span_bias, groups, kernel_size,
                         stride, padding, dilation, output_mask):
-    if native.native_is_available():
+    if kernel_backend("cpu"):
         return torch.ops.involution_d2_cpu.fused_backward(
             grad_out, x, reduced, span_weight, span_bias, groups, kernel_size, stride,
             padding, dilation, output_mask)
@@ -168,7 +180,7 @@ def _fused_backward_cpu(grad_out, x, reduced, span_weight, span_bias, groups, ke
 @torch.library.impl(_LIBRARY, "fused_involution", "CUDA")
 def _fused_forward_cuda(x, reduced, span_weight, span_bias, groups, kernel_size, stride,
                         padding, dilation):
-    if cupy_is_usable():  # each thread generates its pixel's kernels in registers
+    if kernel_backend("cuda"):  # each thread generates its pixel's kernels in registers
         return cupy_fused_forward(
             x.contiguous(), reduced.contiguous(), span_weight.contiguous(),
             span_bias.contiguous() if span_bias is not None else None, groups, kernel_size,
@@ -232,6 +244,32 @@ def _autograd_backward(ctx, grad_out):
 
 
 torch.library.register_autograd(FORWARD, _autograd_backward, setup_context=_setup_context)
+
+
+class ShiftedInvolution(torch.autograd.Function):
+    """The "torch" backend's autograd: the pure-PyTorch kernels (:mod:`.shifted`) outside the
+    custom operator, so that torch.compile traces them as ATen operators.  (FLOP counters
+    know it by this name: ``prim::PythonOp.ShiftedInvolution``.)"""
+
+    @staticmethod
+    def forward(ctx, x, weight, stride, padding, dilation):
+        ctx.save_for_backward(x, weight)
+        ctx.conf = (stride, padding, dilation)
+        return shifted_forward(x, weight, stride, padding, dilation)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        x, weight = ctx.saved_tensors
+        gx, gw = shifted_backward(grad_out.contiguous(), x, weight, *ctx.conf,
+                                  need_x=ctx.needs_input_grad[0],
+                                  need_w=ctx.needs_input_grad[1])
+        return gx, gw, None, None, None
+
+
+def involution_shifted(x, weight, stride, padding, dilation):
+    """The "torch" backend (no custom operator)."""
+    return ShiftedInvolution.apply(x.contiguous(), weight.contiguous(), stride, padding, dilation)
 
 
 def involution_op(x, weight, stride, padding, dilation):

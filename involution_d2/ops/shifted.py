@@ -6,9 +6,10 @@ rectangle, and the input pixels they read form a strided view of the input.  Acc
 pads the input, and skips the taps that would read zeros.  The backward pass is written the
 same way (autograd would otherwise keep K*K intermediates), so training memory stays at a
 few output-sized buffers.  Runs on any device; half and bfloat16 accumulate in float32.
+
+The kernels only: their autograd (``ShiftedInvolution``) is in op.py with the operators'.
 """
 import torch
-from torch.autograd.function import once_differentiable
 
 # Output-sized blocks processed at once on the CPU, in elements: a block's accumulator
 # stays in cache across the K*K passes instead of streaming through memory K*K times.
@@ -85,7 +86,7 @@ def _blocks(x):
     return [slice(s, s + step) for s in range(0, nb, step)]
 
 
-def _forward(x, weight, stride, padding, dilation):
+def forward(x, weight, stride, padding, dilation):
     n, c, h, w = x.shape
     _, g, k, _, ho, wo = weight.shape
     # (N*G, Cg, H, W) input and (N*G, K, K, Ho, Wo) weight: one weight plane per group.
@@ -103,7 +104,7 @@ def _forward(x, weight, stride, padding, dilation):
     return out.to(x.dtype).view(n, c, ho, wo)
 
 
-def _backward(grad_out, x, weight, stride, padding, dilation, need_x, need_w):
+def backward(grad_out, x, weight, stride, padding, dilation, need_x, need_w):
     n, c, h, w = x.shape
     _, g, k, _, ho, wo = weight.shape
     go5 = grad_out.reshape(n * g, c // g, ho, wo)
@@ -138,25 +139,3 @@ def _backward(grad_out, x, weight, stride, padding, dilation, need_x, need_w):
     if gw is not None:
         gw = gw.to(weight.dtype).view(weight.shape)
     return gx, gw
-
-
-class ShiftedInvolution(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, weight, stride, padding, dilation):
-        ctx.save_for_backward(x, weight)
-        ctx.conf = (stride, padding, dilation)
-        return _forward(x, weight, stride, padding, dilation)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_out):
-        x, weight = ctx.saved_tensors
-        gx, gw = _backward(
-            grad_out.contiguous(), x, weight, *ctx.conf,
-            need_x=ctx.needs_input_grad[0], need_w=ctx.needs_input_grad[1],
-        )
-        return gx, gw, None, None, None
-
-
-def involution_shifted(x, weight, stride, padding, dilation):
-    return ShiftedInvolution.apply(x.contiguous(), weight.contiguous(), stride, padding, dilation)
