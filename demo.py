@@ -22,7 +22,7 @@ from detectron2.data.detection_utils import read_image
 from detectron2.utils.visualizer import ColorMode, Visualizer
 
 from involution_d2.checkpoint.save import atomic_write, is_disk_full
-from involution_d2.engine import USER_ERROR_EXIT, DiskFullError, UserError, config_weights
+from involution_d2.engine import DiskFullError, UserError, config_weights, exit_status
 from involution_d2.engine import setup_config
 from involution_d2.engine.predictor import build_predictor, test_metadata
 
@@ -147,12 +147,7 @@ def main(argv=None):
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[],
                         help="config overrides, e.g. MODEL.WEIGHTS model_final.pth (yacs) "
                              "or train.init_checkpoint=model_final.pth (LazyConfig)")
-    args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return USER_ERROR_EXIT
+    return exit_status(run, parser.parse_args(argv))
 
 
 if __name__ == "__main__":

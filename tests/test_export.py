@@ -172,9 +172,10 @@ def test_export_tool_writes_checked_onnx_with_standard_operators(tmp_path, capsy
     import onnx
 
     tool = export_tool()
-    results = tool.main(["--config-file", os.path.join(REPO, "configs", DETECTORS[0] + ".yaml"),
-                         "--format", "onnx", "--size", "64", "96", "--output", str(tmp_path),
-                         "MODEL.REDNET.DEPTH", "26"])
+    args = tool.parse_args(["--config-file", os.path.join(REPO, "configs", DETECTORS[0] + ".yaml"),
+                            "--format", "onnx", "--size", "64", "96", "--output", str(tmp_path),
+                            "MODEL.REDNET.DEPTH", "26"])
+    results = tool.export(args)
     path, error = results["onnx"]
     assert error < 1e-5
     graph = onnx.load(path).graph

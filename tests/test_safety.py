@@ -165,15 +165,53 @@ def test_yacs_predictor_loads_through_the_safe_checkpointer(tmp_path):
 def test_malicious_pth_is_refused_naming_the_file_and_the_object(tmp_path):
     from involution_d2.engine import AtomicCheckpointer, CheckpointLoadError
 
-    marker = str(tmp_path / "code_ran")
-    path = str(tmp_path / "evil.pth")
-    torch.save({"model": {"weight": CreatesAFile(marker)}}, path)
+    path, marker = malicious_pth(str(tmp_path))
     with pytest.raises(CheckpointLoadError) as error:
         AtomicCheckpointer(torch.nn.Linear(2, 2)).load(path)
     assert not os.path.exists(marker)
     message = str(error.value)
     assert message.startswith(f"{path}: refused to load ") and "open" in message.split(":")[1]
     assert "can run code" in message and "\n" not in message
+
+
+def malicious_pth(folder):
+    marker = os.path.join(folder, "code_ran")
+    path = os.path.join(folder, "evil.pth")
+    torch.save({"model": {"weight": CreatesAFile(marker)}}, path)
+    return path, marker
+
+
+HOSTILE = {"pkl": malicious_pkl, "pth": malicious_pth}
+
+
+@pytest.mark.parametrize("kind", sorted(HOSTILE))
+@pytest.mark.parametrize("tool, args", [
+    ("tools/export_model.py", ["--format", "export", "--size", "64", "64", "--output", "{out}"]),
+    ("tools/analyze_model.py", ["--tasks", "parameter"]),
+])
+def test_every_tool_that_loads_weights_refuses_hostile_checkpoints(tmp_path, tool, args, kind):
+    """The tools load MODEL.WEIGHTS through the one safe loader: nothing in the file runs,
+    and the command stops with one line naming the file (the benchmark tools take no
+    checkpoint: their models keep random weights)."""
+    evil, marker = HOSTILE[kind](str(tmp_path))
+    args = [a.format(out=tmp_path / "out") for a in args]
+    proc = run(tool, *args, "--config-file", YACS_DEMO, "MODEL.WEIGHTS", evil,
+               cache=str(tmp_path))
+    assert not os.path.exists(marker), "the pickle ran code"
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert last_line(proc.stderr).startswith(f"error: {evil}: refused to load "), proc.stderr
+
+
+@pytest.mark.parametrize("kind", sorted(HOSTILE))
+def test_model_zoo_get_refuses_hostile_checkpoints(tmp_path, kind):
+    from involution_d2 import model_zoo
+    from involution_d2.engine import CheckpointLoadError
+
+    evil, marker = HOSTILE[kind](str(tmp_path))
+    with pytest.raises(CheckpointLoadError, match="refused to load"):
+        model_zoo.get("Demo/mask_rcnn_rednet26_invfpn_invhead_shapes.py", weights=evil,
+                      device="cpu")
+    assert not os.path.exists(marker)
 
 
 def test_model_zoo_pkl_of_numpy_1_or_2_still_loads(tmp_path):

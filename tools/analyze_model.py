@@ -57,10 +57,11 @@ def _parse(argv):
 
 
 def _build(config_file, opts):
-    from involution_d2.engine import build_model_from_config, setup_config
+    """The config's model with its weights, if it names any (as Detectron2's analysis tool
+    loads them), by the checkpointer that never runs code from a file."""
+    from involution_d2.engine import build_model_with_weights, setup_config
 
-    cfg = setup_config(config_file, opts)
-    return build_model_from_config(cfg)
+    return build_model_with_weights(setup_config(config_file, opts))
 
 
 def _g(n):
@@ -130,9 +131,11 @@ def main(argv=None):
     warnings.filterwarnings("ignore", category=FutureWarning)  # torch.jit deprecation notes
     if args.official_table:
         official_table(args)
-    else:
-        analyze(args)
+        return 0
+    from involution_d2.engine import exit_status
+
+    return exit_status(analyze, args)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

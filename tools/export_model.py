@@ -32,18 +32,10 @@ FORMATS = ("torchscript", "export", "onnx")
 
 def load_model(config_file, opts=()):
     """The config's model in eval mode, with MODEL.WEIGHTS (yacs) or train.init_checkpoint
-    (LazyConfig) loaded when set."""
-    from detectron2.checkpoint import DetectionCheckpointer
-    from detectron2.config import CfgNode
+    (LazyConfig) loaded when set, by the checkpointer that never runs code from a file."""
+    from involution_d2.engine import build_model_with_weights, setup_config
 
-    from involution_d2.engine import build_model_from_config, setup_config
-
-    cfg = setup_config(config_file, opts)
-    model = build_model_from_config(cfg).eval()
-    weights = cfg.MODEL.WEIGHTS if isinstance(cfg, CfgNode) else cfg.train.get("init_checkpoint")
-    if weights:
-        DetectionCheckpointer(model).load(weights)
-    return model
+    return build_model_with_weights(setup_config(config_file, opts)).eval()
 
 
 def sample_image(size, seed=0):
@@ -146,7 +138,7 @@ def count_involution_nodes(graph_or_program):
         "involution_d2::fused_involution(")
 
 
-def main(argv=None):
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__.split("\n\n", 1)[1])
@@ -158,8 +150,18 @@ def main(argv=None):
                         help="height and width of the sample image (default: 800 1216)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, default=[],
                         help="config overrides (yacs KEY VALUE pairs, LazyConfig key=value)")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
+
+def main(argv=None):
+    """The command: exit status 0, or 2 with one line saying what to fix."""
+    from involution_d2.engine import exit_status
+
+    return exit_status(export, parse_args(argv))
+
+
+def export(args):
+    """Runs the command; returns {format: path or (path, relative error)}."""
     from detectron2.utils.testing import assert_instances_allclose
 
     import involution_d2.ops  # noqa: F401 (registers the operator)
@@ -202,4 +204,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -6,6 +6,7 @@ from .components import (
     build_components,
     build_evaluator,
     build_model_from_config,
+    build_model_with_weights,
     evaluator_class,
     check_dataset,
     config_device,
@@ -14,7 +15,8 @@ from .components import (
     read_config,
 )
 from .config_files import apply_lazy_overrides, setup_config
-from .errors import USER_ERROR_EXIT, CheckpointLoadError, ConfigError, DiskFullError, UserError
+from .errors import (USER_ERROR_EXIT, CheckpointLoadError, ConfigError, DiskFullError, UserError,
+                     exit_status)
 from .launch import launch, share_cpu_cores, stop_with_launcher, threads_per_process
 
 __all__ = [k for k in globals() if not k.startswith("_")]

@@ -24,6 +24,7 @@ from omegaconf import OmegaConf
 from ..data import check_dataset, get_pipeline
 from ..evaluation import ClassificationEvaluator
 from ..solver import build_lr_scheduler, build_optimizer
+from .checkpointer import AtomicCheckpointer
 
 __all__ = [
     "Components",
@@ -304,6 +305,17 @@ def build_components(cfg) -> Components:
 def build_model_from_config(cfg):
     """The model of a yacs or LazyConfig config, on the config's device."""
     return read_config(cfg).build_model()
+
+
+def build_model_with_weights(cfg, weights=None):
+    """The config's model with ``weights`` loaded (None: the config's ``MODEL.WEIGHTS`` /
+    ``train.init_checkpoint``; empty: none), through the checkpointer that never runs code
+    from a file: what every tool that loads a checkpoint uses."""
+    model = build_model_from_config(cfg)
+    weights = config_weights(cfg) if weights is None else weights
+    if weights:
+        AtomicCheckpointer(model).load(weights)
+    return model
 
 
 def config_device(cfg):

@@ -69,7 +69,7 @@ def get(config_path, weights=None, device=None):
     Returns:
         nn.Module: in training mode, as Detectron2's (call ``.eval()`` for inference).
     """
-    from ..engine import AtomicCheckpointer, build_model_from_config
+    from ..engine import build_model_with_weights
 
     cfg = get_config(config_path)
     if device is not None:
@@ -77,7 +77,4 @@ def get(config_path, weights=None, device=None):
             cfg.MODEL.DEVICE = device
         else:
             cfg.train.device = device
-    model = build_model_from_config(cfg)
-    if weights:
-        AtomicCheckpointer(model).load(weights)
-    return model
+    return build_model_with_weights(cfg, weights or "")
