@@ -38,6 +38,7 @@ from fvcore.nn.precise_bn import get_bn_modules
 from involution_d2.engine import AtomicCheckpointer, build_components, check_dataset
 from involution_d2.engine import launch, read_config, setup_config
 from involution_d2.engine.metrics import drop_metrics_from
+from involution_d2.engine.numerics import check_trainable_start, non_finite_features
 
 logger = logging.getLogger("involution_d2")
 
@@ -60,7 +61,8 @@ def evaluate(components, model):
     alone, as Detectron2's trainers return them)."""
     results = {}
     for test in components.tests:
-        res = inference_on_dataset(model, test.loader(), test.evaluator())
+        with non_finite_features(model, test.name):
+            res = inference_on_dataset(model, test.loader(), test.evaluator())
         results[test.name] = res
         if comm.is_main_process():
             logger.info(f"Evaluation on {test.name}:")
@@ -101,6 +103,7 @@ def train(args, components):
         if comm.is_main_process() else None,
     ])
     checkpointer.resume_or_load(components.init_weights, resume=args.resume)
+    check_trainable_start(model)  # before the first iteration, not at its Inf/NaN
     # A checkpoint holds the iteration that had just finished: continue after it.
     start_iter = trainer.iter + 1 if args.resume and checkpointer.has_checkpoint() else 0
     if start_iter >= components.max_iter:
