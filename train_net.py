@@ -36,7 +36,8 @@ from detectron2.utils.logger import setup_logger
 from fvcore.nn.precise_bn import get_bn_modules
 
 from involution_d2.engine import AtomicCheckpointer, build_components, check_dataset
-from involution_d2.engine import launch, read_config, setup_config
+from involution_d2.engine import (launch, loader_workers_stop_with_process, read_config,
+                                  setup_config)
 from involution_d2.engine.metrics import drop_metrics_from
 from involution_d2.engine.numerics import check_trainable_start, non_finite_features
 
@@ -61,8 +62,9 @@ def evaluate(components, model):
     alone, as Detectron2's trainers return them)."""
     results = {}
     for test in components.tests:
+        loader = loader_workers_stop_with_process(test.loader())
         with non_finite_features(model, test.name):
-            res = inference_on_dataset(model, test.loader(), test.evaluator())
+            res = inference_on_dataset(model, loader, test.evaluator())
         results[test.name] = res
         if comm.is_main_process():
             logger.info(f"Evaluation on {test.name}:")
@@ -77,7 +79,7 @@ def train(args, components):
         raise ValueError("mixed precision (SOLVER.AMP.ENABLED / train.amp.enabled) needs a "
                          "GPU; turn it off to train on the CPU")
     optimizer = components.optimizer()
-    train_loader = components.train_loader()
+    train_loader = loader_workers_stop_with_process(components.train_loader())
     # DistributedDataParallel takes device_ids for GPU modules only.
     ddp_model = create_ddp_model(model, **components.ddp,
                                  **({} if on_gpu or "device_ids" in components.ddp
@@ -91,7 +93,8 @@ def train(args, components):
         hooks.IterationTimer(),
         hooks.LRScheduler(scheduler=components.lr_scheduler(optimizer)),
         # Before the checkpointer, which then saves the statistics it computes.
-        hooks.PreciseBN(components.eval_period, model, components.precise_bn_loader(),
+        hooks.PreciseBN(components.eval_period, model,
+                        loader_workers_stop_with_process(components.precise_bn_loader()),
                         components.precise_bn_iters)
         if components.precise_bn_iters and get_bn_modules(model) else None,
         hooks.PeriodicCheckpointer(checkpointer, max_iter=components.max_iter,

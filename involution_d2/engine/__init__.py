@@ -17,6 +17,7 @@ from .components import (
 from .config_files import apply_lazy_overrides, setup_config
 from .errors import (USER_ERROR_EXIT, CheckpointLoadError, ConfigError, DiskFullError, UserError,
                      exit_status)
-from .launch import launch, share_cpu_cores, stop_with_launcher, threads_per_process
+from .launch import (launch, loader_workers_stop_with_process, share_cpu_cores, stop_with_launcher,
+                     threads_per_process)
 
 __all__ = [k for k in globals() if not k.startswith("_")]

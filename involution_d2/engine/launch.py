@@ -1,5 +1,7 @@
-"""Detectron2's launcher, made safe to leave: worker processes stop when their launcher dies
-and share the CPU cores, and a UserError ends the command with one line."""
+"""Detectron2's launcher, made safe to leave: every process it starts stops when its parent
+dies (training workers with their launcher, DataLoader workers with their training worker),
+even by ``kill -9``; a process killed or crashed stops the others with one line saying which;
+workers share the CPU cores; a UserError ends the command with one line."""
 import ctypes
 import os
 import signal
@@ -14,35 +16,73 @@ from torch.multiprocessing import ProcessExitedException
 
 from .errors import USER_ERROR_EXIT, UserError
 
-__all__ = ["launch", "share_cpu_cores", "stop_with_launcher", "threads_per_process"]
+__all__ = ["launch", "loader_workers_stop_with_process", "share_cpu_cores",
+           "stop_with_launcher", "threads_per_process"]
 
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
-def stop_with_launcher(launcher_pid):
-    """End this process when the process ``launcher_pid`` (its parent) dies, even by
-    ``kill -9``: Detectron2's workers would otherwise go on training as orphans. Linux:
-    the kernel sends SIGTERM (prctl PR_SET_PDEATHSIG); elsewhere a thread watches the parent
-    pid. (torch's workers ask for SIGINT, which is ignored by processes started with ``&``
-    from a script: they survived.)"""
-    if signal.getsignal(signal.SIGTERM) == signal.SIG_IGN:  # inherited; would void the signal
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+def _stop_with_parent(parent_pid, signum):
+    """End this process when its parent ``parent_pid`` dies, even by ``kill -9``. Linux: the
+    kernel sends ``signum`` (prctl PR_SET_PDEATHSIG); elsewhere a thread watches the parent
+    pid."""
     if sys.platform.startswith("linux"):
         try:
             libc = ctypes.CDLL(None, use_errno=True)
-            if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) == 0:
-                if os.getppid() != launcher_pid:  # it died before prctl
+            if libc.prctl(_PR_SET_PDEATHSIG, signum, 0, 0, 0) == 0:
+                if os.getppid() != parent_pid:  # it died before prctl
                     os._exit(1)
                 return
         except (OSError, AttributeError):
             pass
 
     def watch():
-        while os.getppid() == launcher_pid:
+        while os.getppid() == parent_pid:
             time.sleep(1.0)
         os._exit(1)
 
-    threading.Thread(target=watch, name="stop_with_launcher", daemon=True).start()
+    threading.Thread(target=watch, name="stop_with_parent", daemon=True).start()
+
+
+def stop_with_launcher(launcher_pid):
+    """End this training worker when its launcher ``launcher_pid`` dies, even by ``kill -9``:
+    Detectron2's workers would otherwise go on training as orphans. The signal is SIGTERM.
+    (torch's workers ask for SIGINT, which is ignored by processes started with ``&`` from a
+    script: they survived.)"""
+    if signal.getsignal(signal.SIGTERM) == signal.SIG_IGN:  # inherited; would void the signal
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _stop_with_parent(launcher_pid, signal.SIGTERM)
+
+
+class _StopWithParent:
+    """A DataLoader ``worker_init_fn``: the loader worker is killed (SIGKILL) when the process
+    reading from it dies, then runs the loader's own ``worker_init_fn``. (torch's loader
+    workers notice a dead parent only at their next poll, and one blocked at exit never
+    does: they outlived a killed training worker.)"""
+
+    def __init__(self, worker_init_fn, parent_pid):
+        self.worker_init_fn = worker_init_fn
+        self.parent_pid = parent_pid
+
+    def __call__(self, worker_id):
+        _stop_with_parent(self.parent_pid, signal.SIGKILL)
+        if self.worker_init_fn is not None:
+            self.worker_init_fn(worker_id)
+
+
+def loader_workers_stop_with_process(loader):
+    """``loader``, whose worker processes now stop when this process dies: every
+    ``torch.utils.data.DataLoader`` in it (Detectron2 wraps its DataLoader in datasets that
+    group or map its batches) gets a ``worker_init_fn`` that asks the kernel for that."""
+    item, seen = loader, set()
+    while item is not None and id(item) not in seen:
+        seen.add(id(item))
+        if isinstance(item, torch.utils.data.DataLoader) and item.num_workers > 0 \
+                and not isinstance(item.worker_init_fn, _StopWithParent):
+            item.worker_init_fn = _StopWithParent(item.worker_init_fn, os.getpid())
+        inner = getattr(item, "dataset", None)
+        item = inner if inner is not None else getattr(item, "_dataset", None)
+    return loader
 
 
 def threads_per_process(local_processes, environ=os.environ):
@@ -96,5 +136,10 @@ def launch(main_func, args, preflight=None):
     except ProcessExitedException as exc:
         if exc.exit_code == USER_ERROR_EXIT:  # the worker has said why
             return USER_ERROR_EXIT
-        raise
+        how = (f"was killed by {exc.signal_name}" if exc.signal_name
+               else f"exited with status {exc.exit_code}")
+        print(f"error: training process {exc.error_index} (pid {exc.error_pid}) {how}; the "
+              "other processes were stopped. Continue from the last checkpoint with --resume",
+              file=sys.stderr, flush=True)
+        return 1
     return 0
