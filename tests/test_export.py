@@ -150,6 +150,43 @@ def test_detectors_trace_through_tracing_adapter(name, tmp_path):
 
 
 @requires_detectron2
+@pytest.mark.parametrize("name", DETECTORS)
+def test_detectors_script_with_instances(name, tmp_path):
+    """Detectron2's scripting path (scripting_with_instances, as its deployment guide and
+    export tool use it): scripted, saved and loaded, the model's inference equals eager on a
+    batch of two images of different sizes."""
+    from detectron2.utils.testing import assert_instances_allclose
+
+    from involution_d2.layers import Involution
+
+    tool = export_tool()
+    model = tiny_detector(name)
+    scripted = tool.script_detector(model, str(tmp_path / "model.ts"))
+    images = [tool.sample_image((64, 96)), tool.sample_image((96, 128), seed=1)]
+    wants, gots = tool.scripted_predictions(model, scripted, images)
+    for want, got in zip(wants, gots):
+        assert len(want) > 0
+        assert_instances_allclose(want, got, size_as_tensor=True)
+    # Every involution layer calls the fused operator from TorchScript.
+    layers = sum(isinstance(m, Involution) for m in model.modules())
+    assert tool.count_involution_nodes(scripted) >= layers > 0
+
+
+@requires_detectron2
+def test_export_tool_scripts_the_detector(tmp_path, capsys):
+    tool = export_tool()
+    args = tool.parse_args(["--config-file", os.path.join(REPO, "configs", DETECTORS[5] + ".py"),
+                            "--format", "torchscript", "--method", "scripting", "--size", "64",
+                            "96", "--output", str(tmp_path), "model.backbone.bottom_up.depth=26",
+                            "model.backbone.bottom_up.norm=GN"])
+    results = tool.export(args)
+    assert results["torchscript"] == str(tmp_path / "model.ts")
+    out = capsys.readouterr().out
+    assert "the detector scripted (" in out and "on two images, equal to eager" in out
+    assert isinstance(torch.jit.load(results["torchscript"]), torch.jit.ScriptModule)
+
+
+@requires_detectron2
 def test_backbone_goes_through_torch_export(tmp_path):
     from involution_d2.layers import Involution
 

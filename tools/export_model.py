@@ -1,9 +1,12 @@
 #!/usr/bin/env python3
 """Export a RedNet model for deployment, and check each export against the eager model.
 
-- ``torchscript``: the whole detector, traced through Detectron2's ``TracingAdapter``
-  (``model.ts``; load it with ``torch.jit.load`` after ``import involution_d2.ops``, which
-  registers the involution operator);
+- ``torchscript``: the whole detector (``model.ts``; load it with ``torch.jit.load`` after
+  ``import involution_d2.ops``, which registers the involution operator), by
+  ``--method tracing`` (default: Detectron2's ``TracingAdapter``, one image in, its
+  predictions out) or ``--method scripting`` (Detectron2's ``scripting_with_instances``, as
+  its ``tools/deploy/export_model.py`` scripts: a list of ``{"image": tensor}`` in, a list of
+  dicts of prediction fields out, before post-processing);
 - ``export``: the backbone (RedNet) through ``torch.export`` (``backbone.pt2``), one
   ``involution_d2::involution`` node per involution;
 - ``onnx``: that exported backbone with each involution lowered to standard ONNX operators
@@ -22,12 +25,14 @@ import os
 import sys
 import warnings
 from pathlib import Path
+from typing import Dict, List
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 FORMATS = ("torchscript", "export", "onnx")
+METHODS = ("tracing", "scripting")
 
 
 def load_model(config_file, opts=()):
@@ -93,6 +98,88 @@ def trace_detector(model, image, path=None, check_image=None):
     return traced, want, got
 
 
+class ScriptableRCNN(torch.nn.Module):
+    """An R-CNN for scripting, as Detectron2's export tool wraps it: its inference before
+    post-processing, each image's predictions as a dict of fields."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        self.eval()
+
+    def forward(self, inputs: List[Dict[str, torch.Tensor]]) -> List[Dict[str, torch.Tensor]]:
+        instances = self.model.inference(inputs, do_postprocess=False)
+        return [i.get_fields() for i in instances]
+
+
+class ScriptableDenseDetector(ScriptableRCNN):
+    """A one-stage detector (RetinaNet) for scripting: its scripted forward returns the
+    predictions before post-processing."""
+
+    def forward(self, inputs: List[Dict[str, torch.Tensor]]) -> List[Dict[str, torch.Tensor]]:
+        instances = self.model(inputs)
+        return [i.get_fields() for i in instances]
+
+
+def plain_config_values(model):
+    """Replaces, in place, the OmegaConf lists and dicts that a LazyConfig leaves in module
+    attributes (Detectron2's modules keep them, e.g. the anchor generator's strides) by
+    plain ones, which TorchScript accepts; returns ``model``."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    for module in model.modules():
+        for name, value in list(vars(module).items()):
+            if isinstance(value, (ListConfig, DictConfig)):
+                setattr(module, name, OmegaConf.to_container(value))
+    return model
+
+
+def script_detector(model, path=None):
+    """The detector scripted (``scripting_with_instances``), saved to ``path`` and loaded back
+    when given."""
+    from detectron2.export import scripting_with_instances
+    from detectron2.structures import Boxes
+
+    plain_config_values(model)
+    fields = {"pred_boxes": Boxes, "scores": torch.Tensor, "pred_classes": torch.Tensor}
+    if hasattr(model, "roi_heads"):
+        fields.update(proposal_boxes=Boxes, objectness_logits=torch.Tensor,
+                      pred_masks=torch.Tensor)
+        adapter = ScriptableRCNN(model)
+    else:
+        adapter = ScriptableDenseDetector(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit.script's deprecation
+        scripted = scripting_with_instances(adapter, fields)
+    if path is not None:
+        scripted.save(path)
+        scripted = torch.jit.load(path)
+    return scripted
+
+
+def scripted_predictions(model, scripted, images):
+    """(eager, scripted) predictions of ``images`` as Instances, each post-processed to its
+    image's size (so that RetinaNet's scripted and eager outputs compare)."""
+    from detectron2.modeling.postprocessing import detector_postprocess
+    from detectron2.structures import Boxes, Instances
+
+    inputs = [{"image": image} for image in images]
+    with torch.no_grad():
+        fields = scripted(inputs)
+        if hasattr(model, "roi_heads"):
+            eager = model.inference(inputs, do_postprocess=False)
+        else:
+            eager = [r["instances"] for r in model(inputs)]
+    got = []
+    for image, image_fields, want in zip(images, fields, eager):
+        size = tuple(image.shape[1:])
+        instances = Instances(size, **{k: Boxes(v) if k.endswith("boxes") else v
+                                       for k, v in image_fields.items()})
+        got.append(instances if hasattr(model, "roi_heads")
+                   else detector_postprocess(instances, *size))
+    return eager, got
+
+
 def export_backbone(model, tensor, path=None):
     """``torch.export`` of the backbone on ``tensor``; saved to ``path`` when given."""
     program = torch.export.export(Backbone(model).eval(), (tensor,))
@@ -145,6 +232,8 @@ def parse_args(argv=None):
     parser.add_argument("--config-file", required=True, metavar="FILE",
                         help="a LazyConfig .py or yacs .yaml")
     parser.add_argument("--format", nargs="+", choices=FORMATS, default=list(FORMATS))
+    parser.add_argument("--method", choices=METHODS, default="tracing",
+                        help="how the torchscript format is made (default: tracing)")
     parser.add_argument("--output", required=True, help="directory for the exported files")
     parser.add_argument("--size", nargs=2, type=int, default=(800, 1216), metavar=("H", "W"),
                         help="height and width of the sample image (default: 800 1216)")
@@ -170,7 +259,7 @@ def export(args):
     model = load_model(args.config_file, args.opts)
     image = sample_image(tuple(args.size))
     results = {}
-    if "torchscript" in args.format:
+    if "torchscript" in args.format and args.method == "tracing":
         path = os.path.join(args.output, "model.ts")
         traced, want, got = trace_detector(model, image, path)
         if len(want) or len(got):  # Detectron2's comparison fails on two empty results
@@ -178,6 +267,19 @@ def export(args):
         results["torchscript"] = path
         print(f"{path}: the detector traced ({count_involution_nodes(traced)} involution "
               f"nodes), {len(got)} predictions, equal to eager")
+    elif "torchscript" in args.format:
+        path = os.path.join(args.output, "model.ts")
+        scripted = script_detector(model, path)
+        # Checked on a batch of two images of different sizes.
+        small = sample_image(tuple(max(32, s * 3 // 4) for s in args.size), seed=1)
+        wants, gots = scripted_predictions(model, scripted, [image, small])
+        for want, got in zip(wants, gots):
+            if len(want) or len(got):
+                assert_instances_allclose(want, got, size_as_tensor=True)
+        results["torchscript"] = path
+        print(f"{path}: the detector scripted ({count_involution_nodes(scripted)} involution "
+              f"operator calls), {sum(len(g) for g in gots)} predictions on two images, equal "
+              "to eager")
     if "export" in args.format or "onnx" in args.format:
         tensor = backbone_input(model, image)
         path = os.path.join(args.output, "backbone.pt2")

@@ -11,6 +11,8 @@ def _norm_attr(norm_module):
 
 
 class ConvNormAct(nn.Module):
+    __jit_unused_properties__ = ["norm"]
+
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, *, norm="BN",
                  activation=True):
         """
@@ -23,20 +25,22 @@ class ConvNormAct(nn.Module):
         norm_module = get_norm(norm, out_channels)
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride,
                               padding=(kernel_size - 1) // 2, bias=norm_module is None)
-        self.norm_name = None
-        if norm_module is not None:
-            self.norm_name = _norm_attr(norm_module)
-            self.add_module(self.norm_name, norm_module)
+        # One of the two is the norm, the other None (TorchScript reads neither by name).
+        is_gn = norm_module is not None and _norm_attr(norm_module) == "gn"
+        self.bn = None if is_gn else norm_module
+        self.gn = norm_module if is_gn else None
         self.activation = nn.ReLU(inplace=True) if activation else None
 
     @property
     def norm(self):
-        return getattr(self, self.norm_name) if self.norm_name else None
+        return self.gn if self.gn is not None else self.bn
 
     def forward(self, x):
         x = self.conv(x)
-        if self.norm_name:
-            x = self.norm(x)
+        if self.bn is not None:
+            x = self.bn(x)
+        if self.gn is not None:
+            x = self.gn(x)
         if self.activation is not None:
             x = self.activation(x)
         return x

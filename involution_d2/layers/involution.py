@@ -1,4 +1,5 @@
 """The involution layer: per-pixel kernels generated from the input, then aggregated."""
+import torch
 from torch import nn
 
 from ..ops import fused_involution
@@ -80,7 +81,7 @@ class Involution(nn.Module):
                                  norm="", activation=False)
 
     def forward(self, x):
-        if x.dim() != 4 or x.shape[1] != self.channels:
+        if not torch.jit.is_scripting() and (x.dim() != 4 or x.shape[1] != self.channels):
             raise ValueError(f"Involution: expected input (N, {self.channels}, H, W), "
                              f"got {tuple(x.shape)}")
         pooled = self.avgpool(x) if self.avgpool is not None else x
@@ -89,8 +90,16 @@ class Involution(nn.Module):
         # never keeps the G*K*K-channel kernels (see involution_d2.ops.fused_involution).
         span = self.conv2.conv
         k = self.kernel_size
-        out = fused_involution(x, reduced, span.weight, span.bias, self.groups, k, self.stride,
-                               self.dilation * (k - 1) // 2, self.dilation, backend=self.backend)
+        padding = self.dilation * (k - 1) // 2
+        if torch.jit.is_scripting():
+            # TorchScript calls the operator itself, which runs the device's kernel as
+            # backend="auto" does (the checks and backend choice above it are Python).
+            out = torch.ops.involution_d2.fused_involution(
+                x, reduced, span.weight, span.bias, self.groups, k, self.stride, padding,
+                self.dilation)
+        else:
+            out = fused_involution(x, reduced, span.weight, span.bias, self.groups, k,
+                                   self.stride, padding, self.dilation, backend=self.backend)
         return self.activation(out) if self.activation is not None else out
 
     def extra_repr(self):

@@ -1,10 +1,12 @@
 """FPNs over RedNet: Detectron2's FPN, and the involution FPN whose 3x3 output convolutions
 are involutions (the official "Neck: involution"); the 1x1 laterals and the extra levels
 (max-pool P6, or conv P6/P7 for RetinaNet) stay as in Detectron2."""
+import copy
 import math
 
 import fvcore.nn.weight_init as weight_init
 import torch.nn.functional as F
+from torch import nn
 from detectron2.layers import Conv2d, ShapeSpec, get_norm
 from detectron2.modeling.backbone import BACKBONE_REGISTRY, FPN, Backbone
 from detectron2.modeling.backbone.fpn import LastLevelMaxPool, LastLevelP6P7
@@ -83,23 +85,40 @@ class InvolutionFPN(Backbone):
     def padding_constraints(self):
         return {"square_size": self._square_pad}
 
+    def __prepare_scriptable__(self):
+        """For torch.jit.script, as Detectron2 prepares its FPN: the convolutions as
+        ModuleLists (state-dict names change, as for FPN)."""
+        scriptable = copy.deepcopy(self)
+        scriptable.lateral_convs = nn.ModuleList(scriptable.lateral_convs)
+        scriptable.output_convs = nn.ModuleList(scriptable.output_convs)
+        for name, _ in self.named_children():
+            if name.startswith("fpn_"):
+                delattr(scriptable, name)
+        return scriptable
+
     def forward(self, x):
         """As FPN's: {"p<stage>": feature} from high to low resolution, then the top block's."""
         bottom_up = self.bottom_up(x)
         prev = self.lateral_convs[0](bottom_up[self.in_features[-1]])
         results = [self.output_convs[0](prev)]
-        for idx in range(1, len(self.lateral_convs)):
-            lateral = self.lateral_convs[idx](bottom_up[self.in_features[-idx - 1]])
-            prev = lateral + F.interpolate(prev, scale_factor=2.0, mode="nearest")
-            if self._fuse_type == "avg":
-                prev = prev / 2
-            results.insert(0, self.output_convs[idx](prev))
+        # Written as FPN.forward is, so that it scripts: TorchScript indexes a ModuleList
+        # with constants only, hence the loop over all pairs that skips the first.
+        for idx, (lateral_conv, output_conv) in enumerate(
+                zip(self.lateral_convs, self.output_convs)):
+            if idx > 0:
+                lateral = lateral_conv(bottom_up[self.in_features[-idx - 1]])
+                prev = lateral + F.interpolate(prev, scale_factor=2.0, mode="nearest")
+                if self._fuse_type == "avg":
+                    prev = prev / 2
+                results.insert(0, output_conv(prev))
         if self.top_block is not None:
             top_in = self.top_block.in_feature
-            source = (bottom_up[top_in] if top_in in bottom_up
-                      else results[self._out_features.index(top_in)])
+            if top_in in bottom_up:
+                source = bottom_up[top_in]
+            else:
+                source = results[self._out_features.index(top_in)]
             results.extend(self.top_block(source))
-        return dict(zip(self._out_features, results))
+        return {f: r for f, r in zip(self._out_features, results)}
 
 
 class LastLevelP6P7NoReLU(LastLevelP6P7):

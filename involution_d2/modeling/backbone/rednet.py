@@ -60,8 +60,12 @@ class RedNetStem(CNNBlockBase):
             weight_init.c2_msra_fill(getattr(self, name).conv)
 
     def forward(self, x):
-        for name in ("0", "1", "2", "3", "4"):
-            x = getattr(self, name)(x)
+        # One literal name each: TorchScript reads attributes by literal names only.
+        x = getattr(self, "0")(x)
+        x = getattr(self, "1")(x)
+        x = getattr(self, "2")(x)
+        x = getattr(self, "3")(x)
+        x = getattr(self, "4")(x)
         return F.max_pool2d(x, kernel_size=3, stride=2, padding=1)
 
 
@@ -149,6 +153,8 @@ class RedNet(ResNet):
                 norm=norm, involution_kwargs=involution_kwargs,
             ))
             in_ch, out_ch = out_ch, out_ch * 2
+        # A plain list (LazyConfig passes an OmegaConf ListConfig, which TorchScript rejects).
+        out_features = list(out_features) if out_features is not None else None
         super().__init__(stem, stages, num_classes=num_classes, out_features=out_features,
                          freeze_at=freeze_at)
         self.depth = depth
