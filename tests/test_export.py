@@ -9,9 +9,10 @@ import sys
 import pytest
 import torch
 
-from involution_d2.ops import involution, output_size
 import torch.nn.functional as F
 
+from involution_d2 import export
+from involution_d2.ops import involution, output_size
 from involution_d2.ops.export import involution_by_rows
 
 from conftest import requires_detectron2
@@ -24,12 +25,12 @@ requires_onnx = pytest.mark.skipif(
 
 
 def export_tool():
-    sys.path.insert(0, os.path.join(REPO, "tools"))
-    try:
-        import export_model
-    finally:
-        sys.path.pop(0)
-    return export_model
+    """tools/export_model.py as a module (its command-line functions)."""
+    spec = importlib.util.spec_from_file_location(
+        "export_model", os.path.join(REPO, "tools", "export_model.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def make_inputs(n, c, g, h, w, k, s, p, d, dtype=torch.float64):
@@ -129,12 +130,11 @@ def test_detectors_trace_through_tracing_adapter(name, tmp_path):
 
     from involution_d2.layers import Involution
 
-    tool = export_tool()
     model = tiny_detector(name)
     # Traced on one size, saved and loaded, then run on another size: nothing is baked in.
-    traced, want, got = tool.trace_detector(
-        model, tool.sample_image((64, 96)), str(tmp_path / "model.ts"),
-        check_image=tool.sample_image((96, 128), seed=1))
+    traced, want, got = export.trace_detector(
+        model, export.sample_image((64, 96)), str(tmp_path / "model.ts"),
+        check_image=export.sample_image((96, 128), seed=1))
     assert len(want) > 0
     assert_instances_allclose(want, got, size_as_tensor=True)
     # Eager and traced models compute the same way (one fused operator per involution in
@@ -145,7 +145,7 @@ def test_detectors_trace_through_tracing_adapter(name, tmp_path):
     if native_in_use():
         # Every involution call is one operator node (shared heads run once per level).
         layers = sum(isinstance(m, Involution) for m in model.modules())
-        assert tool.count_involution_nodes(traced) >= layers > 0
+        assert export.count_involution_nodes(traced) >= layers > 0
         assert "addcmul" not in str(traced.inlined_graph)
 
 
@@ -159,17 +159,16 @@ def test_detectors_script_with_instances(name, tmp_path):
 
     from involution_d2.layers import Involution
 
-    tool = export_tool()
     model = tiny_detector(name)
-    scripted = tool.script_detector(model, str(tmp_path / "model.ts"))
-    images = [tool.sample_image((64, 96)), tool.sample_image((96, 128), seed=1)]
-    wants, gots = tool.scripted_predictions(model, scripted, images)
+    scripted = export.script_detector(model, str(tmp_path / "model.ts"))
+    images = [export.sample_image((64, 96)), export.sample_image((96, 128), seed=1)]
+    wants, gots = export.scripted_predictions(model, scripted, images)
     for want, got in zip(wants, gots):
         assert len(want) > 0
         assert_instances_allclose(want, got, size_as_tensor=True)
     # Every involution layer calls the fused operator from TorchScript.
     layers = sum(isinstance(m, Involution) for m in model.modules())
-    assert tool.count_involution_nodes(scripted) >= layers > 0
+    assert export.count_involution_nodes(scripted) >= layers > 0
 
 
 @requires_detectron2
@@ -190,14 +189,13 @@ def test_export_tool_scripts_the_detector(tmp_path, capsys):
 def test_backbone_goes_through_torch_export(tmp_path):
     from involution_d2.layers import Involution
 
-    tool = export_tool()
     model = tiny_detector(DETECTORS[0])
-    tensor = tool.backbone_input(model, tool.sample_image((64, 96)))
-    program = tool.export_backbone(model, tensor, str(tmp_path / "backbone.pt2"))
+    tensor = export.backbone_input(model, export.sample_image((64, 96)))
+    program = export.export_backbone(model, tensor, str(tmp_path / "backbone.pt2"))
     layers = sum(isinstance(m, Involution) for m in model.backbone.bottom_up.modules())
-    assert tool.count_involution_nodes(program) == layers > 0
+    assert export.count_involution_nodes(program) == layers > 0
     with torch.no_grad():
-        want = tool.Backbone(model)(tensor)
+        want = export.Backbone(model)(tensor)
     loaded = torch.export.load(str(tmp_path / "backbone.pt2"))
     for got, w in zip(loaded.module()(tensor), want):
         torch.testing.assert_close(got, w)
@@ -253,7 +251,7 @@ def test_detector_compiles_and_equals_eager():
     # The whole Mask R-CNN (involution FPN and heads) under torch.compile: the FPN backbone as
     # one graph, Detectron2's own post-processing with its graph breaks; same predictions.
     model = tiny_detector(DETECTORS[5])
-    image = export_tool().sample_image((64, 96))
+    image = export.sample_image((64, 96))
     inputs = [{"image": image, "height": 64, "width": 96}]
     with torch.no_grad():
         want = model(inputs)[0]["instances"]

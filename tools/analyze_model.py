@@ -16,13 +16,8 @@ OpenMMLab's counter cannot see inside a custom operator (the official figures ag
 total *with* it; see README).
 """
 import argparse
-import os
 import sys
 import time
-from pathlib import Path
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 TASKS = ("parameter", "flop", "structure")
 
@@ -100,6 +95,7 @@ def official_table(args):
     from tabulate import tabulate
 
     from involution_d2.analysis import OFFICIAL_MODEL_ZOO, count_parameters, model_flops
+    from involution_d2.model_zoo import get_config_file
 
     rows = [r for r in OFFICIAL_MODEL_ZOO
             if not args.rows or any(key in r.config for key in args.rows)]
@@ -108,7 +104,7 @@ def official_table(args):
                          "are " + ", ".join(r.config for r in OFFICIAL_MODEL_ZOO))
     table = []
     for row in rows:
-        model = _build(os.path.join(REPO, "configs", row.config), [])
+        model = _build(get_config_file(row.config), [])
         params = count_parameters(model).openmmlab / 1e6
         report, _ = model_flops(model, "openmmlab")
         with_agg, without = report.total / 1e9, report.without_aggregation / 1e9
