@@ -99,11 +99,8 @@ def test_model_benchmark_prints_throughput_and_profile():
 
 
 def test_bytes_moved_counts_each_tensor_once():
-    sys.path.insert(0, os.path.join(REPO, "tools"))
-    try:
-        import benchmark_involution as bench
-    finally:
-        sys.path.pop(0)
+    from involution_d2.utils import benchmark_operator as bench
+
     # det.res5: x (2, 512, 25, 38), 32 groups of 16 channels, K = 7, stride 1.
     x, w = 2 * 512 * 25 * 38, 2 * 32 * 49 * 25 * 38
     assert bench.bytes_moved("det.res5", "float32", "fwd") == 4 * (x + w + x)

@@ -380,11 +380,7 @@ def test_cupy_gradcheck(naive):
     x.requires_grad_()
     wt.requires_grad_()
     if naive:  # the benchmark's baseline
-        sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tools"))
-        try:
-            from benchmark_involution import naive_cupy_involution as run
-        finally:
-            sys.path.pop(0)
+        from involution_d2.utils.benchmark_operator import naive_cupy_involution as run
     else:
         def run(a, b, s, p, d):
             return involution(a, b, s, p, d, backend="cupy")

@@ -4,13 +4,9 @@
 
 Same as the ``involution-convert`` console script; see ``--help``.
 """
-import os
 import sys
 
-# Run from a checkout without installing the package.
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from involution_d2.checkpoint.cli import main  # noqa: E402
+from involution_d2.checkpoint.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

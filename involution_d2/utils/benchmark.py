@@ -6,7 +6,7 @@ import time
 
 import torch
 
-__all__ = ["Glibc", "PeakMemory", "time_round_robin", "print_table", "synchronize"]
+__all__ = ["Glibc", "PeakMemory", "cpu_model", "time_round_robin", "print_table", "synchronize"]
 
 
 def _rss_mib(field):
@@ -100,3 +100,19 @@ def print_table(rows, header):
         print("  ".join(cell.ljust(wd) for cell, wd in zip(r, widths)))
         if i == 0:
             print("  ".join("-" * wd for wd in widths))
+
+
+def cpu_model():
+    """The CPU's model name and whether it computes bfloat16 natively (AVX-512 BF16 or
+    AMX), from /proc/cpuinfo (Linux; "unknown" elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            info = f.read()
+    except OSError:
+        return "unknown CPU", False
+    import re
+
+    name = re.search(r"model name\s*:\s*(.*)", info)
+    flags = set((re.search(r"flags\s*:\s*(.*)", info) or [None, ""])[1].split())
+    return (name.group(1).strip() if name else "unknown CPU",
+            bool(flags & {"avx512_bf16", "amx_bf16"}))

@@ -1,0 +1,292 @@
+"""Time and peak memory of the involution operator's backends on RedNet-50's involution
+shapes, and the fused operator against its unfused steps: the library of
+``tools/benchmark_involution.py`` (whose docstring says what is measured and how)."""
+import os
+
+import torch
+import torch.nn.functional as F
+
+from ..ops import fused_involution, involution, output_size
+from .benchmark import Glibc, PeakMemory, cpu_model, print_table, time_round_robin
+
+# name: (batch, channels, height, width, kernel, stride) of RedNet-50's involutions.
+# "cls": ImageNet, batch 64 at 224x224; "det": COCO, batch 2 at 800x1216.
+# ".s2" is the first block of a stage, where the involution carries the stride.
+SHAPES = {}
+for prefix, batch, (h, w) in (("cls", 64, (224, 224)), ("det", 2, (800, 1216))):
+    h, w = h // 2, w // 2
+    SHAPES[f"{prefix}.stem"] = (batch, 32, h, w, 7, 1)
+    h, w = h // 2, w // 2
+    SHAPES[f"{prefix}.res2"] = (batch, 64, h, w, 7, 1)
+    for stage, c in (("res3", 128), ("res4", 256), ("res5", 512)):
+        SHAPES[f"{prefix}.{stage}.s2"] = (batch, c, h, w, 7, 2)
+        h, w = (h + 1) // 2, (w + 1) // 2
+        SHAPES[f"{prefix}.{stage}"] = (batch, c, h, w, 7, 1)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
+          "float64": torch.float64}
+
+
+class NaiveCupyInvolution(torch.autograd.Function):
+    """The baseline: the one-thread-per-output-element CUDA kernels (written the way the
+    official kernel works), with their backward."""
+
+    @staticmethod
+    def forward(ctx, x, weight, stride, padding, dilation):
+        from involution_d2.ops.cupy_backend import cupy_forward
+
+        ctx.save_for_backward(x, weight)
+        ctx.conf = (stride, padding, dilation)
+        return cupy_forward(x, weight, stride, padding, dilation, naive=True)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        from involution_d2.ops.cupy_backend import cupy_backward
+
+        x, weight = ctx.saved_tensors
+        gx, gw = cupy_backward(grad_out.contiguous(), x, weight, *ctx.conf,
+                               need_x=ctx.needs_input_grad[0],
+                               need_w=ctx.needs_input_grad[1], naive=True)
+        return gx, gw, None, None, None
+
+
+def naive_cupy_involution(x, weight, stride, padding, dilation):
+    return NaiveCupyInvolution.apply(x.contiguous(), weight.contiguous(), stride, padding,
+                                     dilation)
+
+
+def make_runner(backend):
+    if backend == "naive":
+        return lambda x, w, s, p: naive_cupy_involution(x, w, s, p, 1)
+    return lambda x, w, s, p: involution(x, w, s, p, 1, backend=backend)
+
+
+def run_once(run, inputs, mode):
+    x, w, gout, s, p = inputs
+    if mode == "fwd":
+        with torch.no_grad():
+            run(x, w, s, p)
+    else:
+        run(x, w, s, p).backward(gout)
+        x.grad = w.grad = None
+
+
+def peak_once(run, inputs, mode, device, glibc):
+    if glibc is not None:
+        glibc.memory_mode()
+    try:
+        with PeakMemory(device) as mem:
+            run_once(run, inputs, mode)
+        return mem.peak
+    finally:
+        if glibc is not None:
+            glibc.timing_mode()
+
+
+def benchmark_shape(name, dtype, device, backends, modes, repeat, warmup, glibc):
+    n, c, h, w, k, s = SHAPES[name]
+    p = (k - 1) // 2
+    ho, wo = output_size(h, k, s, p), output_size(w, k, s, p)
+    gen = torch.Generator(device=device).manual_seed(0)
+    x = torch.randn(n, c, h, w, device=device, dtype=dtype, generator=gen).requires_grad_()
+    wt = torch.randn(n, c // 16, k, k, ho, wo, device=device, dtype=dtype,
+                     generator=gen).requires_grad_()
+    gout = torch.randn(n, c, ho, wo, device=device, dtype=dtype, generator=gen)
+    inputs = (x, wt, gout, s, p)
+    runners = {b: make_runner(b) for b in backends}
+    results = {}
+    for mode in modes:
+        runs = {b: (lambda b=b: run_once(runners[b], inputs, mode)) for b in backends}
+        times = time_round_robin(runs, device, repeat, warmup)
+        for b in backends:
+            peak = peak_once(runners[b], inputs, mode, device, glibc)
+            results[(b, mode)] = (times[b], peak)
+    return results
+
+
+FUSED_VARIANTS = ("unfused", "fused")
+
+
+def benchmark_fused(name, dtype, device, backend, modes, repeat, warmup, glibc):
+    """The span convolution and the aggregation, fused against unfused, with ``backend``."""
+    n, c, h, w, k, s = SHAPES[name]
+    p, g, cr = (k - 1) // 2, c // 16, c // 4
+    ho, wo = output_size(h, k, s, p), output_size(w, k, s, p)
+    gen = torch.Generator(device=device).manual_seed(0)
+
+    def randn(*size, scale=1.0):
+        t = torch.randn(*size, device=device, dtype=dtype, generator=gen) * scale
+        return t.requires_grad_()
+
+    x, reduced = randn(n, c, h, w), randn(n, cr, ho, wo)
+    span_weight, span_bias = randn(g * k * k, cr, 1, 1, scale=cr ** -0.5), randn(g * k * k)
+    gout = torch.randn(n, c, ho, wo, device=device, dtype=dtype, generator=gen)
+    leaves = (x, reduced, span_weight, span_bias)
+
+    def unfused():
+        kernels = F.conv2d(reduced, span_weight, span_bias).view(n, g, k, k, ho, wo)
+        return involution(x, kernels, s, p, 1, backend=backend)
+
+    def fused():
+        return fused_involution(x, reduced, span_weight, span_bias, g, k, s, p, 1,
+                                backend=backend)
+
+    def once(run, mode):
+        if mode == "fwd":
+            with torch.no_grad():
+                run()
+        else:
+            run().backward(gout)
+            for t in leaves:
+                t.grad = None
+
+    variants = {"unfused": unfused, "fused": fused}
+    results = {}
+    for mode in modes:
+        times = time_round_robin({v: (lambda f=f: once(f, mode)) for v, f in variants.items()},
+                                 device, repeat, warmup)
+        for v, f in variants.items():
+            if glibc is not None:
+                glibc.memory_mode()
+            try:
+                with PeakMemory(device) as mem:
+                    once(f, mode)
+            finally:
+                if glibc is not None:
+                    glibc.timing_mode()
+            results[(v, mode)] = (times[v], mem.peak)
+    return results
+
+
+def bytes_moved(name, dtype, mode):
+    """The least traffic to device memory of one call: each input read once and each
+    output written once (forward: x, w -> out; backward: grad_out, x, w -> grad_x, grad_w)."""
+    n, c, h, w, k, s = SHAPES[name]
+    p = (k - 1) // 2
+    ho, wo = output_size(h, k, s, p), output_size(w, k, s, p)
+    x, wt, out = n * c * h * w, n * (c // 16) * k * k * ho * wo, n * c * ho * wo
+    elements = x + wt + out
+    if mode == "fwd+bwd":
+        elements += out + x + wt + x + wt
+    return elements * torch.empty((), dtype=DTYPES[dtype]).element_size()
+
+
+def cpu_bandwidth(repeat=7, mib=512):
+    """The bandwidth (bytes/s) of copying a ``mib`` MiB tensor into another (bytes read plus
+    bytes written), median of ``repeat`` copies, with torch's threads."""
+    import statistics
+    import time
+
+    src = torch.ones(mib * 2**20 // 4)
+    dst = torch.empty_like(src)
+    dst.copy_(src)  # both touched: no page faults in the timed copies
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        dst.copy_(src)
+        times.append(time.perf_counter() - t0)
+    return 2 * src.numel() * 4 / statistics.median(times)
+
+
+def device_bandwidth(device):
+    """Peak memory bandwidth (bytes/s) from the device's memory clock and bus width, or None
+    where CuPy cannot tell."""
+    try:
+        import cupy
+
+        props = cupy.cuda.runtime.getDeviceProperties(device.index or 0)
+        # Double data rate: two transfers per clock of memoryClockRate (kHz).
+        return 2 * props["memoryClockRate"] * 1e3 * props["memoryBusWidth"] / 8
+    except Exception:  # noqa: BLE001 - no CuPy, no answer: the column is left out
+        return None
+
+
+def print_results(rows, backends, baselines, bandwidth=None):
+    header = ["shape", "dtype", "mode", "backend", "time ms", "peak MiB"]
+    header += [f"speed-up vs {b}" for b in baselines] + [f"memory / {b}" for b in baselines]
+    if bandwidth:
+        header += ["GB/s", "x of bandwidth bound"]
+    lines = []
+    for (name, dtype, mode), res in rows:
+        for b in backends:
+            t, m = res[(b, mode)]
+            line = [name, dtype, mode, b, f"{t:.2f}", f"{m:.1f}"]
+            line += [f"{res[(base, mode)][0] / t:.2f}x" for base in baselines]
+            line += [f"{m / res[(base, mode)][1]:.3f}" if res[(base, mode)][1] > 0 else "-"
+                     for base in baselines]
+            if bandwidth:
+                # The least traffic over our time, and our time over the time that traffic
+                # needs at the bandwidth (1.0 is the limit).
+                moved = bytes_moved(name, dtype, mode)
+                line.append(f"{moved / (t / 1e3) / 1e9:.3g}")
+                line.append(f"{t / 1e3 / (moved / bandwidth):.2f}")
+            lines.append(line)
+    print_table(lines, header)
+
+
+def report(args):
+    """Runs the benchmark that ``args`` (the tool's command line) asks for and prints it."""
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    glibc = None
+    if not cuda:
+        glibc = Glibc()
+        glibc.timing_mode()
+    shapes = args.shapes or list(SHAPES)
+    dtypes = args.dtypes or (["float32", "bfloat16"] if cuda else ["float32"])
+    if args.fused:
+        backends = args.backends or (["cupy"] if cuda else ["native"])
+    else:
+        backends = args.backends or (["reference", "torch", "cupy", "naive"] if cuda
+                                     else ["reference", "torch", "native"])
+    repeat = args.repeat or (20 if cuda else 3)
+    baselines = [b for b in ("reference", "torch", "naive") if b in backends]
+    if not cuda and "native" in backends:
+        from ..ops.native import native_is_available, native_ops
+
+        if not native_is_available():
+            native_ops()  # says why
+
+    name, bf16 = cpu_model()
+    device_name = torch.cuda.get_device_name(device) if cuda else \
+        f"{name} (native bfloat16: {'yes' if bf16 else 'no'})"
+    print(f"# device: {device_name}, torch {torch.__version__}, {torch.get_num_threads()} CPU "
+          f"threads, median of {repeat} runs after {args.warmup} warm-up")
+    if not cuda:
+        print(f"# load average before the run: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    if args.fused:
+        rows = []
+        for dtype in dtypes:
+            for name in shapes:
+                for backend in backends:
+                    print(f"# {name}: {SHAPES[name]}, {dtype}, [{backend}]", flush=True)
+                    res = benchmark_fused(name, DTYPES[dtype], device, backend, args.modes,
+                                          repeat, args.warmup, glibc)
+                    for mode in args.modes:
+                        (tu, mu), (tf, mf) = res[("unfused", mode)], res[("fused", mode)]
+                        rows.append([name, dtype, mode, backend, f"{tu:.2f}", f"{tf:.2f}",
+                                     f"{tu / tf:.2f}x", f"{mu:.1f}", f"{mf:.1f}",
+                                     f"{mf / mu:.2f}" if mu > 0 else "-"])
+        print()
+        print_table(rows, ["shape", "dtype", "mode", "backend", "unfused ms", "fused ms",
+                           "fused speed-up", "unfused peak MiB", "fused peak MiB",
+                           "fused / unfused memory"])
+        return
+    rows = []
+    for dtype in dtypes:
+        for name in shapes:
+            n, c, h, w, k, s = SHAPES[name]
+            print(f"# {name}: x ({n}, {c}, {h}, {w}), K={k}, stride={s}, {dtype}", flush=True)
+            res = benchmark_shape(name, DTYPES[dtype], device, backends, args.modes,
+                                  repeat, args.warmup, glibc)
+            for mode in args.modes:
+                rows.append(((name, dtype, mode), res))
+    print()
+    if args.bandwidth:
+        bandwidth = args.bandwidth * 1e9
+    else:
+        bandwidth = device_bandwidth(device) if cuda else cpu_bandwidth()
+    if bandwidth:
+        how = "peak" if cuda or args.bandwidth else "measured (copy)"
+        print(f"# memory bandwidth, {how}: {bandwidth / 1e9:.1f} GB/s")
+    print_results(rows, backends, baselines, bandwidth)
