@@ -29,12 +29,12 @@ def official_checkpoint(fixture):
     """The seeded official state dict the fixture was recorded with."""
     from involution_d2.checkpoint import seeded
 
-    assert fixture["seeding_rule"] == seeded.RULE, "regenerate the fixtures (see README.md)"
+    assert fixture["seeding_rule"] == seeded.RULE, "regenerate the fixtures (see docs/FIDELITY.md)"
     state = seeded.seeded_state_dict(dict(zip(fixture["keys"], fixture["shapes"])))
     torch.testing.assert_close(
         seeded.fingerprint(state), fixture["weights_fingerprint"], rtol=1e-6, atol=1e-3,
         msg=f"{fixture['row']}: the seeded checkpoint is not the one recorded (seeded.py "
-            "changed? regenerate the fixtures: README.md, Fidelity to the official code)")
+            "changed? regenerate the fixtures: docs/FIDELITY.md)")
     return state
 
 

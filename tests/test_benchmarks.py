@@ -129,7 +129,7 @@ def test_operator_benchmark_compares_fused_with_unfused(backend):
 @requires_detectron2
 def test_model_benchmark_counts_the_bytes_saved_for_backward():
     # Exact counts. The fused involution keeps no generated kernels (with them RedNet-50
-    # saved 1.67x ResNet-50's bytes); what remains is RedNet's own structure (README,
+    # saved 1.67x ResNet-50's bytes); what remains is RedNet's own structure (docs/BENCHMARKS.md,
     # "Memory"): 1.19x at this size, 1.20x at 800x1216.
     out = run_tool("benchmark_models.py", "--device", "cpu", "--suites", "backbone_all_trained",
                    "--size", "64", "96", "--dtypes", "float32", "--saved-only")

@@ -9,7 +9,7 @@ project's config, yacs and LazyConfig, through Detectron2's checkpointer, checks
 tensor of the model came from the checkpoint, runs the input, and compares each recorded
 stage: max |ours - official| / max |official| <= 1e-4.
 
-    python tests/test_official_fidelity.py [--stages]  # README.md's fidelity table
+    python tests/test_official_fidelity.py [--stages]  # docs/FIDELITY.md's table
 """
 import math
 import os
@@ -250,7 +250,7 @@ def test_converted_checkpoint_reproduces_the_official_stages(row, ext, tmp_path_
         + ", ".join(f"{k} {v:.1e}" for k, v in errors.items()))
 
 
-# Columns of README.md's fidelity table: stage name prefix -> column.
+# Columns of docs/FIDELITY.md's table: stage name prefix -> column.
 GROUPS = {"stem": "backbone", "res": "backbone", "p": "neck", "rpn.anchors": "anchors, boxes",
           "rpn.boxes": "anchors, boxes", "retina.anchors": "anchors, boxes",
           "retina.boxes": "anchors, boxes", "rpn": "RPN / RetinaNet head",
@@ -260,7 +260,7 @@ GROUPS = {"stem": "backbone", "res": "backbone", "p": "neck", "rpn.anchors": "an
 
 def print_table(per_stage=False):
     """The max relative error of each row, over both config formats: per stage, or per
-    group of stages (README.md's table)."""
+    group of stages (docs/FIDELITY.md's table)."""
     import pathlib
     import tempfile
 

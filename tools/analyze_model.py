@@ -13,7 +13,7 @@ image of that tool's default size (224x224, 1280x800, 2048x1024 as height x widt
 counting rules; --convention detectron2 counts the model's real inference with fvcore's
 rules. Both report the total with and without the involution aggregation, which
 OpenMMLab's counter cannot see inside a custom operator (the official figures agree with the
-total *with* it; see README).
+total *with* it; see docs/MODEL_ZOO.md).
 """
 import argparse
 import sys

@@ -146,7 +146,7 @@ class AtomicCheckpointer(DetectionCheckpointer):
             raise CheckpointLoadError(
                 f"{filename}: an OpenMMLab checkpoint ({{'state_dict': ..., 'meta': ...}}); "
                 f"convert it for Detectron2 first: involution-convert {filename} "
-                "converted.pth (see README, Official weights)")
+                "converted.pth (see docs/MODEL_ZOO.md, Official weights)")
         return data
 
 
