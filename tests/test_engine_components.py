@@ -1,6 +1,6 @@
-"""The one engine: both config systems are read by involution_d2.engine.read_config into the
-options that Detectron2's own trainers honour (DDP, checkpointer, every test set, log
-period), and train_net.py applies them."""
+"""The engine is Detectron2's: yacs configs train with a DefaultTrainer, LazyConfigs with
+lazyconfig_train_net.py's loop, each honouring the options Detectron2's own trainers honour
+(DDP, checkpointer, every test set, log period, PreciseBN)."""
 import json
 import os
 import subprocess
@@ -24,35 +24,83 @@ def lazy_demo():
     return cfg
 
 
-def test_lazy_options_reach_the_components():
-    from involution_d2.engine import build_components
+@pytest.fixture(scope="module")
+def shapes_cache(tmp_path_factory):
+    from involution_d2.data import generate_shapes
 
+    cache = tmp_path_factory.mktemp("cache")
+    generate_shapes(str(cache / "shapes_v1"))
+    return str(cache)
+
+
+def test_lazy_options_reach_detectron2s_engine(shapes_cache, tmp_path, monkeypatch):
+    """do_train (lazyconfig_train_net.py's loop) hands train.ddp, train.checkpointer and
+    train.log_period to Detectron2's DDP wrapper and hooks (the loop itself stubbed)."""
+    import argparse
+
+    from detectron2.engine import SimpleTrainer, hooks
+    from detectron2.utils.events import EventStorage
+
+    from involution_d2.engine import trainer as engine
+
+    monkeypatch.setenv("INVOLUTION_D2_CACHE", shapes_cache)
     cfg = lazy_demo()
     cfg.train.ddp.find_unused_parameters = True
     cfg.train.checkpointer.max_to_keep = 3
     cfg.train.log_period = 7
-    components = build_components(cfg)
-    assert components.ddp == {"broadcast_buffers": False, "find_unused_parameters": True,
-                              "fp16_compression": False}
-    assert components.checkpointer == {"period": cfg.train.checkpointer.period,
-                                       "max_to_keep": 3}
-    assert components.log_period == 7
-    assert components.train_datasets == ["shapes_train"]
-    assert [t.name for t in components.tests] == ["shapes_val"]
+    cfg.train.output_dir = str(tmp_path)
+    cfg.dataloader.train.num_workers = 0
+    seen = {}
+
+    def ddp_model(model, device, **options):
+        seen["ddp"] = options
+        return model
+
+    def train(trainer, start_iter, max_iter):
+        seen.update(hooks=trainer._hooks, iters=(start_iter, max_iter))
+        trainer.storage = EventStorage(start_iter)
+
+    monkeypatch.setattr(engine, "ddp_model", ddp_model)
+    monkeypatch.setattr(SimpleTrainer, "train", train)
+    engine.do_train(argparse.Namespace(resume=False), cfg)
+    assert seen["ddp"] == {"broadcast_buffers": False, "find_unused_parameters": True,
+                           "fp16_compression": False}
+    assert seen["iters"] == (0, cfg.train.max_iter)
+    checkpointer = next(h for h in seen["hooks"] if isinstance(h, hooks.PeriodicCheckpointer))
+    assert (checkpointer.period, checkpointer.max_to_keep) == (cfg.train.checkpointer.period, 3)
+    assert next(h for h in seen["hooks"] if isinstance(h, hooks.PeriodicWriter))._period == 7
+    assert [t.name for t in engine.read_config(cfg).tests()] == ["shapes_val"]
 
 
-def test_yacs_options_are_those_of_default_trainer():
-    from involution_d2.engine import build_components
+def test_yacs_trainer_is_default_trainer_with_every_test_set(shapes_cache, tmp_path,
+                                                               monkeypatch):
+    """Trainer is DefaultTrainer: its hooks (PreciseBN, checkpoint period, log period 20),
+    and one loader and evaluator per DATASETS.TEST entry."""
+    import detectron2.engine.defaults as defaults
+    from detectron2.engine import hooks
 
+    from involution_d2.engine import AtomicCheckpointer, Trainer
+
+    monkeypatch.setenv("INVOLUTION_D2_CACHE", shapes_cache)
     cfg = yacs_config(DEMO, overrides={"DATASETS.TEST": ("shapes_val", "shapes_train"),
-                                       "TEST.PRECISE_BN.ENABLED": True})
-    components = build_components(cfg)
-    assert components.precise_bn_iters == cfg.TEST.PRECISE_BN.NUM_ITER == 200
-    assert components.ddp == {"broadcast_buffers": False}
-    assert components.checkpointer == {"period": cfg.SOLVER.CHECKPOINT_PERIOD}
-    assert components.log_period == 20
-    # One loader and evaluator per test set, as DefaultTrainer.test.
-    assert [t.name for t in components.tests] == ["shapes_val", "shapes_train"]
+                                       "TEST.PRECISE_BN.ENABLED": True,
+                                       "MODEL.REDNET.NORM": "BN",  # PreciseBN needs BN
+                                       "OUTPUT_DIR": str(tmp_path), "DATALOADER.NUM_WORKERS": 0})
+    trainer = Trainer(cfg)
+    assert isinstance(trainer.checkpointer, AtomicCheckpointer)
+    kinds = {type(h): h for h in trainer._hooks}
+    assert kinds[hooks.PreciseBN]._num_iter == cfg.TEST.PRECISE_BN.NUM_ITER == 200
+    assert kinds[hooks.PeriodicCheckpointer].period == cfg.SOLVER.CHECKPOINT_PERIOD
+    assert kinds[hooks.PeriodicWriter]._period == 20
+    evaluated = []
+
+    def inference_on_dataset(model, loader, evaluator):
+        evaluated.append(evaluator._metadata.name)
+        return {"bbox": {"AP": 0.0}}
+
+    monkeypatch.setattr(defaults, "inference_on_dataset", inference_on_dataset)
+    results = Trainer.test(cfg, trainer.model)
+    assert evaluated == ["shapes_val", "shapes_train"] == list(results)
 
 
 def arguments(**kwargs):

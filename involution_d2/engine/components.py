@@ -1,36 +1,25 @@
-"""The one adapter between the two Detectron2 config systems and the engine: a yacs CfgNode or
-a LazyConfig is read here, and only here, into what training, evaluation and inference need,
-honouring the options that Detectron2's own trainers honour (``DefaultTrainer`` for yacs,
-``tools/lazyconfig_train_net.py`` for LazyConfigs): DDP options, checkpointer options, every
-test set, log period, AMP, gradient clipping (and for yacs, PreciseBN and
-``SOLVER.REFERENCE_WORLD_SIZE``). Loaders come from the config (yacs:
-``DATALOADER.PIPELINE``; LazyConfig: ``dataloader``), evaluators from the datasets'
-``evaluator_type``, never from dataset names."""
+"""The one place that tells the two Detectron2 config systems apart: a yacs CfgNode or a
+LazyConfig is read here into what the tools need (the model, its weights, device, output
+folder, datasets, test input, and for LazyConfigs each test set on its own), and evaluators
+are chosen by the datasets' ``evaluator_type``, never by their names."""
 import copy
 import os
-from dataclasses import dataclass, field
-from typing import Callable, Dict, List
+from dataclasses import dataclass
+from typing import Callable, List
 
 import torch
 from detectron2.config import CfgNode, instantiate
 from detectron2.data import MetadataCatalog
-from detectron2.engine import DefaultTrainer
 from detectron2.evaluation import COCOEvaluator, SemSegEvaluator
 from detectron2.modeling import build_model
-from detectron2.solver import LRMultiplier
-from detectron2.utils import comm
-from omegaconf import OmegaConf
 
 from ..data import check_dataset, get_pipeline
 from ..evaluation import ClassificationEvaluator
-from ..solver import build_lr_scheduler, build_optimizer
 from .checkpointer import AtomicCheckpointer
 
 __all__ = [
-    "Components",
     "ConfigReader",
     "TestSet",
-    "build_components",
     "build_evaluator",
     "build_model_from_config",
     "evaluator_class",
@@ -41,11 +30,6 @@ __all__ = [
     "read_config",
 ]
 
-# DefaultTrainer's fixed choices, for yacs configs (which have no keys for them).
-_YACS_DDP = {"broadcast_buffers": False}
-_YACS_LOG_PERIOD = 20
-
-
 @dataclass
 class TestSet:
     """One test set: its name, and factories of its loader and evaluator."""
@@ -53,35 +37,6 @@ class TestSet:
     name: str
     loader: Callable[[], object]
     evaluator: Callable[[], object]
-
-
-@dataclass
-class Components:
-    """What train_net.py needs, from either config system."""
-
-    model: torch.nn.Module
-    device: str
-    output_dir: str
-    init_weights: str
-    max_iter: int
-    amp: bool
-    # keyword arguments of Detectron2's create_ddp_model / DistributedDataParallel
-    ddp: Dict[str, object]
-    # keyword arguments of Detectron2's PeriodicCheckpointer (period, max_to_keep, ...)
-    checkpointer: Dict[str, object]
-    eval_period: int
-    log_period: int
-    # Built lazily: evaluation alone needs no optimizer or training data. The optimizer
-    # clips gradients as the config says (SOLVER.CLIP_GRADIENTS / its LazyCall).
-    optimizer: Callable[[], torch.optim.Optimizer]
-    lr_scheduler: Callable[[torch.optim.Optimizer], object]
-    train_loader: Callable[[], object]
-    train_datasets: List[str] = field(default_factory=list)
-    tests: List[TestSet] = field(default_factory=list)
-    # PreciseBN before each evaluation (yacs TEST.PRECISE_BN): iterations (0: none) and a
-    # factory of the training loader it reads.
-    precise_bn_iters: int = 0
-    precise_bn_loader: Callable[[], object] = None
 
 
 # evaluator_type (dataset metadata) -> evaluator. Detectron2 tags Cityscapes
@@ -135,12 +90,11 @@ class ConfigReader:
         """(augmentations, image format) of the test pipeline, for single-image inference."""
         raise NotImplementedError
 
-    def components(self) -> Components:
-        raise NotImplementedError
-
 
 class _YacsReader(ConfigReader):
     """As Detectron2's DefaultTrainer reads a yacs config."""
+
+    is_lazy = False
 
     @property
     def device(self):
@@ -164,38 +118,6 @@ class _YacsReader(ConfigReader):
     def test_input(self):
         return get_pipeline(self.cfg).test_augmentations(self.cfg), self.cfg.INPUT.FORMAT
 
-    def components(self):
-        # SOLVER.REFERENCE_WORLD_SIZE: batch size, LR and schedule scaled to the world size.
-        cfg = DefaultTrainer.auto_scale_workers(self.cfg, comm.get_world_size())
-        pipeline = get_pipeline(cfg)
-        model = self.build_model()
-        precise_bn = cfg.clone()
-        precise_bn.defrost()
-        precise_bn.DATALOADER.NUM_WORKERS = 0  # as DefaultTrainer: less memory and time
-        return Components(
-            model=model,
-            device=self.device,
-            output_dir=self.output_dir,
-            init_weights=self.weights,
-            max_iter=cfg.SOLVER.MAX_ITER,
-            amp=cfg.SOLVER.AMP.ENABLED,
-            ddp=dict(_YACS_DDP),
-            checkpointer={"period": cfg.SOLVER.CHECKPOINT_PERIOD},
-            eval_period=cfg.TEST.EVAL_PERIOD,
-            log_period=_YACS_LOG_PERIOD,
-            optimizer=lambda: build_optimizer(cfg, model),  # SOLVER.CLIP_GRADIENTS
-            lr_scheduler=lambda opt: build_lr_scheduler(cfg, opt),
-            train_loader=lambda: pipeline.build_train_loader(cfg),
-            train_datasets=list(cfg.DATASETS.TRAIN),
-            # One loader and evaluator per test set, as DefaultTrainer.test.
-            tests=[TestSet(name, lambda n=name: pipeline.build_test_loader(cfg, n),
-                           lambda n=name: build_evaluator(
-                               n, os.path.join(self.output_dir, "inference", n)))
-                   for name in cfg.DATASETS.TEST],
-            precise_bn_iters=cfg.TEST.PRECISE_BN.NUM_ITER * cfg.TEST.PRECISE_BN.ENABLED,
-            precise_bn_loader=lambda: pipeline.build_train_loader(precise_bn),
-        )
-
 
 def _lazy_dataset_names(loader_cfg):
     """The dataset names of a LazyConfig loader: the ``names`` of Detectron2's
@@ -210,6 +132,8 @@ def _lazy_dataset_names(loader_cfg):
 
 class _LazyReader(ConfigReader):
     """As Detectron2's tools/lazyconfig_train_net.py reads a LazyConfig."""
+
+    is_lazy = True
 
     @property
     def device(self):
@@ -261,45 +185,10 @@ class _LazyReader(ConfigReader):
                                  lambda c=evaluator: instantiate(c)))
         return tests
 
-    def components(self):
-        cfg, train = self.cfg, self.cfg.train
-        model = self.build_model()
-
-        def optimizer():
-            cfg.optimizer.params.model = model
-            return instantiate(cfg.optimizer)  # clips if its LazyCall does
-
-        def options(node):
-            return OmegaConf.to_container(node, resolve=True) if node is not None else {}
-
-        return Components(
-            model=model,
-            device=self.device,
-            output_dir=self.output_dir,
-            init_weights=self.weights,
-            max_iter=train.max_iter,
-            amp=train.amp.enabled,
-            ddp=options(train.get("ddp", None)),
-            checkpointer=options(train.checkpointer),
-            eval_period=train.eval_period,
-            log_period=train.log_period,
-            optimizer=optimizer,
-            lr_scheduler=lambda opt: LRMultiplier(opt, instantiate(cfg.lr_multiplier),
-                                                  train.max_iter),
-            train_loader=lambda: instantiate(cfg.dataloader.train),
-            train_datasets=self.dataset_names(test=False),
-            tests=self.tests(),
-        )
-
 
 def read_config(cfg) -> ConfigReader:
     """The reader of a yacs CfgNode or a LazyConfig (the one place that tells them apart)."""
     return _YacsReader(cfg) if isinstance(cfg, CfgNode) else _LazyReader(cfg)
-
-
-def build_components(cfg) -> Components:
-    """Components of a yacs CfgNode or a LazyConfig (OmegaConf) config."""
-    return read_config(cfg).components()
 
 
 def build_model_from_config(cfg):
