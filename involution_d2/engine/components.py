@@ -83,6 +83,9 @@ class ConfigReader:
         """The model, on the config's device."""
         raise NotImplementedError
 
+    def set_device(self, device):
+        raise NotImplementedError
+
     def dataset_names(self, train=True, test=True) -> List[str]:
         raise NotImplementedError
 
@@ -99,6 +102,9 @@ class _YacsReader(ConfigReader):
     @property
     def device(self):
         return self.cfg.MODEL.DEVICE
+
+    def set_device(self, device):
+        self.cfg.MODEL.DEVICE = device
 
     @property
     def weights(self):
@@ -138,6 +144,9 @@ class _LazyReader(ConfigReader):
     @property
     def device(self):
         return self.cfg.train.device
+
+    def set_device(self, device):
+        self.cfg.train.device = device
 
     @property
     def weights(self):

@@ -18,9 +18,9 @@ LAZY_SUFFIXES = (".py",)
 YACS_SUFFIXES = (".yaml", ".yml")
 
 
-def setup_config(config_file, opts=()):
+def setup_config(config_file, opts=(), freeze=True):
     """The config (LazyConfig for .py, yacs CfgNode for .yaml) with overrides applied, on
-    the CPU when there is no GPU."""
+    the CPU when there is no GPU; a yacs config frozen unless ``freeze`` is False."""
     if not os.path.isfile(config_file):
         raise FileNotFoundError(f"--config-file {config_file}: no such file")
     opts = list(opts)
@@ -44,7 +44,8 @@ def setup_config(config_file, opts=()):
                 "LazyConfig syntax, for .py configs)" if lazy_syntax else "")
     if not torch.cuda.is_available():
         cfg.MODEL.DEVICE = "cpu"
-    cfg.freeze()
+    if freeze:
+        cfg.freeze()
     return cfg
 
 

@@ -51,10 +51,7 @@ def get_config(config_path):
     ``.yaml`` (not frozen), a LazyConfig for ``.py``; on the CPU when there is no GPU."""
     from ..engine import setup_config
 
-    cfg = setup_config(get_config_file(config_path))
-    if hasattr(cfg, "defrost"):
-        cfg.defrost()
-    return cfg
+    return setup_config(get_config_file(config_path), freeze=False)
 
 
 def get(config_path, weights=None, device=None):
@@ -69,12 +66,9 @@ def get(config_path, weights=None, device=None):
     Returns:
         nn.Module: in training mode, as Detectron2's (call ``.eval()`` for inference).
     """
-    from ..engine import build_model_with_weights
+    from ..engine import build_model_with_weights, read_config
 
     cfg = get_config(config_path)
     if device is not None:
-        if hasattr(cfg, "MODEL"):
-            cfg.MODEL.DEVICE = device
-        else:
-            cfg.train.device = device
+        read_config(cfg).set_device(device)
     return build_model_with_weights(cfg, weights or "")

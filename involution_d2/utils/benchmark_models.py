@@ -62,8 +62,7 @@ def build_config(spec, device):
         path = detectron2_model_zoo.get_config_file(spec[len("model-zoo:"):])
     else:
         path = get_config_file(spec)
-    cfg = setup_config(path, [part for o in overrides for part in o.split("=", 1)])
-    cfg.defrost()
+    cfg = setup_config(path, [part for o in overrides for part in o.split("=", 1)], freeze=False)
     cfg.MODEL.DEVICE = str(device)
     _single_process_norms(cfg)
     return cfg
