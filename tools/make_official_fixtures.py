@@ -1,4 +1,4 @@
-"""Record what the official RedNet models compute, for tests/test_official_fidelity.py.
+"""Record what the official RedNet models compute, for tests/modeling/test_official_fidelity.py.
 
 Runs the official d-li14/involution code (fetched by you; never committed here) inside the
 OpenMMLab versions it was written for, on checkpoints whose every tensor is seeded from its

@@ -5,7 +5,7 @@ Pure functions: a state dict goes in, a converted state dict and the keys no rul
 out.  There is one rule table per model family; each rule is a regular expression on an
 official key and the key it becomes here.
 
-Conventions checked against the OpenMMLab sources (see tests/test_convert_official_weights.py):
+Conventions checked against the OpenMMLab sources (see tests/checkpoint/test_convert_official_weights.py):
 
 - Backbone: our RedNet keeps the official submodule names, so ``backbone.stem.`` ->
   ``stem.`` and ``backbone.layer{k}.`` -> ``res{k+1}.``.  Input is RGB with the ImageNet

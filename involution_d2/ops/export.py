@@ -7,7 +7,7 @@ with standard operators: the fused operator's span as a 1x1 convolution, then
 written with standard operators that every ONNX runtime executes: per kernel row, a
 convolution with one-hot filters gathers the K taps of that row (Conv), which are weighted
 and summed (Mul, ReduceSum, Add).  That is about 7 ONNX nodes per kernel row, against 5
-per tap (K*K) for a sum of shifted slices (the alternative tests/test_export.py checks), and
+per tap (K*K) for a sum of shifted slices (the alternative tests/export/test_export.py checks), and
 needs K output-sized temporaries at once, against K*K for a full unfold.
 """
 import torch

@@ -10,11 +10,10 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import CONFIG_ROOT, build_yacs_model, requires_detectron2, yacs_config
+from helpers import REPO, CONFIG_ROOT, build_yacs_model, requires_detectron2, yacs_config
 from involution_d2.analysis import OFFICIAL_MODEL_ZOO, count_flops
 from involution_d2.layers import Involution
 
-REPO = os.path.join(os.path.dirname(__file__), "..")
 
 
 def test_openmmlab_rules_on_standard_layers():

@@ -10,7 +10,7 @@ import os
 import pytest
 import torch
 
-from conftest import CONFIG_ROOT, build_yacs_model, load_recording, requires_detectron2, yacs_config
+from helpers import CONFIG_ROOT, build_yacs_model, load_recording, requires_detectron2, yacs_config
 from official_fixtures import load_fixture, official_checkpoint
 
 pytestmark = requires_detectron2

@@ -8,10 +8,9 @@ import sys
 import pytest
 import torch
 
-from conftest import requires_detectron2
+from helpers import REPO, requires_detectron2
 from involution_d2.utils.benchmark import Glibc, PeakMemory, time_round_robin
 
-REPO = os.path.join(os.path.dirname(__file__), "..")
 
 
 def run_tool(name, *args):

@@ -5,8 +5,9 @@ import os
 import pytest
 import torch
 
-from conftest import CONFIG_ROOT as ROOT
-from conftest import build_yacs_model, requires_detectron2, yacs_config
+from helpers import CONFIG_ROOT as ROOT
+from helpers import build_yacs_model, requires_detectron2, yacs_config
+from helpers import tiny_detection as tiny
 
 pytestmark = requires_detectron2
 
@@ -29,20 +30,6 @@ BN_AFFINE_RES3_TO_RES5 = 51_968
 
 def trainable(model):
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
-def tiny(cfg):
-    """RedNet-26 and small sampling budgets; untrained heads score low (RetinaNet starts at
-    its 0.01 prior), so every box is kept."""
-    cfg.MODEL.REDNET.DEPTH = 26
-    cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE = 32
-    cfg.MODEL.RPN.BATCH_SIZE_PER_IMAGE = 32
-    cfg.MODEL.RPN.POST_NMS_TOPK_TRAIN = 64
-    cfg.MODEL.RPN.POST_NMS_TOPK_TEST = 32
-    cfg.MODEL.ROI_HEADS.NUM_CLASSES = 3
-    cfg.MODEL.RETINANET.NUM_CLASSES = 3
-    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0
-    cfg.MODEL.RETINANET.SCORE_THRESH_TEST = 0.0
 
 
 def build_yacs(name, tiny_model=False, **overrides):

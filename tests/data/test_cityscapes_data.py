@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import requires_detectron2
+from helpers import CONFIG_ROOT, requires_detectron2
 
 pytestmark = requires_detectron2
 
@@ -384,7 +384,7 @@ def test_lazy_config_pipeline_trains_and_evaluates(val_in_catalog):
     from detectron2.config import LazyConfig, instantiate
     from detectron2.utils.events import EventStorage
 
-    cfg = LazyConfig.load(os.path.join(os.path.dirname(__file__), "..", "configs",
+    cfg = LazyConfig.load(os.path.join(CONFIG_ROOT,
                                        "Cityscapes-SemanticSegmentation",
                                        "semantic_fpn_rednet50_invfpn_80k.py"))
     cfg.model.backbone.bottom_up.depth = 26

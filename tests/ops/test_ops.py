@@ -7,43 +7,14 @@ import sys
 import pytest
 import torch
 
-from involution_d2.ops import involution, native, output_size, resolve_backend
+from involution_d2.ops import involution, native, resolve_backend
 
-from conftest import requires_cupy
+from helpers import SHAPES, make_inputs, requires_cupy, skip_if_unavailable
 
 # The CPU backends checked against the reference ("native" compiles on first use; where
 # that is impossible, its tests skip with the reason and test_native_fallback checks the
 # fallback).
 CPU_BACKENDS = ["torch", "native"]
-
-
-def skip_if_unavailable(backend):
-    if backend == "native" and not native.native_is_available():
-        pytest.skip(f"the native CPU kernel is unavailable: {native._status()[1]}")
-
-
-# (N, C, G, H, W, K, stride, dilation)
-SHAPES = [
-    (2, 8, 2, 9, 11, 3, 1, 1),
-    (2, 8, 4, 10, 12, 3, 2, 1),
-    (1, 12, 3, 9, 7, 5, 1, 2),
-    (2, 16, 1, 13, 11, 5, 2, 2),   # odd sizes with stride 2
-    (1, 32, 2, 14, 15, 7, 1, 1),
-    (2, 16, 4, 15, 16, 7, 2, 1),
-    (1, 6, 6, 8, 9, 7, 2, 2),      # one channel per group
-    (1, 48, 2, 12, 37, 3, 1, 1),   # 24 channels per group: register blocks of 16 + 8
-    (2, 14, 2, 11, 19, 3, 3, 1),   # stride 3, 7 channels per group (blocks of 4 + 2 + 1)
-]
-
-
-def make_inputs(shape, dtype=torch.float64, device="cpu", seed=0, padding=None):
-    n, c, g, h, w, k, s, d = shape
-    p = d * (k - 1) // 2 if padding is None else padding
-    ho, wo = output_size(h, k, s, p, d), output_size(w, k, s, p, d)
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, c, h, w, generator=gen, dtype=torch.float64).to(device, dtype)
-    wt = torch.randn(n, g, k, k, ho, wo, generator=gen, dtype=torch.float64).to(device, dtype)
-    return x, wt, s, p, d
 
 
 def reference_with_grads(x, wt, s, p, d, gout):

@@ -12,7 +12,7 @@ import urllib.request
 
 import pytest
 
-from conftest import CONFIG_ROOT, requires_detectron2
+from helpers import CONFIG_ROOT, requires_detectron2
 
 pytestmark = requires_detectron2
 

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from involution_d2.layers import Involution
 from involution_d2.ops import involution, native
 
-from conftest import requires_detectron2
+from helpers import requires_detectron2
 
 
 def official_forward(layer, x):

@@ -8,11 +8,10 @@ import sys
 import pytest
 import torch
 
-from conftest import requires_detectron2
+from helpers import REPO, requires_detectron2
 
 pytestmark = requires_detectron2
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DET_DEMO = "configs/Demo/mask_rcnn_rednet26_invfpn_invhead_shapes.yaml"
 SEG_DEMO = "configs/Demo/semantic_fpn_rednet26_invfpn_shapes.yaml"
 

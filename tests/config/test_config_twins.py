@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 
-from conftest import CONFIG_ROOT, requires_detectron2, yacs_config
+from helpers import CONFIG_ROOT, requires_detectron2, yacs_config
 
 pytestmark = requires_detectron2
 

@@ -6,8 +6,7 @@ import torch.nn.functional as F
 
 from involution_d2.ops import fused_involution, involution, native, output_size
 
-from conftest import requires_cupy
-from test_ops import SHAPES, skip_if_unavailable
+from helpers import SHAPES, requires_cupy, skip_if_unavailable
 
 CPU_BACKENDS = ["torch", "native"]
 

@@ -9,7 +9,7 @@ project's config, yacs and LazyConfig, through Detectron2's checkpointer, checks
 tensor of the model came from the checkpoint, runs the input, and compares each recorded
 stage: max |ours - official| / max |official| <= 1e-4.
 
-    python tests/test_official_fidelity.py [--stages]  # docs/FIDELITY.md's table
+    python tests/modeling/test_official_fidelity.py [--stages]  # docs/FIDELITY.md's table
 """
 import math
 import os
@@ -19,7 +19,10 @@ import sys
 import pytest
 import torch
 
-from conftest import CONFIG_ROOT, load_recording, requires_detectron2, yacs_config
+if __name__ == "__main__":  # run as a script: the shared test modules are one folder up
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from helpers import REPO, CONFIG_ROOT, load_recording, requires_detectron2, yacs_config
 from official_fixtures import (
     FIXTURES,
     ROWS,
@@ -30,7 +33,6 @@ from official_fixtures import (
 
 pytestmark = requires_detectron2
 
-REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 TOLERANCE = 1e-4  # max-abs error relative to the official output's max-abs
 # Converted by the command-line tool in a subprocess (the others by the same function).
 CLI_ROW = "mask_rcnn_red50_neck_fpn_head_1x_coco"
@@ -290,5 +292,4 @@ def print_table(per_stage=False):
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, REPO)
     print_table(per_stage="--stages" in sys.argv)

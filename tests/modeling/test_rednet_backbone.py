@@ -4,7 +4,7 @@ import re
 import pytest
 import torch
 
-from conftest import requires_detectron2
+from helpers import requires_detectron2
 
 pytestmark = requires_detectron2
 

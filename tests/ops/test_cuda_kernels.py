@@ -7,7 +7,7 @@
    index arithmetic and the host planning of every kernel, in every dtype.
 2. Compilation: every instantiation the backend can ask for compiles with NVRTC (what CuPy
    uses) and with nvcc for sm_80 / sm_90, when those are present.
-The same kernels run on a real GPU in tests/test_ops.py (skipped without one).
+The same kernels run on a real GPU in tests/ops/test_ops.py (skipped without one).
 """
 import ctypes
 import os

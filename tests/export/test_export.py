@@ -15,9 +15,8 @@ from involution_d2 import export
 from involution_d2.ops import involution, output_size
 from involution_d2.ops.export import involution_by_rows
 
-from conftest import requires_detectron2
+from helpers import REPO, requires_detectron2
 
-REPO = os.path.join(os.path.dirname(__file__), "..")
 INVOLUTION = torch.ops.involution_d2.involution.default
 HAS_ONNX = all(importlib.util.find_spec(m) for m in ("onnx", "onnxscript", "onnxruntime"))
 requires_onnx = pytest.mark.skipif(
@@ -111,8 +110,8 @@ DETECTORS = [
 
 
 def tiny_detector(name):
-    from conftest import build_yacs_model, yacs_config
-    from test_detection_models import tiny
+    from helpers import build_yacs_model, yacs_config
+    from helpers import tiny_detection as tiny
 
     return build_yacs_model(yacs_config(name, tiny)).eval()
 

@@ -1,5 +1,5 @@
 """The official-checkpoint converter beyond what the fidelity tests compare
-(tests/test_official_fidelity.py): an official RedNet ImageNet checkpoint initialises the
+(tests/modeling/test_official_fidelity.py): an official RedNet ImageNet checkpoint initialises the
 RedNet of every detection and segmentation config; the class convention holds; bad files
 fail clearly; the CLI reports and writes atomically.  The official checkpoints are the
 seeded ones of tests/data/official_fidelity, whose keys come from the official code."""
@@ -12,12 +12,12 @@ import sys
 import pytest
 import torch
 
-from conftest import CONFIG_ROOT, build_yacs_model, load_recording, requires_detectron2, yacs_config
+from helpers import (REPO, CONFIG_ROOT, build_yacs_model, load_recording, requires_detectron2,
+                     yacs_config)
 from official_fixtures import load_fixture, official_checkpoint
 
 pytestmark = requires_detectron2
 
-REPO = os.path.join(os.path.dirname(__file__), "..")
 
 
 # ---------------------------------------------------------------- helpers

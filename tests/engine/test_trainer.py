@@ -8,11 +8,10 @@ import sys
 
 import pytest
 
-from conftest import CONFIG_ROOT, requires_detectron2, yacs_config
+from helpers import REPO, CONFIG_ROOT, requires_detectron2, yacs_config
 
 pytestmark = requires_detectron2
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = "Demo/mask_rcnn_rednet26_invfpn_invhead_shapes"
 
 
@@ -193,7 +192,7 @@ def test_train_net_keeps_max_to_keep_checkpoints_and_logs_every_log_period(tmp_p
 def test_checkpointer_writes_through_its_path_manager():
     """fvcore's save, through the checkpointer's path manager: a handler registered there
     receives the checkpoint and last_checkpoint of a save folder it serves (local folders
-    are written atomically: test_safety.py, test_user_journey.py)."""
+    are written atomically: tests/e2e)."""
     import io
 
     import torch

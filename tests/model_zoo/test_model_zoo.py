@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from conftest import CONFIG_ROOT, requires_detectron2
+from helpers import CONFIG_ROOT, requires_detectron2
 
 pytestmark = requires_detectron2
 

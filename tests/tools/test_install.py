@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import REPO
+
 SCRIPT = os.path.join(REPO, "tools", "install.py")
 SHARED_DETECTRON2 = os.path.join(REPO, "..", "shared", "detectron2")
 

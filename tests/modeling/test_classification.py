@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import CONFIG_ROOT, build_yacs_model, requires_detectron2, yacs_config
+from helpers import CONFIG_ROOT, build_yacs_model, requires_detectron2, yacs_config
 
 pytestmark = requires_detectron2
 

@@ -11,11 +11,10 @@ import sys
 import pytest
 import torch
 
-from conftest import requires_detectron2, yacs_config
+from helpers import REPO, requires_detectron2, yacs_config
 
 pytestmark = requires_detectron2
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FASTER_YACS = os.path.join(REPO, "configs/COCO-Detection/faster_rcnn_rednet50_fpn_1x.yaml")
 RETINA_LAZY = os.path.join(REPO, "configs/COCO-Detection/retinanet_rednet50_fpn_1x.py")
 FASTER_LAZY = FASTER_YACS.replace(".yaml", ".py")

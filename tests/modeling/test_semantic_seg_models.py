@@ -5,8 +5,8 @@ import os
 import pytest
 import torch
 
-from conftest import CONFIG_ROOT as ROOT
-from conftest import build_yacs_model, requires_detectron2, yacs_config
+from helpers import CONFIG_ROOT as ROOT
+from helpers import build_yacs_model, requires_detectron2, yacs_config
 
 pytestmark = requires_detectron2
 
