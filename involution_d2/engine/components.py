@@ -15,7 +15,7 @@ from detectron2.modeling import build_model
 
 from ..data import check_dataset, get_pipeline
 from ..evaluation import ClassificationEvaluator
-from .checkpointer import AtomicCheckpointer
+from ..checkpoint.detection_checkpoint import AtomicCheckpointer
 
 __all__ = [
     "ConfigReader",

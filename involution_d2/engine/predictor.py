@@ -5,7 +5,7 @@ from detectron2.config import configurable
 from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
 
-from .checkpointer import AtomicCheckpointer
+from ..checkpoint.detection_checkpoint import AtomicCheckpointer
 from .components import read_config
 
 __all__ = ["Predictor", "build_predictor", "test_metadata"]

@@ -25,7 +25,7 @@ from omegaconf import OmegaConf
 
 from ..data import get_pipeline
 from ..solver import build_lr_scheduler, build_optimizer
-from .checkpointer import AtomicCheckpointer
+from ..checkpoint.detection_checkpoint import AtomicCheckpointer
 from .components import build_evaluator, read_config
 from .launch import loader_workers_stop_with_process
 from .metrics import drop_metrics_from

@@ -1,9 +1,10 @@
-"""Config defaults of the involution models (yacs)."""
+"""Config defaults of the involution models (yacs); config files of either system with early
+errors for typos: :mod:`.files`."""
 from detectron2.config import CfgNode as CN
 
-from . import modeling  # noqa: F401  (registers the components the configs name)
-from .layers import DEFAULT_GROUP_CHANNELS, DEFAULT_KERNEL_SIZE, DEFAULT_REDUCTION_RATIO
-from .modeling.backbone.rednet import DETECTION_STEM_INVOLUTION_KERNEL
+from .. import modeling  # noqa: F401  (registers the components the configs name)
+from ..layers import DEFAULT_GROUP_CHANNELS, DEFAULT_KERNEL_SIZE, DEFAULT_REDUCTION_RATIO
+from ..modeling.backbone.rednet import DETECTION_STEM_INVOLUTION_KERNEL
 
 
 def add_involution_config(cfg):

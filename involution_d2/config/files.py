@@ -9,8 +9,8 @@ import torch
 from detectron2.config import CfgNode, LazyConfig, get_cfg
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from ..config import add_involution_config
-from .errors import ConfigError
+from . import add_involution_config
+from ..engine.errors import ConfigError
 
 __all__ = ["setup_config", "apply_lazy_overrides"]
 

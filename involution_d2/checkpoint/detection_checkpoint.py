@@ -14,13 +14,13 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.utils.file_io import PathManager
 
-from ..checkpoint import (
+from .official import (
     STEM_KERNEL_GENERATION,
     stem_involution_kernel,
     stem_kernel_generation_note,
 )
-from ..checkpoint.save import atomic_open, is_disk_full, remove_stale_temporaries
-from .errors import CheckpointLoadError, DiskFullError
+from .save import atomic_open, is_disk_full, remove_stale_temporaries
+from ..engine.errors import CheckpointLoadError, DiskFullError
 
 __all__ = ["AtomicCheckpointer"]
 
