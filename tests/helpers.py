@@ -29,6 +29,16 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_ROOT = os.path.join(REPO, "configs")
 
 
+def load_script(path, name=None):
+    """A script of the repository (``path`` relative to it: ``tools/export_model.py``,
+    ``demo.py``) imported as a module, without putting its folder on sys.path."""
+    spec = importlib.util.spec_from_file_location(
+        name or os.path.splitext(os.path.basename(path))[0], os.path.join(REPO, path))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def yacs_config(name, settings=None, overrides=None):
     """The yacs config of configs/<name>.yaml on CPU; then ``settings(cfg)`` (a test's tiny
     model), then ``overrides`` ({full key: value})."""

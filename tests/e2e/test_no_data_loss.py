@@ -1,21 +1,17 @@
 """Nothing the user has is lost: demo pictures never replace inputs or each other,
 unreadable images are skipped, the converter never writes over its input."""
-import importlib.util
 import os
 
 import torch
 
-from helpers import REPO, YACS_DEMO, last_line, requires_detectron2, run
+from helpers import YACS_DEMO, last_line, load_script, requires_detectron2, run
 
 pytestmark = requires_detectron2
 
 
 # ------------------------------------------------------------------ no data loss
 def _demo_module():
-    spec = importlib.util.spec_from_file_location("demo", os.path.join(REPO, "demo.py"))
-    demo = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(demo)
-    return demo
+    return load_script("demo.py")
 
 
 def test_demo_pictures_never_replace_inputs_or_each_other(tmp_path):

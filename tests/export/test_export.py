@@ -15,7 +15,7 @@ from involution_d2 import export
 from involution_d2.ops import involution, output_size
 from involution_d2.ops.export import involution_by_rows
 
-from helpers import REPO, requires_detectron2
+from helpers import REPO, load_script, requires_detectron2
 
 INVOLUTION = torch.ops.involution_d2.involution.default
 HAS_ONNX = all(importlib.util.find_spec(m) for m in ("onnx", "onnxscript", "onnxruntime"))
@@ -25,11 +25,7 @@ requires_onnx = pytest.mark.skipif(
 
 def export_tool():
     """tools/export_model.py as a module (its command-line functions)."""
-    spec = importlib.util.spec_from_file_location(
-        "export_model", os.path.join(REPO, "tools", "export_model.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tools/export_model.py")
 
 
 def make_inputs(n, c, g, h, w, k, s, p, d, dtype=torch.float64):

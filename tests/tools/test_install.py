@@ -1,6 +1,5 @@
 """tools/install.py, the set-up command of README's Quick start: what it recognises, the one
 line it gives for each failure, and that a set-up machine needs nothing more."""
-import importlib.util
 import os
 import re
 import subprocess
@@ -8,7 +7,7 @@ import sys
 
 import pytest
 
-from helpers import REPO
+from helpers import REPO, load_script
 
 SCRIPT = os.path.join(REPO, "tools", "install.py")
 SHARED_DETECTRON2 = os.path.join(REPO, "..", "shared", "detectron2")
@@ -16,10 +15,7 @@ SHARED_DETECTRON2 = os.path.join(REPO, "..", "shared", "detectron2")
 
 @pytest.fixture(scope="module")
 def install():
-    spec = importlib.util.spec_from_file_location("install_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tools/install.py", "install_script")
 
 
 def test_default_source_is_the_official_repository_at_the_pinned_commit(install):
