@@ -1,5 +1,5 @@
 """The official fidelity fixtures (tests/data/official_fidelity, written by
-tools/make_official_fixtures.py): the rows, and the seeded official checkpoint and input of
+tests/data/make_official_fixtures.py): the rows, and the seeded official checkpoint and input of
 a row, rebuilt here without OpenMMLab."""
 import os
 

@@ -2,7 +2,7 @@
 generator seeded with its key's name, so a checkpoint is rebuilt anywhere from its key
 names and shapes alone.
 
-``tools/make_official_fixtures.py`` loads these weights into the official OpenMMLab models
+``tests/data/make_official_fixtures.py`` loads these weights into the official OpenMMLab models
 and records their outputs (tests/data/official_fidelity/); the fidelity tests rebuild the same
 checkpoint here, convert it and compare.  Both use this module, which imports torch alone
 (the tool loads it by path, next to OpenMMLab, without Detectron2).

@@ -1,7 +1,7 @@
 """Converted official checkpoints compute what the official code computes.
 
 tests/data/official_fidelity/ holds, for every row of the official model zoo, what the
-official d-li14/involution models computed under OpenMMLab (tools/make_official_fixtures.py)
+official d-li14/involution models computed under OpenMMLab (tests/data/make_official_fixtures.py)
 with a checkpoint seeded from its key names (involution_d2/checkpoint/seeded.py), sampled
 at every stage.  Each test rebuilds that checkpoint and input here (no OpenMMLab needed),
 converts it (the CLI for one row, the same function for the others), loads it into the

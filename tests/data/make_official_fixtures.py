@@ -13,7 +13,7 @@ OpenMMLab lives in its own virtualenv, never in the Python that runs the tests:
     venv-mm/bin/pip install --no-deps mmcls==0.25.0 mmdet==2.28.2 mmsegmentation==0.30.0
     venv-mm/bin/pip install addict yapf terminaltables prettytable
     git clone https://github.com/d-li14/involution /path/to/involution
-    venv-mm/bin/python tools/make_official_fixtures.py --official-repo /path/to/involution \
+    venv-mm/bin/python tests/data/make_official_fixtures.py --official-repo /path/to/involution \
         tests/data/official_fidelity
 
 What the official code needs that a CPU and these versions do not give it (each is here,
@@ -52,7 +52,7 @@ import warnings
 
 import torch
 
-REPO = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+REPO = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 SAMPLES = 1024  # values kept per stage output
 
 
