@@ -2,14 +2,12 @@
 safe checkpointer (``involution_d2.checkpoint``) and the config files
 (``involution_d2.config``) are re-exported here, where the tools find them."""
 from ..checkpoint.detection_checkpoint import AtomicCheckpointer
-from .components import (
+from .config_reader import (
     ConfigReader,
     TestSet,
     build_evaluator,
-    build_model_from_config,
     build_model_with_weights,
     check_dataset,
-    config_device,
     config_weights,
     dataset_names,
     evaluator_class,

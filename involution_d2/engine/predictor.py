@@ -6,7 +6,7 @@ from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
 
 from ..checkpoint.detection_checkpoint import AtomicCheckpointer
-from .components import read_config
+from .config_reader import read_config
 
 __all__ = ["Predictor", "build_predictor", "test_metadata"]
 

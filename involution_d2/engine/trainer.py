@@ -26,7 +26,7 @@ from omegaconf import OmegaConf
 from ..data import get_pipeline
 from ..solver import build_lr_scheduler, build_optimizer
 from ..checkpoint.detection_checkpoint import AtomicCheckpointer
-from .components import build_evaluator, read_config
+from .config_reader import build_evaluator, read_config
 from .launch import loader_workers_stop_with_process
 from .metrics import drop_metrics_from
 from .numerics import check_trainable_start, non_finite_features

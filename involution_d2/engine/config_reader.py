@@ -21,10 +21,9 @@ __all__ = [
     "ConfigReader",
     "TestSet",
     "build_evaluator",
-    "build_model_from_config",
     "evaluator_class",
     "check_dataset",
-    "config_device",
+    "build_model_with_weights",
     "config_weights",
     "dataset_names",
     "read_config",
@@ -200,24 +199,15 @@ def read_config(cfg) -> ConfigReader:
     return _YacsReader(cfg) if isinstance(cfg, CfgNode) else _LazyReader(cfg)
 
 
-def build_model_from_config(cfg):
-    """The model of a yacs or LazyConfig config, on the config's device."""
-    return read_config(cfg).build_model()
-
-
 def build_model_with_weights(cfg, weights=None):
     """The config's model with ``weights`` loaded (None: the config's ``MODEL.WEIGHTS`` /
     ``train.init_checkpoint``; empty: none), through the checkpointer that never runs code
     from a file: what every tool that loads a checkpoint uses."""
-    model = build_model_from_config(cfg)
+    model = read_config(cfg).build_model()
     weights = config_weights(cfg) if weights is None else weights
     if weights:
         AtomicCheckpointer(model).load(weights)
     return model
-
-
-def config_device(cfg):
-    return read_config(cfg).device
 
 
 def config_weights(cfg):
