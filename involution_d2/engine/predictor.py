@@ -1,9 +1,9 @@
-"""Inference on single images for both config systems: Detectron2's DefaultPredictor,
-loading its weights through the project's checkpointer (which never runs code)."""
-import torch
-from detectron2.config import configurable
+"""Inference on single images: Detectron2's DefaultPredictor, built from either config system
+with the weights loaded through the project's checkpointer (which never runs code)."""
+from detectron2.config import CfgNode
 from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
+from detectron2.engine import DefaultPredictor
 
 from ..checkpoint.detection_checkpoint import AtomicCheckpointer
 from .config_reader import read_config
@@ -11,41 +11,36 @@ from .config_reader import read_config
 __all__ = ["Predictor", "build_predictor", "test_metadata"]
 
 
-class Predictor:
-    """Detectron2's DefaultPredictor for a yacs config or a LazyConfig: the augmentations of
-    the config's test loader, the model's colour order, the weights of ``MODEL.WEIGHTS`` /
-    ``train.init_checkpoint`` (none: the model keeps its initialisation); takes a BGR uint8
-    image."""
+class _TestAugmentations(T.Augmentation):
+    """The config's test augmentations as the one augmentation DefaultPredictor applies."""
 
-    @configurable
-    def __init__(self, *, model, weights, augmentations, input_format):
-        self.model = model.eval()
-        if weights:
-            AtomicCheckpointer(self.model).load(weights)
-        self.aug = T.AugmentationList(augmentations)
-        if input_format not in ("RGB", "BGR"):
-            raise ValueError(f"input format {input_format!r}: expected RGB or BGR")
-        self.input_format = input_format
+    def __init__(self, augmentations):
+        super().__init__()
+        self.augmentations = T.AugmentationList(augmentations)
 
-    @classmethod
-    def from_config(cls, cfg):
+    def get_transform(self, image):
+        return self.augmentations(T.AugInput(image))
+
+
+class Predictor(DefaultPredictor):
+    """DefaultPredictor (its ``__call__``: a BGR uint8 image in, the model's outputs for it
+    out), built differently: from a yacs config or a LazyConfig; with the augmentations of
+    the config's test pipeline (Cityscapes and classification resize otherwise than
+    detection); with ``MODEL.WEIGHTS`` / ``train.init_checkpoint`` loaded by the safe
+    checkpointer (none: the model keeps its initialisation)."""
+
+    def __init__(self, cfg):
         config = read_config(cfg)
-        augmentations, input_format = config.test_input()
-        return {
-            "model": config.build_model(),
-            "weights": config.weights,
-            "augmentations": augmentations,
-            "input_format": input_format,
-        }
-
-    def __call__(self, original_image):
-        with torch.no_grad():
-            image = original_image[:, :, ::-1] if self.input_format == "RGB" else original_image
-            height, width = image.shape[:2]
-            aug_input = T.AugInput(image)
-            self.aug(aug_input)
-            tensor = torch.as_tensor(aug_input.image.astype("float32").transpose(2, 0, 1))
-            return self.model([{"image": tensor, "height": height, "width": width}])[0]
+        # DefaultPredictor.__call__ reads MODEL.DEVICE, which a LazyConfig names train.device.
+        self.cfg = CfgNode({"MODEL": {"DEVICE": config.device}}) if config.is_lazy else cfg
+        self.model = config.build_model().eval()
+        if config.weights:
+            AtomicCheckpointer(self.model).load(config.weights)
+        self.metadata = test_metadata(cfg)
+        augmentations, self.input_format = config.test_input()
+        if self.input_format not in ("RGB", "BGR"):
+            raise ValueError(f"input format {self.input_format!r}: expected RGB or BGR")
+        self.aug = _TestAugmentations(augmentations)
 
 
 def build_predictor(cfg):
