@@ -21,6 +21,7 @@ from detectron2.engine.defaults import create_ddp_model
 from detectron2.engine.train_loop import TrainerBase
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 from omegaconf import OmegaConf
 
 from ..data import get_pipeline
@@ -88,6 +89,8 @@ class Trainer(DefaultTrainer):
         # DefaultTrainer.__init__, with the two objects it fixes chosen here: DDP without GPU
         # device ids on the CPU, and the safe atomic checkpointer.
         TrainerBase.__init__(self)
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
+            setup_logger()  # as DefaultTrainer, when nothing has set up logging
         cfg = self.auto_scale_workers(cfg, comm.get_world_size())
         _check_amp(cfg.SOLVER.AMP.ENABLED, cfg.MODEL.DEVICE)
         model = self.build_model(cfg)
@@ -160,8 +163,9 @@ def do_train(args, cfg):
     cfg.optimizer.params.model = model
     optimizer = instantiate(cfg.optimizer)  # clips gradients if its LazyCall does
     train_loader = loader_workers_stop_with_process(instantiate(cfg.dataloader.train))
+    ddp = train.get("ddp", None)  # optional, as in lazyconfig_train_net.py
     model = ddp_model(model, train.device,
-                      **OmegaConf.to_container(train.get("ddp", None) or {}, resolve=True))
+                      **(OmegaConf.to_container(ddp, resolve=True) if ddp is not None else {}))
     trainer = (AMPTrainer if train.amp.enabled else SimpleTrainer)(model, train_loader,
                                                                    optimizer)
     checkpointer = AtomicCheckpointer(model, train.output_dir, trainer=trainer)

@@ -69,6 +69,10 @@ def test_lazy_options_reach_detectron2s_engine(shapes_cache, tmp_path, monkeypat
     assert (checkpointer.period, checkpointer.max_to_keep) == (cfg.train.checkpointer.period, 3)
     assert next(h for h in seen["hooks"] if isinstance(h, hooks.PeriodicWriter))._period == 7
     assert [t.name for t in engine.read_config(cfg).tests()] == ["shapes_val"]
+    # train.ddp is optional, as in lazyconfig_train_net.py: DDP's defaults then.
+    del cfg.train["ddp"]
+    engine.do_train(argparse.Namespace(resume=False), cfg)
+    assert seen["ddp"] == {}
 
 
 def test_yacs_trainer_is_default_trainer_with_every_test_set(shapes_cache, tmp_path,
