@@ -161,7 +161,7 @@ def export_backbone(model, tensor, path=None):
 
 def export_onnx(program, tensor, path):
     """The exported backbone as ONNX, with the involutions lowered to standard operators."""
-    from involution_d2.ops.export import lower_involution
+    from .ops.export import lower_involution
 
     onnx_program = torch.onnx.export(lower_involution(program), (tensor,), dynamo=True,
                                      verbose=False)
@@ -185,7 +185,7 @@ def relative_error(got, want):
 def count_involution_nodes(graph_or_program):
     """Involution operator nodes (plain or fused) of an exported program or a traced
     module."""
-    import involution_d2.ops  # noqa: F401 (registers the operators)
+    from . import ops  # noqa: F401 (registers the operators)
 
     if isinstance(graph_or_program, torch.export.ExportedProgram):
         operators = (torch.ops.involution_d2.involution.default,

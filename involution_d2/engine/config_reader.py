@@ -13,9 +13,9 @@ from detectron2.data import MetadataCatalog
 from detectron2.evaluation import COCOEvaluator, SemSegEvaluator
 from detectron2.modeling import build_model
 
+from ..checkpoint.detection_checkpoint import AtomicCheckpointer
 from ..data import check_dataset, get_pipeline
 from ..evaluation import ClassificationEvaluator
-from ..checkpoint.detection_checkpoint import AtomicCheckpointer
 
 __all__ = [
     "ConfigReader",
@@ -28,6 +28,7 @@ __all__ = [
     "dataset_names",
     "read_config",
 ]
+
 
 @dataclass
 class TestSet:
@@ -74,6 +75,7 @@ class ConfigReader:
     def __init__(self, cfg):
         self.cfg = cfg
 
+    is_lazy: bool
     device: str
     weights: str
     output_dir: str

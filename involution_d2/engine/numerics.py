@@ -4,10 +4,10 @@ evaluations whose backbone features are not finite.
 Involution is quadratic in its input (the kernels are computed from the input they are
 applied to), so a randomly initialised RedNet whose norms are frozen at their identity
 statistics (FrozenBN without pretrained weights) amplifies activations layer after layer:
-its detectors diverge within the first few iterations (on the shapes data at 128-800
-pixels, Faster/Mask R-CNN and RetinaNet all stopped with Inf/NaN by iteration 3), where
-Detectron2's ResNet-50 stays finite. With a trainable norm (BN, SyncBN, GN) it trains from
-scratch."""
+its detectors diverge within the first few iterations (on the shapes data at 800 pixels,
+the configs' input size, Faster/Mask R-CNN and RetinaNet all stopped with Inf/NaN by
+iteration 3; docs/GETTING_STARTED.md has the smaller sizes). With a trainable norm (BN,
+SyncBN, GN) it trains from scratch."""
 import contextlib
 import logging
 

@@ -24,9 +24,9 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from omegaconf import OmegaConf
 
+from ..checkpoint.detection_checkpoint import AtomicCheckpointer
 from ..data import get_pipeline
 from ..solver import build_lr_scheduler, build_optimizer
-from ..checkpoint.detection_checkpoint import AtomicCheckpointer
 from .config_reader import build_evaluator, read_config
 from .launch import loader_workers_stop_with_process
 from .metrics import drop_metrics_from
@@ -189,6 +189,7 @@ def do_train(args, cfg):
 
 def evaluate(args, cfg):
     """``--eval-only``: the model with its weights, on every test set."""
-    model = read_config(cfg).build_model().eval()
+    config = read_config(cfg)
+    model = config.build_model().eval()
     load_for_evaluation(cfg, model, args.resume)
-    return do_test(cfg, model) if read_config(cfg).is_lazy else Trainer.test(cfg, model)
+    return do_test(cfg, model) if config.is_lazy else Trainer.test(cfg, model)
