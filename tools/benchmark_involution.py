@@ -5,7 +5,8 @@ Every backend runs on the same inputs in one process, round-robin (A B C A B C .
 a noisy machine slows all of them alike; the table gives medians and the ratios against the
 unfold baseline ("reference"), on the CPU also against the pure-PyTorch "torch" backend, and
 on a GPU against "naive", a one-thread-per-output-element CUDA kernel written the way the
-official one works (our own code).
+official one works (our own code), and with --official-kernel against the official CuPy
+operator itself (float32 and float64; loaded from a clone of d-li14/involution).
 
 "x of bandwidth bound" is the time over the time the least traffic (each input read once,
 each output written once) takes at the memory bandwidth: on a GPU its peak (from CuPy), on
@@ -21,6 +22,14 @@ with glibc only).
     python3 tools/benchmark_involution.py --device cpu --shapes det.res2 cls.res2
     python3 tools/benchmark_involution.py --device cuda --dtypes float32 bfloat16
     python3 tools/benchmark_involution.py --fused --device cpu     # fused against unfused
+    python3 tools/benchmark_involution.py --device cuda --per-call --shapes det.res4 det.res5
+    python3 tools/benchmark_involution.py --device cuda \
+        --official-kernel ../involution/cls/mmcls/models/utils/involution_cuda.py
+
+With --per-call it times one forward call at each layer of its path (the public function,
+the custom operator, the kernel launch; on a GPU also "naive" and the official operator):
+the wall time per call of calls issued back to back, and on a GPU the kernels' own time
+(torch.profiler), whose difference is what the host costs beyond the kernels.
 
 With --fused it compares, per backend, the layer's last two steps run as the fused operator
 (``fused_involution``: span convolution C/4 -> G*K*K and aggregation in one) against the
@@ -56,7 +65,17 @@ def main(argv=None):
                         help="compare the fused operator (span convolution + aggregation) "
                              "with the two steps unfused, per backend (default: native on "
                              "the CPU, cupy on CUDA)")
+    parser.add_argument("--per-call", action="store_true",
+                        help="time one forward call at each layer of its path (wall and, on "
+                             "a GPU, kernel time per call; --repeat calls, default 100)")
+    parser.add_argument("--official-kernel", metavar="PATH", default=None,
+                        help="also time the official CuPy operator: the path of "
+                             "cls/mmcls/models/utils/involution_cuda.py in a clone of "
+                             "d-li14/involution (CUDA, float32/float64 only)")
     args = parser.parse_args(argv)
+    if args.official_kernel and not args.device.startswith("cuda"):
+        parser.error("--official-kernel needs --device cuda: the official operator is CUDA "
+                     "only")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error("--device cuda but torch sees no GPU")
     report(args)

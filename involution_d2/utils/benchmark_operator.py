@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from ..ops import fused_involution, involution, output_size
-from .benchmark import Glibc, PeakMemory, cpu_model, print_table, time_round_robin
+from .benchmark import (Glibc, PeakMemory, cpu_model, print_table, synchronize,
+                        time_round_robin)
 
 # name: (batch, channels, height, width, kernel, stride) of RedNet-50's involutions.
 # "cls": ImageNet, batch 64 at 224x224; "det": COCO, batch 2 at 800x1216.
@@ -55,7 +56,46 @@ def naive_cupy_involution(x, weight, stride, padding, dilation):
                                      dilation)
 
 
-def make_runner(backend):
+def load_official_operator(path):
+    """The official CuPy operator: ``involution_cuda.py`` of a d-li14/involution checkout
+    (``cls/mmcls/models/utils/``; det/ and seg/ hold the same file), loaded unchanged, for
+    timing against ours. It runs float32 and float64 only.
+
+    Two stand-ins let it load beside today's libraries without OpenMMLab: ``mmcv.cnn`` (the
+    file imports ConvModule for its layer class, which is not timed) where mmcv is not
+    installed, and ``cupy.cuda.compile_with_cache`` (gone from recent CuPy) as an NVRTC
+    module with the same ``get_function``."""
+    import importlib.util
+    import sys
+    import types
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"--official-kernel {path!r}: no such file; give the path of "
+            "cls/mmcls/models/utils/involution_cuda.py in a clone of "
+            "https://github.com/d-li14/involution")
+    import cupy
+
+    if importlib.util.find_spec("mmcv") is None:
+        cnn = types.ModuleType("mmcv.cnn")
+        cnn.ConvModule = None
+        sys.modules.setdefault("mmcv", types.ModuleType("mmcv")).cnn = cnn
+        sys.modules.setdefault("mmcv.cnn", cnn)
+    if not hasattr(cupy.cuda, "compile_with_cache"):
+        cupy.cuda.compile_with_cache = lambda code: cupy.RawModule(code=code)
+    spec = importlib.util.spec_from_file_location("official_involution_cuda", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# The dtypes the official operator runs (its kernels are templated on float and double).
+OFFICIAL_DTYPES = (torch.float32, torch.float64)
+
+
+def make_runner(backend, official=None):
+    if backend == "official":
+        return lambda x, w, s, p: official._involution.apply(x, w, (s, s), (p, p), (1, 1))
     if backend == "naive":
         return lambda x, w, s, p: naive_cupy_involution(x, w, s, p, 1)
     return lambda x, w, s, p: involution(x, w, s, p, 1, backend=backend)
@@ -83,7 +123,8 @@ def peak_once(run, inputs, mode, device, glibc):
             glibc.timing_mode()
 
 
-def benchmark_shape(name, dtype, device, backends, modes, repeat, warmup, glibc):
+def benchmark_shape(name, dtype, device, backends, modes, repeat, warmup, glibc,
+                    official=None):
     n, c, h, w, k, s = SHAPES[name]
     p = (k - 1) // 2
     ho, wo = output_size(h, k, s, p), output_size(w, k, s, p)
@@ -93,7 +134,7 @@ def benchmark_shape(name, dtype, device, backends, modes, repeat, warmup, glibc)
                      generator=gen).requires_grad_()
     gout = torch.randn(n, c, ho, wo, device=device, dtype=dtype, generator=gen)
     inputs = (x, wt, gout, s, p)
-    runners = {b: make_runner(b) for b in backends}
+    runners = {b: make_runner(b, official) for b in backends}
     results = {}
     for mode in modes:
         runs = {b: (lambda b=b: run_once(runners[b], inputs, mode)) for b in backends}
@@ -102,6 +143,91 @@ def benchmark_shape(name, dtype, device, backends, modes, repeat, warmup, glibc)
             peak = peak_once(runners[b], inputs, mode, device, glibc)
             results[(b, mode)] = (times[b], peak)
     return results
+
+
+def call_layers(device, official=None):
+    """{label: fn(x, w, s, p)}: the forward call at each layer of the path from the public
+    function down to the kernel launch, plus the official operator and one plain ATen
+    operator on the same tensor (the floor a call costs)."""
+    if device.type == "cuda":
+        from ..ops.cupy_backend import cupy_forward
+
+        layers = {"involution()": make_runner("cupy"),
+                  "custom operator": lambda x, w, s, p: torch.ops.involution_d2.involution(
+                      x, w, s, p, 1),
+                  "CuPy launch": lambda x, w, s, p: cupy_forward(x, w, s, p, 1),
+                  "naive": make_runner("naive")}
+        if official is not None:
+            layers["official"] = make_runner("official", official)
+    else:
+        from ..ops.native import native_ops
+
+        native_ops()
+        layers = {"involution()": make_runner("native"),
+                  "custom operator": lambda x, w, s, p: torch.ops.involution_d2.involution(
+                      x, w, s, p, 1),
+                  "native kernel": lambda x, w, s, p: torch.ops.involution_d2_cpu.forward(
+                      x, w, s, p, 1)}
+    layers["torch.add (floor)"] = lambda x, w, s, p: torch.add(x, 1.0)
+    return layers
+
+
+def per_call(name, dtype, device, layers, calls):
+    """(wall us, kernel us or None) per forward call of each layer: the wall time of
+    ``calls`` calls issued back to back with one synchronisation at the end (on a GPU the
+    host's cost per call where it exceeds the kernel's), and on a GPU the time of the kernels
+    alone, from torch.profiler."""
+    import time
+
+    from torch.profiler import ProfilerActivity, profile
+
+    n, c, h, w, k, s = SHAPES[name]
+    p = (k - 1) // 2
+    ho, wo = output_size(h, k, s, p), output_size(w, k, s, p)
+    gen = torch.Generator(device=device).manual_seed(0)
+    x = torch.randn(n, c, h, w, device=device, dtype=dtype, generator=gen)
+    wt = torch.randn(n, c // 16, k, k, ho, wo, device=device, dtype=dtype, generator=gen)
+    results = {}
+    with torch.no_grad():
+        for label, run in layers.items():
+            for _ in range(3):
+                run(x, wt, s, p)
+            synchronize(device)
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                run(x, wt, s, p)
+            synchronize(device)
+            wall = (time.perf_counter() - t0) / calls * 1e6
+            kernels = None
+            if device.type == "cuda":
+                with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                    for _ in range(calls):
+                        run(x, wt, s, p)
+                    synchronize(device)
+                kernels = sum(e.self_device_time_total for e in prof.key_averages()) / calls
+            results[label] = (wall, kernels)
+    return results
+
+
+def report_per_call(args, device, shapes, dtypes, official):
+    calls = args.repeat or 100
+    print(f"# per call: {calls} forward calls back to back, one synchronisation at the end")
+    rows = []
+    for dtype in dtypes:
+        layers = call_layers(device, official if DTYPES[dtype] in OFFICIAL_DTYPES else None)
+        for name in shapes:
+            print(f"# {name}: {SHAPES[name]}, {dtype}", flush=True)
+            for label, (wall, kernels) in per_call(name, DTYPES[dtype], device, layers,
+                                                   calls).items():
+                row = [name, dtype, label, f"{wall:.1f}"]
+                if device.type == "cuda":
+                    row += [f"{kernels:.1f}", f"{max(wall - kernels, 0.0):.1f}"]
+                rows.append(row)
+    print()
+    header = ["shape", "dtype", "call", "wall us/call"]
+    if device.type == "cuda":
+        header += ["kernels us/call", "host beyond kernels us/call"]
+    print_table(rows, header)
 
 
 FUSED_VARIANTS = ("unfused", "fused")
@@ -209,10 +335,14 @@ def print_results(rows, backends, baselines, bandwidth=None):
     lines = []
     for (name, dtype, mode), res in rows:
         for b in backends:
+            if (b, mode) not in res:
+                continue  # the official operator in a dtype it does not run
             t, m = res[(b, mode)]
             line = [name, dtype, mode, b, f"{t:.2f}", f"{m:.1f}"]
-            line += [f"{res[(base, mode)][0] / t:.2f}x" for base in baselines]
-            line += [f"{m / res[(base, mode)][1]:.3f}" if res[(base, mode)][1] > 0 else "-"
+            line += [f"{res[(base, mode)][0] / t:.2f}x" if (base, mode) in res else "-"
+                     for base in baselines]
+            line += [f"{m / res[(base, mode)][1]:.3f}"
+                     if (base, mode) in res and res[(base, mode)][1] > 0 else "-"
                      for base in baselines]
             if bandwidth:
                 # The least traffic over our time, and our time over the time that traffic
@@ -239,8 +369,15 @@ def report(args):
     else:
         backends = args.backends or (["reference", "torch", "cupy", "naive"] if cuda
                                      else ["reference", "torch", "native"])
+    official = None
+    if args.official_kernel:
+        if not cuda:
+            raise ValueError("--official-kernel needs --device cuda: the official operator is "
+                             "CUDA only")
+        official = load_official_operator(args.official_kernel)
+        backends = [*backends, "official"]
     repeat = args.repeat or (20 if cuda else 3)
-    baselines = [b for b in ("reference", "torch", "naive") if b in backends]
+    baselines = [b for b in ("reference", "torch", "naive", "official") if b in backends]
     if not cuda and "native" in backends:
         from ..ops.native import native_is_available, native_ops
 
@@ -254,6 +391,9 @@ def report(args):
           f"threads, median of {repeat} runs after {args.warmup} warm-up")
     if not cuda:
         print(f"# load average before the run: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    if args.per_call:
+        report_per_call(args, device, shapes, dtypes, official)
+        return
     if args.fused:
         rows = []
         for dtype in dtypes:
@@ -277,8 +417,10 @@ def report(args):
         for name in shapes:
             n, c, h, w, k, s = SHAPES[name]
             print(f"# {name}: x ({n}, {c}, {h}, {w}), K={k}, stride={s}, {dtype}", flush=True)
-            res = benchmark_shape(name, DTYPES[dtype], device, backends, args.modes,
-                                  repeat, args.warmup, glibc)
+            runs = [b for b in backends
+                    if b != "official" or DTYPES[dtype] in OFFICIAL_DTYPES]
+            res = benchmark_shape(name, DTYPES[dtype], device, runs, args.modes,
+                                  repeat, args.warmup, glibc, official)
             for mode in args.modes:
                 rows.append(((name, dtype, mode), res))
     print()

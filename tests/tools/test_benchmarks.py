@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+from importlib.util import find_spec
 import torch
 
 from helpers import REPO, requires_detectron2
@@ -145,3 +146,72 @@ def test_model_benchmark_counts_the_bytes_saved_for_backward():
     # Both backends recompute the kernels: they save the same.
     assert rows["RedNet-50, all stages trained [native]"][3:] == \
         rows["RedNet-50, all stages trained [torch]"][3:]
+
+
+# What the official involution_cuda.py needs at import: mmcv.cnn.ConvModule, cupy's memoize
+# and cupy.cuda.compile_with_cache (called at kernel load, not at import).
+OFFICIAL_LIKE = '''
+from mmcv.cnn import ConvModule
+import cupy
+
+@cupy._util.memoize(for_each_device=True)
+def load_kernel(kernel_name, code):
+    return cupy.cuda.compile_with_cache(code).get_function(kernel_name)
+'''
+
+
+def test_official_operator_loads_beside_recent_cupy_without_mmcv(tmp_path, monkeypatch):
+    import types
+
+    from involution_d2.utils.benchmark_operator import load_official_operator
+
+    class Module:  # what cupy.RawModule(code=...) gives
+        def __init__(self, code):
+            self.code = code
+
+        def get_function(self, name):
+            return (name, self.code)
+
+    cupy = types.ModuleType("cupy")  # a CuPy without compile_with_cache, as CuPy 14
+    cupy.cuda = types.SimpleNamespace()
+    cupy._util = types.SimpleNamespace(memoize=lambda **_: (lambda f: f))
+    cupy.RawModule = Module
+    monkeypatch.setitem(sys.modules, "cupy", cupy)
+    for name in ("mmcv", "mmcv.cnn"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    monkeypatch.setattr("importlib.util.find_spec",
+                        lambda name, *a: None if name == "mmcv" else find_spec(name, *a))
+    path = tmp_path / "involution_cuda.py"
+    path.write_text(OFFICIAL_LIKE)
+    official = load_official_operator(str(path))
+    assert official.ConvModule is None
+    assert official.load_kernel("k", "__global__ void k() {}") == ("k", "__global__ void k() {}")
+    for name in ("mmcv", "mmcv.cnn"):
+        sys.modules.pop(name, None)
+
+
+def test_official_operator_path_is_checked(tmp_path):
+    from involution_d2.utils.benchmark_operator import load_official_operator
+
+    with pytest.raises(FileNotFoundError, match="no such file; give the path of "
+                                                "cls/mmcls/models/utils/involution_cuda.py"):
+        load_official_operator(str(tmp_path / "missing.py"))
+    out = subprocess.run([sys.executable, os.path.join(REPO, "tools", "benchmark_involution.py"),
+                          "--device", "cpu", "--official-kernel", str(tmp_path / "x.py")],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2 and "--official-kernel needs --device cuda" in out.stderr
+
+
+def test_operator_benchmark_times_each_layer_of_a_call():
+    from involution_d2.ops import native
+
+    if not native.native_is_available():
+        native.native_ops()  # skips with the build error (see helpers) where it cannot build
+    out = run_tool("benchmark_involution.py", "--device", "cpu", "--per-call", "--shapes",
+                   "cls.res5", "--repeat", "3")
+    rows = {r[2].strip(): float(r[3]) for r in
+            (re.split(r"\s{2,}", line.strip()) for line in out.splitlines()
+             if line.startswith("cls.res5"))}
+    assert set(rows) == {"involution()", "custom operator", "native kernel", "torch.add (floor)"}
+    assert all(v > 0 for v in rows.values())
+    assert "# per call: 3 forward calls back to back" in out
