@@ -96,10 +96,12 @@ def _autocast(op, x, **others):
 
 
 def _in_profiler_range(run, *args):
-    """``run(*args)`` inside a named profiler range, so that profiles show the involution's
-    share (its backward shows as the backward operator or the "torch" backend's autograd
-    node); not in traced graphs, where the range would be recorded as operators of its own."""
-    if torch.jit.is_tracing() or torch.compiler.is_compiling():
+    """``run(*args)`` inside a named profiler range while a profiler runs, so that profiles
+    show the involution's share (its backward shows as the backward operator or an autograd
+    node named ``*InvolutionBackward``); not in traced graphs, where the range would be
+    recorded as operators of its own."""
+    if (torch.jit.is_tracing() or torch.compiler.is_compiling()
+            or not torch._C._autograd._profiler_enabled()):  # 4 us a call: only when profiled
         return run(*args)
     with torch.profiler.record_function(AGGREGATION_RANGE):
         return run(*args)

@@ -216,13 +216,16 @@ def _fused_setup_context(ctx, inputs, output):
     ctx.conf = conf
 
 
-def _fused_autograd_backward(ctx, grad_out):
+def _fused_gradients(backward, ctx, grad_out):
     x, reduced, span_weight, span_bias = ctx.saved_tensors
     mask = list(ctx.needs_input_grad[:4])
-    grads = torch.ops.involution_d2.fused_involution_backward(
-        grad_out, x, reduced, span_weight, span_bias, *ctx.conf, mask)
+    grads = backward(grad_out, x, reduced, span_weight, span_bias, *ctx.conf, mask)
     return (*(g if need else None for g, need in zip(grads, mask)), None, None, None, None,
             None)
+
+
+def _fused_autograd_backward(ctx, grad_out):
+    return _fused_gradients(torch.ops.involution_d2.fused_involution_backward, ctx, grad_out)
 
 
 torch.library.register_autograd(f"{NAMESPACE}::fused_involution", _fused_autograd_backward,
@@ -235,15 +238,70 @@ def _setup_context(ctx, inputs, output):
     ctx.conf = (stride, padding, dilation)
 
 
-def _autograd_backward(ctx, grad_out):
+def _gradients(backward, ctx, grad_out):
     x, weight = ctx.saved_tensors
     need_x, need_w = ctx.needs_input_grad[:2]
-    gx, gw = torch.ops.involution_d2.involution_backward(grad_out, x, weight, *ctx.conf,
-                                                         [need_x, need_w])
+    gx, gw = backward(grad_out, x, weight, *ctx.conf, [need_x, need_w])
     return (gx if need_x else None), (gw if need_w else None), None, None, None
 
 
+def _autograd_backward(ctx, grad_out):
+    return _gradients(torch.ops.involution_d2.involution_backward, ctx, grad_out)
+
+
 torch.library.register_autograd(FORWARD, _autograd_backward, setup_context=_setup_context)
+
+
+# ------------------------------------------------------------------------ eager calls
+# In eager mode the operators' kernels are called through the autograd Functions below,
+# not through the dispatcher: its route to a Python kernel, and torch.library's autograd
+# wrapper around it, cost about 20 us of host time per call (on a 2-core AMD EPYC; a
+# training forward 36 us against 16 us), and on a GPU host time is what limits RedNet
+# (docs/BENCHMARKS.md, "GPU").  Same kernels, same saved tensors, same backward.  Traced,
+# compiled and exported code (and tensor subclasses: fake tensors) goes through the
+# registered operators, so that graphs hold one operator node per call.
+_FORWARD_KERNELS = {"cpu": _forward_cpu, "cuda": _forward_cuda}
+_BACKWARD_KERNELS = {"cpu": _backward_cpu, "cuda": _backward_cuda}
+_FUSED_FORWARD_KERNELS = {"cpu": _fused_forward_cpu, "cuda": _fused_forward_cuda}
+_FUSED_BACKWARD_KERNELS = {"cpu": _fused_backward_cpu, "cuda": _fused_backward_cuda}
+
+
+def _eager(x):
+    """True where a call may skip the dispatcher: a plain tensor on a device with kernels
+    here, outside tracing and compilation."""
+    return (type(x) is torch.Tensor and x.device.type in _FORWARD_KERNELS
+            and not torch.jit.is_tracing() and not torch.compiler.is_compiling())
+
+
+class EagerInvolution(torch.autograd.Function):
+    """``involution_d2::involution`` in eager mode (see above)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, stride, padding, dilation):
+        _setup_context(ctx, (x, weight, stride, padding, dilation), None)
+        return _FORWARD_KERNELS[x.device.type](x, weight, stride, padding, dilation)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        return _gradients(_BACKWARD_KERNELS[grad_out.device.type], ctx, grad_out)
+
+
+class EagerFusedInvolution(torch.autograd.Function):
+    """``involution_d2::fused_involution`` in eager mode (see above)."""
+
+    @staticmethod
+    def forward(ctx, x, reduced, span_weight, span_bias, groups, kernel_size, stride, padding,
+                dilation):
+        inputs = (x, reduced, span_weight, span_bias, groups, kernel_size, stride, padding,
+                  dilation)
+        _fused_setup_context(ctx, inputs, None)
+        return _FUSED_FORWARD_KERNELS[x.device.type](*inputs)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        return _fused_gradients(_FUSED_BACKWARD_KERNELS[grad_out.device.type], ctx, grad_out)
 
 
 class ShiftedInvolution(torch.autograd.Function):
@@ -273,12 +331,18 @@ def involution_shifted(x, weight, stride, padding, dilation):
 
 
 def involution_op(x, weight, stride, padding, dilation):
-    """Calls the registered operator (no argument checks: see ``involution``)."""
+    """Runs the operator (no argument checks: see ``involution``): in eager mode its
+    kernels directly, else the registered operator."""
+    if _eager(x):
+        return EagerInvolution.apply(x, weight, stride, padding, dilation)
     return torch.ops.involution_d2.involution(x, weight, stride, padding, dilation)
 
 
 def fused_involution_op(x, reduced, span_weight, span_bias, groups, kernel_size, stride,
                         padding, dilation):
-    """Calls the registered fused operator (no argument checks: see ``fused_involution``)."""
-    return torch.ops.involution_d2.fused_involution(x, reduced, span_weight, span_bias, groups,
-                                                    kernel_size, stride, padding, dilation)
+    """Runs the fused operator (no argument checks: see ``fused_involution``): in eager mode
+    its kernels directly, else the registered operator."""
+    args = (x, reduced, span_weight, span_bias, groups, kernel_size, stride, padding, dilation)
+    if _eager(x):
+        return EagerFusedInvolution.apply(*args)
+    return torch.ops.involution_d2.fused_involution(*args)
