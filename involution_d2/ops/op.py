@@ -135,6 +135,7 @@ def generate_kernels(reduced, span_weight, span_bias, groups, kernel_size):
 def _fused_backward(aggregation_backward, grad_out, x, reduced, span_weight, span_bias,
                     groups, kernel_size, stride, padding, dilation, output_mask):
     need_x, need_reduced, need_span, need_bias = output_mask
+    need_bias = need_bias and span_bias is not None
     need_kernels = need_reduced or need_span or need_bias
     kernels = generate_kernels(reduced, span_weight, span_bias, groups, kernel_size)
     gx, gk = aggregation_backward(grad_out, x, kernels, stride, padding, dilation,
@@ -144,14 +145,17 @@ def _fused_backward(aggregation_backward, grad_out, x, reduced, span_weight, spa
     empty = reduced.new_empty((0,))
     g_reduced = g_span = g_bias = empty
     if need_kernels:
-        gk = gk.reshape(n, span_weight.shape[0], ho * wo)
-        planes = reduced.reshape(n, cr, ho * wo)
-        if need_reduced:
-            g_reduced = torch.matmul(span_weight.reshape(-1, cr).t(), gk).view_as(reduced)
-        if need_span:
-            g_span = torch.matmul(gk, planes.transpose(1, 2)).sum(0).view_as(span_weight)
-        if need_bias and span_bias is not None:
-            g_bias = gk.sum(dim=(0, 2))
+        # The span convolution's own backward (cuDNN's, oneDNN's), as autograd runs it for
+        # the unfused layer. (With batched matrix products over the pixels instead, the
+        # fused forward+backward measured up to 3x slower than the unfused one on an H200.)
+        weight = span_weight.reshape(-1, cr, 1, 1)
+        g_reduced, g_weight, g_b = torch.ops.aten.convolution_backward(
+            gk.reshape(n, weight.shape[0], ho, wo), reduced, weight,
+            [weight.shape[0]] if need_bias else None, [1, 1], [0, 0], [1, 1], False, [0, 0],
+            1, [need_reduced, need_span, need_bias])
+        g_reduced = g_reduced if need_reduced else empty
+        g_span = g_weight.view_as(span_weight) if need_span else empty
+        g_bias = g_b if need_bias else empty
     return (gx if need_x else x.new_empty((0,))), g_reduced, g_span, g_bias
 
 
