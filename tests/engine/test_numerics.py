@@ -72,6 +72,11 @@ def test_rednet50_with_gn_trains_from_scratch_with_finite_losses(cache, tmp_path
                      "model.backbone.bottom_up.freeze_at=0", "train.max_iter=20",
                      "train.log_period=1", "train.checkpointer.period=100000",
                      f"train.output_dir={out}", *SHAPES_LAZY,
+                     # The config's lr scaled to this batch of 2 (of its 16), by Detectron2's
+                     # linear rule: at lr 0.02, 8x that, 2 of 7 seeds diverged within 20
+                     # iterations (before and after the eager operator calls alike). A fixed
+                     # seed keeps the test deterministic.
+                     "optimizer.lr=0.0025", "+train.seed=0",
                      "dataloader.train.mapper.augmentations.0.short_edge_length=[128]",
                      "dataloader.train.mapper.augmentations.0.max_size=128",
                      # The evaluation at the end, small and fast (shapes is not in COCO
