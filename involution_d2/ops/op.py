@@ -146,8 +146,9 @@ def _fused_backward(aggregation_backward, grad_out, x, reduced, span_weight, spa
     g_reduced = g_span = g_bias = empty
     if need_kernels:
         # The span convolution's own backward (cuDNN's, oneDNN's), as autograd runs it for
-        # the unfused layer. (With batched matrix products over the pixels instead, the
-        # fused forward+backward measured up to 3x slower than the unfused one on an H200.)
+        # the unfused layer, TF32 and cudnn settings included. (With batched matrix products
+        # over the pixels instead, the fused forward+backward measured up to 3x slower than
+        # the unfused one on an H200.)
         weight = span_weight.reshape(-1, cr, 1, 1)
         g_reduced, g_weight, g_b = torch.ops.aten.convolution_backward(
             gk.reshape(n, weight.shape[0], ho, wo), reduced, weight,
@@ -272,9 +273,12 @@ _FUSED_BACKWARD_KERNELS = {"cpu": _fused_backward_cpu, "cuda": _fused_backward_c
 
 def _eager(x):
     """True where a call may skip the dispatcher: a plain tensor on a device with kernels
-    here, outside tracing and compilation."""
+    here, outside tracing, compilation, functorch transforms (vmap batches the registered
+    operator) and dispatch modes (make_fx, selective checkpointing: they must see it)."""
     return (type(x) is torch.Tensor and x.device.type in _FORWARD_KERNELS
-            and not torch.jit.is_tracing() and not torch.compiler.is_compiling())
+            and not torch.jit.is_tracing() and not torch.compiler.is_compiling()
+            and not torch._C._are_functorch_transforms_active()
+            and torch._C._len_torch_dispatch_stack() == 0)
 
 
 class EagerInvolution(torch.autograd.Function):

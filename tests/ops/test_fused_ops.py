@@ -274,3 +274,20 @@ def test_fused_backward_formula_matches_autograd(bias, batch):
                 torch.testing.assert_close(grad, leaf.grad, rtol=1e-10, atol=1e-10)
             else:
                 assert grad.numel() == 0
+
+
+def test_transforms_and_dispatch_modes_see_the_registered_operator():
+    # The eager route is an autograd.Function that functorch cannot batch and dispatch
+    # modes cannot see: under vmap and make_fx the call goes through the operator.
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    skip_if_unavailable("native")
+    x, wt, s, p, d = make_inputs(SHAPES[0], dtype=torch.float32)
+
+    def one(xi, wi):
+        return involution(xi[None], wi[None], s, p, d, backend="native")[0]
+
+    torch.testing.assert_close(torch.func.vmap(one)(x, wt),
+                               involution(x, wt, s, p, d, backend="reference"))
+    graph = make_fx(lambda a, b: involution(a, b, s, p, d, backend="native"))(x, wt)
+    assert "involution_d2.involution.default" in str(graph.graph)
