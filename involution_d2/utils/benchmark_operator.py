@@ -370,10 +370,7 @@ def report(args):
         backends = args.backends or (["reference", "torch", "cupy", "naive"] if cuda
                                      else ["reference", "torch", "native"])
     official = None
-    if args.official_kernel:
-        if not cuda:
-            raise ValueError("--official-kernel needs --device cuda: the official operator is "
-                             "CUDA only")
+    if args.official_kernel:  # the tool has checked that the device is a GPU
         official = load_official_operator(args.official_kernel)
         backends = [*backends, "official"]
     repeat = args.repeat or (20 if cuda else 3)
@@ -387,8 +384,9 @@ def report(args):
     name, bf16 = cpu_model()
     device_name = torch.cuda.get_device_name(device) if cuda else \
         f"{name} (native bfloat16: {'yes' if bf16 else 'no'})"
+    how = "" if args.per_call else f", median of {repeat} runs after {args.warmup} warm-up"
     print(f"# device: {device_name}, torch {torch.__version__}, {torch.get_num_threads()} CPU "
-          f"threads, median of {repeat} runs after {args.warmup} warm-up")
+          f"threads{how}")
     if not cuda:
         print(f"# load average before the run: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     if args.per_call:
