@@ -1,9 +1,22 @@
 import glob
+import importlib.util
 import os
 
 from setuptools import find_packages, setup
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def environment():
+    """involution_d2/environment.py (standard library only), which holds the versions."""
+    path = os.path.join(HERE, "involution_d2", "environment.py")
+    spec = importlib.util.spec_from_file_location("involution_d2_environment", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+ENV = environment()
 
 
 def model_zoo_configs():
@@ -29,12 +42,12 @@ setup(
     packages=find_packages(include=["involution_d2", "involution_d2.*"]),
     package_data={"involution_d2.ops": ["cuda/*.cuh", "csrc/*.cpp"],
                   "involution_d2.model_zoo": model_zoo_configs()},
-    # torch and torchvision are installed first, as the pinned pair, and Detectron2 (on no
-    # package index) is built against that torch: tools/install.py does all three.
+    # torch and torchvision come first (the user's, or the pinned pair), and Detectron2 (on
+    # no package index) is built against that torch: tools/install.py does all three.
     # Everything else this package, its configs, tools and tests import is declared here;
     # the bounds of fvcore, iopath and omegaconf are Detectron2's own.
     install_requires=[
-        "torch>=2.4",  # torch.library's register_fake
+        f"torch>={ENV.MIN_TORCH}",
         "torchvision",
         "numpy",
         "opencv-python-headless",  # transforms; Detectron2's Visualizer (demo.py)
@@ -48,14 +61,14 @@ setup(
         "tabulate",
         "tqdm",
         "tensorboard",  # train_net.py's event writer
-        "setuptools<81",  # the configs import detectron2.model_zoo, which imports pkg_resources
+        ENV.SETUPTOOLS,  # the configs import detectron2.model_zoo, which imports pkg_resources
     ],
     entry_points={"console_scripts": ["involution-convert=involution_d2.checkpoint.cli:main"]},
     extras_require={
         # ONNX export (tools/export_model.py) and its check; the tests run it too.
         "export": ["onnx", "onnxscript", "onnxruntime"],
         "test": ["pytest>=7", "onnx", "onnxscript", "onnxruntime"],
-        "cupy-cuda12x": ["cupy-cuda12x>=13"],
-        "cupy-cuda13x": ["cupy-cuda13x>=13.6"],
+        # The CUDA kernels: the CuPy wheel for torch's CUDA (tools/install.py picks it).
+        **{f"cupy-cuda{major}x": [wheel] for major, wheel in ENV.CUPY_WHEELS.items()},
     },
 )

@@ -1,25 +1,20 @@
 #!/usr/bin/env python3
-"""Set up everything involution-d2 needs, in the Python that runs this script:
+"""Set up involution-d2 in the Python that runs this script, in four steps, each skipped when
+done (standard library only: it runs before torch is installed):
 
-1. the pinned torch + torchvision pair, and setuptools >= 70.1, < 81 (Detectron2 builds with
-   it; detectron2.model_zoo imports its pkg_resources, which 81 removes);
-2. Detectron2, built against that torch (no build isolation, so pip cannot build it against
-   another torch), from the official repository at the pinned commit or from a local copy;
-3. this package, editable, with its test extras.
-
-Each step first checks whether it is already done, so a second run takes seconds. A Detectron2
-whose compiled extension does not load (built against another torch: "undefined symbol") is
-rebuilt. Standard library only: it runs before torch is installed.
+1. torch: a working torch of a supported version is kept (a GPU user's CUDA build stays), with
+   the torchvision built for it; the pinned pair is installed where torch is missing or broken,
+   or another release where asked (--torch VERSION); and setuptools >= 70.1, < 81;
+2. Detectron2, built against that torch, from its repository at the pinned commit or a copy;
+3. this package, editable, with its test extras;
+4. where torch has CUDA and sees a GPU: the CuPy wheel for torch's CUDA, and one kernel run.
 
     python3 tools/install.py                                  # Detectron2 from GitHub
-    python3 tools/install.py --detectron2 ~/src/detectron2    # a source folder,
-    python3 tools/install.py --detectron2 detectron2-src.tar.gz   # a source archive,
-    python3 tools/install.py --detectron2 detectron2-0.6-cp311-cp311-linux_x86_64.whl  # a wheel
-    python3 tools/install.py --check                          # say what is missing; change nothing
+    python3 tools/install.py --detectron2 ~/src/detectron2    # or a folder, archive or wheel
+    python3 tools/install.py --torch 2.14.1                   # replace torch with that release
+    python3 tools/install.py --check                          # report; change nothing
 """
 import argparse
-import importlib
-import importlib.metadata
 import importlib.util
 import json
 import os
@@ -28,330 +23,177 @@ import shutil
 import signal
 import subprocess
 import sys
-import tarfile
-import tempfile
 import time
-import urllib.parse
-import urllib.request
-import zipfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-TORCH = "2.14.1"
-TORCHVISION = "0.29.2"  # built for TORCH: the two are only installed as a pair
-SETUPTOOLS = "setuptools>=70.1,<81"
-MIN_PYTHON = (3, 10)  # the oldest Python with torch TORCH wheels
-DETECTRON2_REPOSITORY = "https://github.com/facebookresearch/detectron2.git"
-DETECTRON2_COMMIT = "02b5c4e295e990042a714712c21dc79b731e8833"
-SOURCE_ENV = "INVOLUTION_D2_DETECTRON2"
-PACKAGE = "involution-d2"
-EXTRAS = "test"
-
-LOCAL_COPY_HINT = (f"point --detectron2 (or ${SOURCE_ENV}) at a local copy of Detectron2: a "
-                   "source folder, a source archive or a wheel")
-NETWORK_FAILURE = re.compile(
-    r"Could not resolve host|Temporary failure in name resolution|Name or service not known|"
-    r"Failed to establish a new connection|Network is unreachable|Connection refused|"
-    r"Connection timed out|Failed to connect|unable to access", re.IGNORECASE)
+PACKAGE, EXTRAS = "involution-d2", "test"
 
 
-class SetupError(Exception):
-    """One line for the user: what failed and what to do."""
-
-
-def _load_cache_module():
-    # Only the cache location, from the package itself, before the package is installed.
-    spec = importlib.util.spec_from_file_location(
-        "involution_d2_cache", os.path.join(ROOT, "involution_d2", "cache.py"))
+def _load(name):
+    """A standard-library module of the package, by path: the package is not installed yet."""
+    path = os.path.join(ROOT, "involution_d2", f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"involution_d2_{name}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-def cache_dir():
-    return _load_cache_module().cache_dir()
+# Versions, the torch probe, what is installed and Detectron2's sources: the package owns them.
+ENV = _load("environment")
+SetupError, installed_version, installed_from = (ENV.SetupError, ENV.installed_version,
+                                                 ENV.installed_from)
+built_for, python_check = ENV.built_for, ENV.python_check
+
+
+def with_torchvision(torch):
+    return f"{built_for(torch)} + torchvision {torch.get('torchvision')}"
+# Probes run in a fresh interpreter: what a step installed must not be hidden by what this
+# process imported, and a broken library may crash the interpreter that imports it.
+PROBES = {
+    "torch": [ENV.__file__],  # torch's line, then whether Detectron2 loads
+    "package": ["-W", "ignore", "-c",
+                f"import pkg_resources; pkg_resources.require('{PACKAGE}[{EXTRAS}]')"],
+    "cuda": ["-m", "involution_d2.ops.cuda_check"],
+}
 
 
 def say(message):
     print(message, flush=True)
 
 
-# ---------------------------------------------------------------------------------------------
-# What is installed
+def probe(what):
+    """(ok, the probe's last line: its report, or its error; its first line)."""
+    done = subprocess.run([sys.executable, *PROBES[what]], capture_output=True, text=True)
+    lines = [line.strip() for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+    first = done.stdout.splitlines()[0] if done.stdout.strip() else ""
+    if done.returncode < 0:
+        return False, f"the import crashed with {signal.Signals(-done.returncode).name}", first
+    return done.returncode == 0, (lines[-1] if lines else f"exit {done.returncode}"), first
 
 
-def installed_version(distribution):
-    importlib.invalidate_caches()
-    try:
-        return importlib.metadata.version(distribution)
-    except importlib.metadata.PackageNotFoundError:
-        return None
+_PROBED = {}  # the torch probe's answers until pip changes something
 
 
-def installed_from(distribution):
-    """The recorded origin of an installed distribution (PEP 610 direct_url.json): (url,
-    editable), or (None, False) when it came from an index or has no record."""
-    try:
-        text = importlib.metadata.distribution(distribution).read_text("direct_url.json")
-    except importlib.metadata.PackageNotFoundError:
-        return None, False
-    if not text:
-        return None, False
-    record = json.loads(text)
-    return record.get("url"), bool(record.get("dir_info", {}).get("editable"))
-
-
-def local_path(url):
-    """The local path of a file:// URL (None for any other URL)."""
-    if not url or not url.startswith("file:"):
-        return None
-    return os.path.realpath(urllib.request.url2pathname(urllib.parse.urlparse(url).path))
-
-
-def base_version(version):
-    return version.split("+")[0] if version else None
-
-
-def python_check(version=None):
-    version = tuple(version or sys.version_info[:2])
-    if version < MIN_PYTHON:
-        raise SetupError(
-            f"Python {version[0]}.{version[1]} is not supported: torch {TORCH} needs Python "
-            f"{MIN_PYTHON[0]}.{MIN_PYTHON[1]} or newer. Run this script with a newer python3")
-
-
-def run_python(code):
-    """Run ``code`` in a fresh interpreter of this Python (imports made by an earlier step
-    must not hide a later install); returns (ok, last line of its error output)."""
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    lines = [line.strip() for line in done.stderr.splitlines() if line.strip()]
-    if done.returncode < 0:  # e.g. a truncated library: the import crashes
-        return False, f"the import crashed with {signal.Signals(-done.returncode).name}"
-    return done.returncode == 0, (lines[-1] if lines else f"exit status {done.returncode}")
+def torch_info():
+    """(what ENV.probe_torch found, None), or (None, why torch does not import)."""
+    if not _PROBED:
+        ok, said, first = probe("torch")
+        torch = json.loads(first) if first.startswith("{") else None
+        _PROBED["torch"] = (torch, None if torch else said)
+        _PROBED["detectron2"] = (ok, said)
+    return _PROBED["torch"]
 
 
 def detectron2_loads():
-    # Its compiled extension is what breaks when it was built against another torch.
-    return run_python("import torch, detectron2, detectron2._C")
-
-
-def package_is_set_up():
-    url, editable = installed_from(PACKAGE)
-    if not editable or local_path(url) != os.path.realpath(ROOT):
-        where = local_path(url) or "an index"
-        return False, ("not installed" if url is None and installed_version(PACKAGE) is None
-                       else f"installed from {where}, not editable from {ROOT}")
-    # Every requirement (extras included) present in a version that satisfies it.
-    return run_python("import warnings; warnings.simplefilter('ignore'); import pkg_resources; "
-                      f"pkg_resources.require('{PACKAGE}[{EXTRAS}]')")
-
-
-def setuptools_ok(version):
-    if version is None:
-        return False
-    major, minor = (int(part) for part in re.findall(r"\d+", version)[:2])
-    return (70, 1) <= (major, minor) < (81, 0)
-
-
-# ---------------------------------------------------------------------------------------------
-# Where Detectron2 comes from
-
-
-class Source:
-    """Where Detectron2 comes from: kind is "git", "folder", "archive" or "wheel"."""
-
-    def __init__(self, kind, location, revision=None):
-        self.kind, self.location, self.revision = kind, location, revision
-
-    def __str__(self):
-        return f"{self.location}@{self.revision}" if self.kind == "git" else self.location
-
-    @property
-    def builds(self):
-        return self.kind != "wheel"
-
-    def folder(self, cache):
-        """The folder pip installs from (the wheel's path for a wheel): a git checkout or an
-        unpacked archive lives in the cache, where Detectron2's tools/ stay available."""
-        if self.kind == "git":
-            return os.path.join(cache, "detectron2-src", f"detectron2-{self.revision[:12]}")
-        if self.kind == "archive":
-            name = os.path.basename(self.location)
-            ending = next(e for e in ARCHIVE_ENDINGS if name.endswith(e))
-            return os.path.join(cache, "detectron2-src", name[: -len(ending)])
-        return self.location
-
-
-ARCHIVE_ENDINGS = (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar", ".zip")
-
-
-def resolve_source(text):
-    """A Source from the --detectron2 value (None: the official repository at the pin)."""
-    if text is None:
-        return Source("git", DETECTRON2_REPOSITORY, DETECTRON2_COMMIT)
-    if text.startswith("git+") or "://" in text:
-        url = text[4:] if text.startswith("git+") else text
-        url, _, revision = url.rpartition("@") if re.search(r"@[^/]+$", url) else (url, "", "")
-        return Source("git", url, revision or DETECTRON2_COMMIT)
-    path = os.path.realpath(os.path.expanduser(text))
-    if os.path.isdir(path):
-        if not os.path.isfile(os.path.join(path, "setup.py")):
-            raise SetupError(f"--detectron2 {text}: this folder has no setup.py, so it is not "
-                             "Detectron2's source; give the folder that holds its setup.py")
-        return Source("folder", path)
-    if not os.path.exists(path):
-        raise SetupError(f"--detectron2 {text}: no such file or folder; {LOCAL_COPY_HINT}")
-    if path.endswith(".whl"):
-        return Source("wheel", path)
-    if path.endswith(ARCHIVE_ENDINGS):
-        return Source("archive", path)
-    raise SetupError(f"--detectron2 {text}: neither a folder, a wheel (.whl) nor a source "
-                     f"archive ({', '.join(ARCHIVE_ENDINGS)})")
-
-
-def _fetch_git(source, folder):
-    if shutil.which("git") is None:
-        raise SetupError(f"git is not installed, and it fetches Detectron2 from {source.location}: "
-                         f"install git (e.g. apt-get install git), or {LOCAL_COPY_HINT}")
-    os.makedirs(os.path.dirname(folder), exist_ok=True)
-    work = tempfile.mkdtemp(prefix=".fetch-", dir=os.path.dirname(folder))
-    try:
-        for command in (["init", "-q"], ["fetch", "-q", "--depth", "1", source.location,
-                                         source.revision], ["checkout", "-q", "FETCH_HEAD"]):
-            done = subprocess.run(["git", "-C", work, *command], capture_output=True, text=True)
-            if done.returncode != 0:
-                detail = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
-                if NETWORK_FAILURE.search(done.stderr):
-                    raise SetupError(f"no network: git could not fetch {source} ({detail}); "
-                                     f"{LOCAL_COPY_HINT}")
-                raise SetupError(f"git {command[0]} of {source} failed: {detail}")
-        os.replace(work, folder)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-
-
-def _unpack_archive(source, folder):
-    os.makedirs(os.path.dirname(folder), exist_ok=True)
-    work = tempfile.mkdtemp(prefix=".unpack-", dir=os.path.dirname(folder))
-    try:
-        try:
-            if source.location.endswith(".zip"):
-                with zipfile.ZipFile(source.location) as archive:
-                    archive.extractall(work)
-            else:
-                with tarfile.open(source.location) as archive:
-                    if hasattr(tarfile, "data_filter"):
-                        archive.extractall(work, filter="data")
-                    else:
-                        archive.extractall(work)
-        except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as e:
-            raise SetupError(f"--detectron2 {source.location}: cannot unpack it ({e})") from None
-        # git archive output has one top folder (detectron2/); accept a flat archive too.
-        entries = os.listdir(work)
-        top = os.path.join(work, entries[0]) if len(entries) == 1 else work
-        if not os.path.isfile(os.path.join(top, "setup.py")):
-            raise SetupError(f"--detectron2 {source.location}: the archive holds no setup.py "
-                             "at its top, so it is not Detectron2's source")
-        os.replace(top, folder)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-
-
-def prepare(source, cache):
-    """Fetch or unpack ``source`` where needed; returns what pip installs."""
-    folder = source.folder(cache)
-    if source.kind in ("git", "archive") and not os.path.isfile(os.path.join(folder, "setup.py")):
-        shutil.rmtree(folder, ignore_errors=True)  # a half-made folder of an interrupted run
-        (_fetch_git if source.kind == "git" else _unpack_archive)(source, folder)
-    return folder
-
-
-def compiler():
-    return shutil.which(os.environ.get("CXX") or "c++") or shutil.which("g++")
-
-
-# ---------------------------------------------------------------------------------------------
-# Steps
+    """(True, _) where Detectron2's compiled extension loads beside this torch, else (False,
+    why)."""
+    torch_info()
+    return _PROBED["detectron2"]
 
 
 def pip(args, what, log_name, cache):
     """Run pip; on failure raise one line naming the cause and the full log."""
-    logs = os.path.join(cache, "install-logs")
-    os.makedirs(logs, exist_ok=True)
-    log = os.path.join(logs, log_name + ".log")
+    _PROBED.clear()
+    os.makedirs(os.path.join(cache, "install-logs"), exist_ok=True)
+    log = os.path.join(cache, "install-logs", log_name + ".log")
     with open(log, "w") as out:
-        done = subprocess.run([sys.executable, "-m", "pip", "--disable-pip-version-check",
-                               *args], stdout=out, stderr=subprocess.STDOUT)
+        done = subprocess.run([sys.executable, "-m", "pip", "--disable-pip-version-check", *args],
+                              stdout=out, stderr=subprocess.STDOUT)
     if done.returncode == 0:
         return
     with open(log) as f:
         text = f.read()
     errors = [line.strip() for line in text.splitlines() if line.strip().startswith("ERROR")]
     detail = errors[-1] if errors else f"exit status {done.returncode}"
-    if NETWORK_FAILURE.search(text):
+    if ENV.NETWORK_FAILURE.search(text):
         raise SetupError(f"no network: pip could not download {what} ({detail}); full log: {log}")
     raise SetupError(f"pip could not install {what}: {detail}; full log: {log}")
 
 
-def step_torch(check, cache):
-    found = {name: installed_version(name) for name in ("torch", "torchvision", "setuptools")}
-    wanted = {"torch": TORCH, "torchvision": TORCHVISION}
-    if (all(base_version(found[name]) == version for name, version in wanted.items())
-            and setuptools_ok(found["setuptools"])):
-        return f"torch {found['torch']} + torchvision {found['torchvision']}: installed", False
+# ---------------------------------------------------------------------------------------------
+# Steps: each returns (one line, whether it changed or would change something)
+
+
+def step_torch(wanted, check, cache):
+    """Keep a working torch of a supported version (unless another release is ``wanted``),
+    completing it with its torchvision where that is missing or broken; where torch is missing
+    or broken, or another release is wanted, install that release (default: the pinned pair)."""
+    torch, error = torch_info()
+    if torch and not wanted and not ENV.torch_is_supported(torch["torch"]):
+        raise SetupError(f"torch {torch['torch']} is older than {ENV.MIN_TORCH}, which this "
+                         "package needs: upgrade it (for a GPU, the CUDA build from pytorch.org), "
+                         f"or run with --torch {ENV.PINNED_TORCH} to install the pinned pair")
+    requirements, replace = [], False
+    if torch and (not wanted or torch["torch"].split("+")[0] == wanted):
+        if "torchvision_error" in torch:  # keep this torch; add the torchvision built for it
+            why = f"no working torchvision beside torch {torch['torch']}"
+            requirements = [f"torch=={torch['torch']}", ENV.torchvision_for(torch["torch"])]
+    else:
+        release = wanted or ENV.PINNED_TORCH
+        why = (f"torch {wanted} was asked for" if torch else "torch is not installed"
+               if installed_version("torch") is None else f"torch does not work ({error})")
+        requirements, replace = [f"torch=={release}", ENV.torchvision_for(release)], torch or error
+    if not ENV.setuptools_is_supported(installed_version("setuptools") or "0"):
+        why = why if requirements else f"setuptools {installed_version('setuptools')} is unfit"
+        requirements.append(ENV.SETUPTOOLS)
+    if not requirements:
+        return f"{with_torchvision(torch)}: kept", False
+    plan = " + ".join(requirements)
     if check:
-        return (f"torch {found['torch']} + torchvision {found['torchvision']}, setuptools "
-                f"{found['setuptools']}: would install torch {TORCH} + torchvision "
-                f"{TORCHVISION}, {SETUPTOOLS}"), True
-    say(f"  installing torch {TORCH} + torchvision {TORCHVISION} (about 1 minute) ...")
-    pip(["install", f"torch=={TORCH}", f"torchvision=={TORCHVISION}", SETUPTOOLS],
-        f"torch {TORCH} + torchvision {TORCHVISION}", "torch", cache)
-    return f"torch {TORCH} + torchvision {TORCHVISION}: installed now", True
+        return f"{why}: would install {plan}", True
+    say(f"  {why}: installing {plan} ...")
+    if replace and installed_version("torch") is not None:  # broken or replaced: start afresh
+        pip(["uninstall", "-y", "torch", "torchvision"], "torch (uninstall)", "torch", cache)
+    pip(["install", *requirements], plan, "torch", cache)
+    torch, error = torch_info()
+    if not torch or "torchvision_error" in torch:
+        why = error or torch["torchvision_error"]
+        raise SetupError(f"{plan} installed but does not work ({why}); pip's log: "
+                         f"{os.path.join(cache, 'install-logs', 'torch.log')}")
+    return f"{with_torchvision(torch)}: installed now", True
 
 
 def step_detectron2(source, explicit, check, cache):
     version = installed_version("detectron2")
-    wanted = os.path.realpath(source.folder(cache))
+    wanted = os.path.realpath(ENV.source_folder(source, cache))
+    torch, _ = torch_info()
+    against = built_for(torch) if torch else "torch"
     if version is not None:
         loads, why = detectron2_loads()
-        url, _ = installed_from("detectron2")
-        origin = local_path(url) or url or "an unrecorded place"
-        if loads and (not explicit or local_path(url) == wanted):
-            return f"Detectron2 {version} from {origin}: loads with this torch", False
-        reason = (f"does not load with torch {installed_version('torch')} ({why})" if not loads
-                  else f"was installed from {origin}, not from {source}")
+        origin = installed_from("detectron2")[0] or "an index or an unrecorded place"
+        if loads and (not explicit or origin == wanted):
+            return f"Detectron2 {version} from {origin}: loads with {against}", False
+        reason = (f"does not load with {against} ({why})" if not loads
+                  else f"was installed from {origin}, not from {wanted}")
         say(f"  Detectron2 {version} {reason}: {'would reinstall' if check else 'reinstalling'}")
     if check:
-        return f"Detectron2: would install from {source}", True
-    if source.builds and compiler() is None:
-        raise SetupError(
-            "no C++ compiler: building Detectron2 from source needs one (g++ or clang++, as $CXX "
-            "or c++ on PATH): install it (e.g. apt-get install g++), or point --detectron2 at a "
-            f"Detectron2 wheel built for torch {TORCH}")
-    target = prepare(source, cache)
+        return f"Detectron2: would install from {wanted}", True
+    builds = source[0] != "wheel"
+    if builds and not (shutil.which(os.environ.get("CXX") or "c++") or shutil.which("g++")):
+        raise SetupError("no C++ compiler: building Detectron2 from source needs one (g++ or "
+                         "clang++, as $CXX or c++ on PATH): install it (e.g. apt-get install "
+                         f"g++), or point --detectron2 at a Detectron2 wheel built for {against}")
+    target = ENV.prepare(source, cache)
     if version is not None:
-        pip(["uninstall", "-y", "detectron2"], "Detectron2 (uninstall)", "detectron2-uninstall",
-            cache)
-    if source.builds:
-        say(f"  building Detectron2 from {target} against torch {TORCH} (about 2 minutes on 2 "
-            "cores) ...")
-        pip(["install", "--no-build-isolation", target], f"Detectron2 from {source}",
-            "detectron2", cache)
-    else:
-        pip(["install", target], f"Detectron2 from {source}", "detectron2", cache)
+        pip(["uninstall", "-y", "detectron2"], "Detectron2 (uninstall)", "detectron2", cache)
+    say(f"  building Detectron2 from {target} against {against} (about 2 minutes on 2 cores) ..."
+        if builds else f"  installing the Detectron2 wheel {target} ...")
+    pip(["install", *(["--no-build-isolation"] if builds else []), target],
+        f"Detectron2 from {target}", "detectron2", cache)
     loads, why = detectron2_loads()
     if not loads:
         hint = (f"a wheel loads only beside the torch it was built for: point --detectron2 at "
-                f"Detectron2's source (a folder or archive) to build it against torch {TORCH}"
-                if not source.builds else
-                f"pip's build log: {os.path.join(cache, 'install-logs', 'detectron2.log')}")
-        raise SetupError(f"Detectron2 from {source} does not load with torch "
-                         f"{installed_version('torch')} ({why}); {hint}")
-    return f"Detectron2 {installed_version('detectron2')} from {source}: installed now", True
+                f"Detectron2's source to build it against {against}" if not builds else
+                f"the build log: {os.path.join(cache, 'install-logs', 'detectron2.log')}")
+        raise SetupError(f"Detectron2 from {target} does not load with {against} ({why}); {hint}")
+    done = "built against" if builds else "installed; loads with"
+    return f"Detectron2 {installed_version('detectron2')} from {target}: {done} {against}", True
 
 
 def step_package(check, cache):
-    done, why = package_is_set_up()
+    path, editable = installed_from(PACKAGE)
+    done, why, _ = probe("package") if editable and path == os.path.realpath(ROOT) else (
+        False, f"not installed editable from {ROOT}")
     if done:
         return f"{PACKAGE}[{EXTRAS}] {installed_version(PACKAGE)}: installed (editable)", False
     if check:
@@ -361,29 +203,67 @@ def step_package(check, cache):
     return f"{PACKAGE}[{EXTRAS}] {installed_version(PACKAGE)}: installed now (editable)", True
 
 
+def step_cuda(check, cache):
+    """Where torch has CUDA and sees a GPU: the CuPy wheel for torch's CUDA, and one kernel."""
+    torch, _ = torch_info()
+    later = "to add them, rerun python3 tools/install.py where torch has CUDA and sees a GPU"
+    if not torch or not torch["cuda"] or not torch["gpus"]:
+        why = ("torch does not import" if not torch else
+               f"torch {torch['torch']} is a CPU build" if not torch["cuda"] else
+               f"torch {torch['torch']} has CUDA {torch['cuda']} but sees no GPU")
+        return f"CUDA kernels: not set up ({why}); {later}", False
+    try:
+        requirement = ENV.cupy_requirement(torch["cuda"])
+    except ValueError as e:
+        raise SetupError(str(e)) from None
+    wheel = re.split(r"[<>=]", requirement)[0]
+    driver = f"check that the GPU's driver supports CUDA {torch['cuda']}"
+    installed = [name for name in ENV.cupy_wheel_names() if installed_version(name)]
+    if installed:  # whatever CuPy is there, kept where it runs the kernel
+        works, why, _ = probe("cuda")
+        if works:
+            return f"CUDA kernels: {why}", False
+        if installed == [wheel]:
+            raise SetupError(f"{wheel} is installed but no involution kernel ran ({why}): {driver}")
+        say(f"  {', '.join(installed)} ran no kernel ({why}): replacing it with {wheel}")
+    if check:
+        return f"CUDA kernels: would install {requirement} (torch has CUDA {torch['cuda']})", True
+    if installed:  # two CuPy packages in one environment shadow each other
+        pip(["uninstall", "-y", *installed], "CuPy (uninstall)", "cupy", cache)
+    say(f"  torch has CUDA {torch['cuda']}: installing {requirement} ...")
+    pip(["install", requirement], requirement, "cupy", cache)
+    works, why, _ = probe("cuda")
+    if not works:
+        raise SetupError(f"{wheel} was installed but no involution kernel ran ({why}): {driver}")
+    return f"CUDA kernels: {why}", True
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
-        "--detectron2", metavar="SOURCE", default=os.environ.get(SOURCE_ENV) or None,
-        help=f"where Detectron2 comes from: a source folder, a source archive (.tar.gz, .zip), "
-             f"a wheel, or a git URL (git+URL[@REV]); default ${SOURCE_ENV}, else "
-             f"{DETECTRON2_REPOSITORY} at {DETECTRON2_COMMIT[:12]}")
+        "--detectron2", metavar="SOURCE", default=os.environ.get(ENV.SOURCE_ENV) or None,
+        help=f"where Detectron2 comes from: a source folder, a source archive, a wheel, or "
+             f"git+URL[@REV]; default ${ENV.SOURCE_ENV}, else {ENV.DETECTRON2_REPOSITORY} at "
+             f"{ENV.DETECTRON2_COMMIT[:12]}")
+    parser.add_argument("--torch", metavar="VERSION",
+                        help=f"install this torch release (with its torchvision) even over a "
+                             f"working torch; {ENV.PINNED_TORCH} is the tested one")
     parser.add_argument("--check", action="store_true",
                         help="say what is installed and what would be done; change nothing "
                              "(exit status 1 if anything is missing)")
     args = parser.parse_args(argv)
     start = time.monotonic()
+    cache = _load("cache").cache_dir()
     try:
         python_check()
-        source = resolve_source(args.detectron2)
-        cache = cache_dir()
-        steps = [("torch", lambda: step_torch(args.check, cache)),
-                 ("Detectron2", lambda: step_detectron2(source, args.detectron2 is not None,
-                                                        args.check, cache)),
-                 (PACKAGE, lambda: step_package(args.check, cache))]
+        source = ENV.resolve_source(args.detectron2)
+        steps = [lambda: step_torch(args.torch, args.check, cache),
+                 lambda: step_detectron2(source, args.detectron2 is not None, args.check, cache),
+                 lambda: step_package(args.check, cache),
+                 lambda: step_cuda(args.check, cache)]
         missing = False
-        for number, (name, step) in enumerate(steps, 1):
+        for number, step in enumerate(steps, 1):
             began = time.monotonic()
             message, changed = step()
             missing |= changed
@@ -397,10 +277,11 @@ def main(argv=None):
               file=sys.stderr)
         return 130
     if args.check:
-        say("everything is installed" if not missing else "something is missing: run "
-            "python3 tools/install.py")
-        return 1 if missing else 0
-    say(f"set-up done in {time.monotonic() - start:.0f} s")
+        say("something is missing: run python3 tools/install.py" if missing
+            else "everything is installed")
+        return int(missing)
+    say(f"set-up done in {time.monotonic() - start:.0f} s"
+        + ("" if missing else ": nothing to change"))
     return 0
 
 
