@@ -192,8 +192,8 @@ def step_detectron2(source, explicit, check, cache):
 
 def step_package(check, cache):
     path, editable = installed_from(PACKAGE)
-    done, why, _ = probe("package") if editable and path == os.path.realpath(ROOT) else (
-        False, f"not installed editable from {ROOT}")
+    done, why = (probe("package")[:2] if editable and path == os.path.realpath(ROOT) else
+                 (False, f"not installed editable from {ROOT}"))
     if done:
         return f"{PACKAGE}[{EXTRAS}] {installed_version(PACKAGE)}: installed (editable)", False
     if check:

@@ -285,6 +285,13 @@ def test_without_a_gpu_the_cuda_kernels_are_one_line_saying_how_to_add_them(inst
     assert machine.pips == []
 
 
+def test_a_package_not_installed_from_this_clone_is_installed(install, monkeypatch):
+    monkeypatch.setattr(install, "installed_from", lambda name: (None, False))
+    message, changed = install.step_package(check=True, cache="/unused")
+    assert changed and message == (f"involution-d2: would install (editable, [test]): not "
+                                   f"installed editable from {install.ROOT}")
+
+
 def test_versions_come_from_one_place(env):
     assert env.torchvision_for("2.14.1") == f"torchvision=={env.PINNED_TORCHVISION}"
     assert env.torchvision_for("2.11.0+cu130") == "torchvision==0.26.*"
