@@ -1,8 +1,8 @@
 """FLOP counting with fvcore, with the involution aggregation counted.
 
 fvcore traces the model and counts each operator through a handle. The involution
-operator appears in the trace as the autograd function of its backend, which no default
-handle knows; :func:`involution_flop_jit` counts it (one multiply-add per kernel tap per
+operator appears in the trace as the custom operator ``involution_d2::involution``, which no
+default handle knows; :func:`involution_flop_jit` counts it (one multiply-add per kernel tap per
 output element, the unit fvcore uses for convolutions).
 
 Two sets of handles:
@@ -35,11 +35,10 @@ from fvcore.nn.jit_handles import (
 __all__ = ["INVOLUTION_OPS", "CONVENTIONS", "involution_flop_jit", "flop_handles",
            "FlopReport", "count_flops"]
 
-# How the operator shows up in a traced graph: the custom op (the "native" and "cupy"
-# backends), or the autograd function of the pure-PyTorch backend.
-INVOLUTION_OPS = ("involution_d2::involution", "prim::PythonOp.ShiftedInvolution")
-# The fused operator (span convolution + aggregation): count_flops traces the "torch"
-# backend, where the two are separate operators; the handle is for traces of the others.
+# How the aggregation shows up in a traced graph (every backend: the custom operator).
+INVOLUTION_OPS = ("involution_d2::involution",)
+# The fused operator (span convolution + aggregation): count_flops traces the layers
+# unfused, where the two are separate operators; the handle is for traces of fused layers.
 FUSED_INVOLUTION_OP = "involution_d2::fused_involution"
 CONVENTIONS = ("openmmlab", "detectron2")
 
@@ -145,7 +144,7 @@ def count_flops(model, inputs, convention="openmmlab", analysis=None):
 
     Args:
         model (nn.Module): traced with ``torch.jit``; its involution layers are switched
-            to the "torch" backend for the trace (the same arithmetic on any device).
+            unfused for the trace (the span as a convolution, then the aggregation).
         inputs (tuple): positional inputs of ``model``.
         convention (str): "openmmlab" or "detectron2" (see the module's docstring).
         analysis: an fvcore ``FlopCountAnalysis`` to use instead of a plain one (e.g.
@@ -154,9 +153,9 @@ def count_flops(model, inputs, convention="openmmlab", analysis=None):
     from ..layers import Involution
 
     layers = [m for m in model.modules() if isinstance(m, Involution)]
-    saved = [m.backend for m in layers]
+    saved = [m.fused for m in layers]
     for m in layers:
-        m.backend = "torch"
+        m.fused = False
     try:
         if analysis is None:
             analysis = FlopCountAnalysis(model, inputs)
@@ -165,8 +164,8 @@ def count_flops(model, inputs, convention="openmmlab", analysis=None):
         with torch.no_grad():
             by_operator = dict(analysis.by_operator())
     finally:
-        for m, backend in zip(layers, saved):
-            m.backend = backend
-    # fvcore names operators without their namespace ("PythonOp.ShiftedInvolution").
+        for m, fused in zip(layers, saved):
+            m.fused = fused
+    # fvcore names operators without their namespace ("involution").
     aggregation = sum(by_operator.get(op.split("::", 1)[1], 0) for op in INVOLUTION_OPS)
     return FlopReport(int(analysis.total()), int(aggregation), by_operator, analysis)

@@ -2,8 +2,9 @@
 import torch
 from torch import nn
 
-from ..ops import fused_involution
-from ..ops.involution import BACKENDS
+from ..ops import involution
+from ..ops.backends import check_name
+from ..ops.op import run_fused_involution
 from .conv_norm_act import ConvNormAct
 
 
@@ -47,7 +48,7 @@ class Involution(nn.Module):
             norm (str or callable): norm of the bottleneck, by Detectron2's name.
             activation (nn.Module or None): applied to the output, as in Detectron2's
                 ``Conv2d`` (e.g. ``nn.ReLU()`` in the involution RPN and mask heads).
-            backend (str): operator backend, one of ``involution_d2.ops.BACKENDS``.
+            backend (str): operator backend, a name of ``involution_d2.ops.backend_names()``.
         """
         super().__init__()
         for name, value in (("channels", channels), ("kernel_size", kernel_size),
@@ -64,15 +65,18 @@ class Involution(nn.Module):
         if channels < reduction_ratio:
             raise ValueError(f"Involution: reduction_ratio={reduction_ratio} leaves no "
                              f"channels of channels={channels}")
-        if backend not in BACKENDS:
-            raise ValueError(f"Involution: unknown backend {backend!r}; choose one of {BACKENDS}")
+        check_name(backend, "Involution")
         self.channels = channels
         self.kernel_size = kernel_size
         self.stride = stride
         self.dilation = dilation
         self.groups = channels // group_channels
+        self.padding = dilation * (kernel_size - 1) // 2
         self.backend = backend
         self.activation = activation
+        # False: the span and the aggregation as two operators (the generated kernels are then
+        # kept for backward), for FLOP counters that count each on its own.
+        self.fused = True
 
         self.avgpool = nn.AvgPool2d(stride, stride, ceil_mode=True) if stride > 1 else None
         self.conv1 = ConvNormAct(channels, channels // reduction_ratio, 1, norm=norm)
@@ -88,18 +92,25 @@ class Involution(nn.Module):
         reduced = self.conv1(pooled)
         # conv2 (the "span", Cr -> G*K*K) and the aggregation run as one operator, which
         # never keeps the G*K*K-channel kernels (see involution_d2.ops.fused_involution).
+        # The arguments are right by construction (channels, groups, sizes): no checks here.
         span = self.conv2.conv
-        k = self.kernel_size
-        padding = self.dilation * (k - 1) // 2
         if torch.jit.is_scripting():
-            # TorchScript calls the operator itself, which runs the device's kernel as
-            # backend="auto" does (the checks and backend choice above it are Python).
             out = torch.ops.involution_d2.fused_involution(
-                x, reduced, span.weight, span.bias, self.groups, k, self.stride, padding,
-                self.dilation)
+                x, reduced, span.weight, span.bias, self.groups, self.kernel_size, self.stride,
+                self.padding, self.dilation, self.backend)
+        elif not self.fused:
+            n, _, ho, wo = reduced.shape
+            kernels = span(reduced).view(n, self.groups, self.kernel_size, self.kernel_size,
+                                         ho, wo)
+            out = involution(x, kernels, self.stride, self.padding, self.dilation,
+                             backend=self.backend)
         else:
-            out = fused_involution(x, reduced, span.weight, span.bias, self.groups, k,
-                                   self.stride, padding, self.dilation, backend=self.backend)
+            weight, bias = span.weight, span.bias
+            if reduced.dtype is not x.dtype or weight.dtype is not x.dtype:  # autocast
+                weight, x = weight.to(reduced.dtype), x.to(reduced.dtype)
+                bias = bias.to(reduced.dtype) if bias is not None else None
+            out = run_fused_involution(x, reduced, weight, bias, self.groups, self.kernel_size,
+                                       self.stride, self.padding, self.dilation, self.backend)
         return self.activation(out) if self.activation is not None else out
 
     def extra_repr(self):

@@ -1,15 +1,19 @@
-"""CuPy launcher for the CUDA kernels in ``cuda/involution.cuh``.
+"""The "cupy" backend: the CUDA kernels of ``cuda/involution.cuh``, compiled by NVRTC through
+CuPy.
 
 CuPy is imported on first use only, so that the package works with torch alone.  Each
-(kernel, dtype, index width, K, stride, dilation, channels per thread) is compiled once by
-NVRTC per device and cached; launches go to torch's current CUDA stream.  Pointers are passed
-as 64-bit integers, which also covers bfloat16 (which has no CUDA array interface).
+(kernel, dtype, index width, K, stride, dilation, channels per thread) is compiled once per
+device and kept; launches go to torch's current CUDA stream, whose CuPy handle is kept per
+stream.  Pointers are passed as 64-bit integers, which also covers bfloat16 (which has no CUDA
+array interface).
 """
 import functools
 import os
 
 import numpy as np
 import torch
+
+from .backends import Backend, BackendUnavailable, Kernels, register_backend
 
 _SOURCE_PATH = os.path.join(os.path.dirname(__file__), "cuda", "involution.cuh")
 THREADS = 256  # INV_THREADS in the CUDA source
@@ -25,6 +29,8 @@ _MAX_CHUNK = 16
 # Below this many threads, fewer channels per thread buys parallelism on a large GPU.
 MIN_THREADS = 1 << 17
 _INT32_LIMIT = 2**31 - 1
+INSTALL_HINT = ("install the CuPy wheel for torch's CUDA (python3 tools/install.py does it: "
+                "cupy-cuda12x / cupy-cuda13x), or use backend='torch'")
 
 
 class CupyUnavailableError(ValueError):
@@ -43,13 +49,31 @@ def _cupy():
     return cupy
 
 
-@functools.lru_cache(maxsize=None)
 def cupy_is_usable():
-    """True when CuPy imports and sees a CUDA device (used by backend='auto')."""
+    """True when CuPy imports and sees a CUDA device."""
     try:
         return _cupy().cuda.runtime.getDeviceCount() > 0
-    except Exception:  # ImportError, missing driver or runtime: fall back quietly
+    except Exception:  # ImportError, missing driver or runtime
         return False
+
+
+def _kernels():
+    try:
+        cupy = _cupy()
+    except CupyUnavailableError:
+        raise BackendUnavailable("CuPy is not installed") from None
+    try:
+        if cupy.cuda.runtime.getDeviceCount() == 0:
+            raise BackendUnavailable("CuPy sees no GPU")
+    except Exception as e:  # noqa: BLE001 - a missing driver or runtime
+        if isinstance(e, BackendUnavailable):
+            raise
+        raise BackendUnavailable(f"CuPy cannot reach the GPU ({type(e).__name__}: {e})") from None
+    return Kernels(cupy_forward, cupy_backward, cupy_fused_forward)
+
+
+register_backend(Backend("cupy", ("cuda",), _kernels, "the CuPy CUDA kernels", auto_order=0,
+                         hint=INSTALL_HINT, error=CupyUnavailableError))
 
 
 @functools.lru_cache(maxsize=None)
@@ -66,28 +90,57 @@ def kernel_name(kind, dtype, index_64bit, k, stride, dilation, chunk=None):
     return f"{kind}<{', '.join(args)}>"
 
 
-@functools.lru_cache(maxsize=None)
+_FUNCTIONS = {}  # (kernel name, device index) -> CuPy function
+_STREAMS = {}  # (torch stream handle, device index) -> CuPy stream
+
+
 def _function(name, device_index):
-    cupy = _cupy()
-    with cupy.cuda.Device(device_index):
-        module = cupy.RawModule(
-            code=_source(), options=("--std=c++14",), name_expressions=(name,)
-        )
-        return module.get_function(name)
+    fn = _FUNCTIONS.get((name, device_index))
+    if fn is None:
+        cupy = _cupy()
+        with cupy.cuda.Device(device_index):
+            module = cupy.RawModule(code=_source(), options=("--std=c++14",),
+                                    name_expressions=(name,))
+            fn = _FUNCTIONS[(name, device_index)] = module.get_function(name)
+    return fn
 
 
-def _launch(launch, device):
-    name, total, args = launch
+def _stream(device):
+    handle = torch.cuda.current_stream(device).cuda_stream
+    stream = _STREAMS.get((handle, device.index))
+    if stream is None:
+        stream = _STREAMS[(handle, device.index)] = _cupy().cuda.ExternalStream(
+            handle, device.index)
+    return stream
+
+
+@functools.lru_cache(maxsize=4096)
+def _boxed(values, index_64bit):
+    """The launch's integer arguments as the kernel's index type (layer shapes repeat)."""
+    index_type = np.int64 if index_64bit else np.int32
+    return tuple(index_type(v) for v in values)
+
+
+def launch(name, total, pointers, values, device):
+    """Runs kernel ``name`` over ``total`` items on torch's current stream: ``pointers`` are
+    tensors, ``values`` integers of the kernel's index type."""
     if total == 0:
         return
-    cupy = _cupy()
     fn = _function(name, device.index)
-    index_type = np.int64 if "long long" in name else np.int32
-    packed = [np.uint64(a.data_ptr()) if isinstance(a, torch.Tensor) else index_type(a)
-              for a in args]
-    stream = torch.cuda.current_stream(device)
-    with cupy.cuda.Device(device.index), cupy.cuda.ExternalStream(stream.cuda_stream):
-        fn((grid_size(total),), (THREADS,), tuple(packed))
+    args = tuple(np.uint64(t.data_ptr()) for t in pointers) + _boxed(
+        tuple(values), "long long" in name)
+    cupy = _cupy()
+    if cupy.cuda.runtime.getDevice() == device.index:
+        fn((grid_size(total),), (THREADS,), args, stream=_stream(device))
+    else:
+        with cupy.cuda.Device(device.index):
+            fn((grid_size(total),), (THREADS,), args, stream=_stream(device))
+
+
+def _launch(plan, device):
+    name, total, args = plan
+    split = next(i for i, a in enumerate(args) if not isinstance(a, torch.Tensor))
+    launch(name, total, args[:split], args[split:], device)
 
 
 def grid_size(total):
@@ -116,19 +169,19 @@ def _dims(x, weight, padding):
     return [c, h, w, g, ho, wo, padding]
 
 
-def forward_plan(x, weight, stride, padding, dilation, naive=False):
+def forward_plan(x, weight, stride, padding, dilation):
     """The output buffer and the kernel launch (name, items, arguments) that fills it."""
     n, c, h, w = x.shape
     g, k, ho, wo = weight.shape[1], weight.shape[2], weight.shape[4], weight.shape[5]
     out = x.new_empty((n, c, ho, wo))
-    chunk = 1 if naive else _chunk(c // g, n * g * ho * wo)
+    chunk = _chunk(c // g, n * g * ho * wo)
     big = _needs_64bit(x, weight, out)
     name = kernel_name("involution_forward", x.dtype, big, k, stride, dilation, chunk)
     total = n * g * (-(-(c // g) // chunk)) * ho * wo
     return out, [(name, total, [x, weight, out, total] + _dims(x, weight, padding))]
 
 
-def backward_plan(grad_out, x, weight, stride, padding, dilation, need_x, need_w, naive=False):
+def backward_plan(grad_out, x, weight, stride, padding, dilation, need_x, need_w):
     """The gradient buffers (None where not needed) and the launches that fill them."""
     n, c, h, w = x.shape
     g, k, ho, wo = weight.shape[1], weight.shape[2], weight.shape[4], weight.shape[5]
@@ -138,32 +191,30 @@ def backward_plan(grad_out, x, weight, stride, padding, dilation, need_x, need_w
     launches = []
     if need_x:
         gx = torch.empty_like(x)
-        chunk = 1 if naive else _chunk(c // g, n * g * h * w)
+        chunk = _chunk(c // g, n * g * h * w)
         name = kernel_name("involution_backward_input", x.dtype, big, k, stride, dilation, chunk)
         total = n * g * (-(-(c // g) // chunk)) * h * w
         launches.append((name, total, [grad_out, weight, gx, total] + dims))
     if need_w:
         gw = torch.empty_like(weight)
-        kind = "involution_backward_weight_naive" if naive else "involution_backward_weight"
-        name = kernel_name(kind, x.dtype, big, k, stride, dilation)
-        total = n * g * (k * k if naive else 1) * ho * wo
+        name = kernel_name("involution_backward_weight", x.dtype, big, k, stride, dilation)
+        total = n * g * ho * wo
         launches.append((name, total, [grad_out, x, gw, total] + dims))
     return gx, gw, launches
 
 
-def cupy_forward(x, weight, stride, padding, dilation, naive=False):
-    out, launches = forward_plan(x, weight, stride, padding, dilation, naive)
-    for launch in launches:
-        _launch(launch, x.device)
+def cupy_forward(x, weight, stride, padding, dilation):
+    out, launches = forward_plan(x.contiguous(), weight.contiguous(), stride, padding, dilation)
+    for plan in launches:
+        _launch(plan, x.device)
     return out
 
 
-def cupy_backward(grad_out, x, weight, stride, padding, dilation, need_x, need_w, naive=False):
-    gx, gw, launches = backward_plan(
-        grad_out, x, weight, stride, padding, dilation, need_x, need_w, naive
-    )
-    for launch in launches:
-        _launch(launch, x.device)
+def cupy_backward(grad_out, x, weight, stride, padding, dilation, output_mask):
+    gx, gw, launches = backward_plan(grad_out.contiguous(), x.contiguous(), weight.contiguous(),
+                                     stride, padding, dilation, *output_mask)
+    for plan in launches:
+        _launch(plan, x.device)
     return gx, gw
 
 
@@ -188,8 +239,11 @@ def fused_forward_plan(x, reduced, span_weight, span_bias, groups, kernel_size, 
 
 def cupy_fused_forward(x, reduced, span_weight, span_bias, groups, kernel_size, stride, padding,
                        dilation):
-    out, launches = fused_forward_plan(x, reduced, span_weight, span_bias, groups, kernel_size,
-                                       stride, padding, dilation)
-    for launch in launches:
-        _launch(launch, x.device)
+    # Each thread generates its pixel's kernels in registers.
+    out, launches = fused_forward_plan(
+        x.contiguous(), reduced.contiguous(), span_weight.contiguous(),
+        span_bias.contiguous() if span_bias is not None else None, groups, kernel_size, stride,
+        padding, dilation)
+    for plan in launches:
+        _launch(plan, x.device)
     return out

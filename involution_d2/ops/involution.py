@@ -1,17 +1,14 @@
-"""The public involution operator and its backend selection."""
-import os
-
+"""The public involution operators: argument checks, autocast, then :mod:`.op`'s call."""
 import torch
-from torch.utils.checkpoint import checkpoint
 
-from .cupy_backend import CupyUnavailableError
-from .native import native_ops
-from .op import (fused_involution_op, generate_kernels, involution_op, involution_shifted,
-                 kernel_backend)
+from .backends import backend_names, select
+from .composite import generate_kernels
+from .op import AGGREGATION_RANGE, run_fused_involution, run_involution
 from .reference import involution_reference
 
-BACKENDS = ("auto", "reference", "torch", "native", "cupy")
-AGGREGATION_RANGE = "involution_d2::aggregation"  # profiler range of every operator call
+__all__ = ["involution", "fused_involution", "output_size", "resolve_backend",
+           "backend_names", "AGGREGATION_RANGE", "generate_kernels", "involution_reference"]
+
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -37,7 +34,25 @@ def _checked_output_size(op, h, w, k, stride, padding, dilation):
     return ho, wo
 
 
+def _plainly_valid(x, weight, stride, padding, dilation):
+    """The common case, checked cheaply: every call pays for this, only a failing one for
+    :func:`_validate`'s messages."""
+    try:
+        n, c, h, w = x.shape
+        wn, g, k, k2, ho, wo = weight.shape
+    except (AttributeError, ValueError):
+        return False
+    extent = dilation * (k - 1) + 1 - 2 * padding
+    return (type(stride) is int and type(padding) is int and type(dilation) is int
+            and stride >= 1 and padding >= 0 and dilation >= 1 and n == wn and k == k2
+            and k >= 1 and g >= 1 and c % g == 0 and ho == (h - extent) // stride + 1
+            and wo == (w - extent) // stride + 1 and ho >= 1 and wo >= 1
+            and x.dtype is weight.dtype and x.dtype in _FLOAT_DTYPES
+            and x.device == weight.device)
+
+
 def _validate(x, weight, stride, padding, dilation):
+    """Raises the error that names what is wrong with the arguments (and how to fix it)."""
     for name, t in (("x", x), ("weight", weight)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"involution: {name} must be a torch.Tensor, got {type(t).__name__}")
@@ -80,6 +95,11 @@ def _validate(x, weight, stride, padding, dilation):
                             "float16, bfloat16, float32, float64")
 
 
+def _autocasting(x):
+    device_type = x.device.type
+    return device_type in ("cuda", "cpu") and torch.is_autocast_enabled(device_type)
+
+
 def _autocast(op, x, **others):
     """(x, *others) in one dtype: under torch.autocast the autocast dtype, as convolutions
     run; otherwise the others (None allowed) must already be in x's dtype."""
@@ -95,46 +115,6 @@ def _autocast(op, x, **others):
     return (x,) + tuple(others.values())
 
 
-def _in_profiler_range(run, *args):
-    """``run(*args)`` inside a named profiler range while a profiler runs, so that profiles
-    show the involution's share (its backward shows as the backward operator or an autograd
-    node named ``*InvolutionBackward``); not in traced graphs, where the range would be
-    recorded as operators of its own."""
-    if (torch.jit.is_tracing() or torch.compiler.is_compiling()
-            or not torch._C._autograd._profiler_enabled()):  # 4 us a call: only when profiled
-        return run(*args)
-    with torch.profiler.record_function(AGGREGATION_RANGE):
-        return run(*args)
-
-
-def resolve_backend(backend, device):
-    """The backend that `involution` runs for `backend` on `device`."""
-    if backend not in BACKENDS:
-        raise ValueError(f"involution: unknown backend {backend!r}; choose one of {BACKENDS}")
-    if backend == "auto":
-        backend = os.environ.get("INVOLUTION_BACKEND", "auto")
-        if backend not in BACKENDS:
-            raise ValueError(f"INVOLUTION_BACKEND={backend!r} is not one of {BACKENDS}")
-    if backend == "auto":
-        return kernel_backend(device.type) or "torch"
-    if backend == "native":
-        if device.type != "cpu":
-            raise ValueError(f"involution: backend='native' is the CPU kernel, got tensors on "
-                             f"{device}; use backend='cupy' or 'auto' for CUDA tensors")
-        if not kernel_backend("cpu"):
-            native_ops()  # raises NativeUnavailableError, saying why it could not be built
-    if backend == "cupy":
-        if device.type != "cuda":
-            raise ValueError(f"involution: backend='cupy' needs CUDA tensors, got tensors on "
-                             f"{device}; use backend='torch' or 'auto' there")
-        if not kernel_backend("cuda"):
-            raise CupyUnavailableError(
-                "involution: backend='cupy' but CuPy is not installed or sees no GPU; "
-                "install cupy-cuda12x / cupy-cuda13x or use backend='torch'"
-            )
-    return backend
-
-
 def involution(x, weight, stride=1, padding=0, dilation=1, backend="auto"):
     """Involution of ``x`` (N, C, H, W) with per-pixel kernels ``weight`` (N, G, K, K, Ho, Wo).
 
@@ -142,25 +122,19 @@ def involution(x, weight, stride=1, padding=0, dilation=1, backend="auto"):
     * x[n, c, i*stride + a*dilation - padding, j*stride + b*dilation - padding]``,
     reading zero outside the image.  Returns (N, C, Ho, Wo).
 
-    backend: "auto" (the native kernel of the device: "native" on the CPU once it is
-    compiled, "cupy" for CUDA tensors when CuPy works; else "torch"), "reference" (unfold,
-    the definition), "torch" (memory-efficient pure PyTorch, any device), "native" (the C++
-    CPU kernel) or "cupy" (the CUDA kernels).  "native" and "cupy" run the custom operator
-    ``torch.ops.involution_d2.involution``.  The environment variable INVOLUTION_BACKEND
-    overrides what "auto" picks.
+    backend: a name in the backend table (:mod:`.backends`, ``backend_names()``): "auto"
+    (the device's native kernels: "native" on the CPU once compiled, "cupy" for CUDA
+    tensors where CuPy works; else "torch"), "reference" (unfold, the definition), "torch"
+    (memory-efficient pure PyTorch, any device), "native" (the C++ CPU kernels) or "cupy"
+    (the CUDA kernels).  Traced and compiled code records the operator
+    ``torch.ops.involution_d2.involution`` with this name.  The environment variable
+    INVOLUTION_BACKEND, read once, sets what "auto" means.
     """
-    _validate(x, weight, stride, padding, dilation)
-    x, weight = _autocast("involution", x, weight=weight)
-    backend = resolve_backend(backend, x.device)
-    return _in_profiler_range(_run, backend, x, weight, stride, padding, dilation)
-
-
-def _run(backend, x, weight, stride, padding, dilation):
-    if backend == "reference" and x.shape[0] > 0:
-        return involution_reference(x, weight, stride, padding, dilation)
-    if backend in ("native", "cupy"):
-        return involution_op(x, weight, stride, padding, dilation)
-    return involution_shifted(x, weight, stride, padding, dilation)
+    if not _plainly_valid(x, weight, stride, padding, dilation):
+        _validate(x, weight, stride, padding, dilation)
+    if x.dtype is not weight.dtype or _autocasting(x):
+        x, weight = _autocast("involution", x, weight=weight)
+    return run_involution(x, weight, stride, padding, dilation, backend)
 
 
 def _validate_fused(x, reduced, span_weight, span_bias, groups, kernel_size, stride, padding,
@@ -208,24 +182,16 @@ def _validate_fused(x, reduced, span_weight, span_bias, groups, kernel_size, str
                             "float16, bfloat16, float32, float64")
 
 
-def _span_then_aggregate(aggregate, x, reduced, span_weight, span_bias, groups, kernel_size,
-                         stride, padding, dilation):
-    """The fused operator unfused: the span convolution, then the aggregation."""
-    kernels = generate_kernels(reduced, span_weight, span_bias, groups, kernel_size)
-    return aggregate(x, kernels, stride, padding, dilation)
-
-
 def fused_involution(x, reduced, span_weight, span_bias, groups, kernel_size, stride=1,
                      padding=0, dilation=1, backend="auto"):
     """Involution with its kernels generated by a 1x1 convolution ("span") of ``reduced``:
 
     ``involution(x, conv2d(reduced, span_weight, span_bias).view(N, G, K, K, Ho, Wo), ...)``
 
-    computed without keeping the G*K*K-channel kernels: the "native" and "cupy" backends run
-    the operator ``torch.ops.involution_d2.fused_involution``, which saves only ``x`` and
-    ``reduced`` for backward (and on the CPU never writes the kernels to memory); "torch"
-    recomputes the span convolution in backward (activation checkpointing); "reference" is
-    the plain composition, differentiated by autograd.
+    computed without keeping the G*K*K-channel kernels: every backend but "reference" saves
+    only ``x`` and ``reduced`` for backward and regenerates the kernels there ("native"
+    never writes them to memory; "cupy" generates them in registers in the forward);
+    "reference" is the plain composition, differentiated by autograd.
 
     Args:
         x: (N, C, H, W).
@@ -237,18 +203,10 @@ def fused_involution(x, reduced, span_weight, span_bias, groups, kernel_size, st
                     dilation)
     x, reduced, span_weight, span_bias = _autocast(
         "fused_involution", x, reduced=reduced, span_weight=span_weight, span_bias=span_bias)
-    backend = resolve_backend(backend, x.device)
-    return _in_profiler_range(_run_fused, backend, x, reduced, span_weight, span_bias, groups,
-                              kernel_size, stride, padding, dilation)
+    return run_fused_involution(x, reduced, span_weight, span_bias, groups, kernel_size, stride,
+                                padding, dilation, backend)
 
 
-def _run_fused(backend, *args):
-    if backend in ("native", "cupy"):
-        return fused_involution_op(*args)
-    if backend == "reference":
-        return _span_then_aggregate(involution_reference, *args)
-    if torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad
-                                       for t in args[:4]):
-        # Keep x and reduced, not the G*K*K kernels: recompute the span in backward.
-        return checkpoint(_span_then_aggregate, involution_shifted, *args, use_reentrant=False)
-    return _span_then_aggregate(involution_shifted, *args)
+def resolve_backend(backend, device):
+    """The name of the backend that ``involution(..., backend=backend)`` runs on ``device``."""
+    return select(backend, torch.device(device).type)[0]

@@ -9,15 +9,17 @@ The library registers the operators ``torch.ops.involution_d2_cpu.forward`` and 
 It is compiled for the vector instruction set that ATen itself uses on this CPU
 (``torch.backends.cpu.get_cpu_capability()``: AVX512, AVX2 or the portable default), and
 that name is part of the library's name, so that machines sharing a cache never load a
-library built for another CPU.  Where compiling fails (no compiler, no ninja), one warning
-says why and ``backend="auto"`` runs the pure-PyTorch ``"torch"`` backend instead.
-Set ``INVOLUTION_NATIVE=0`` to skip the native kernels altogether.
+library built for another CPU.  Where compiling fails (no compiler, no ninja),
+``backend="auto"`` runs the pure-PyTorch ``"torch"`` backend instead, and the backend table
+says why in one warning.  Set ``INVOLUTION_NATIVE=0`` to skip the native kernels altogether
+(silently).
 """
 import functools
 import os
-import warnings
 
 import torch
+
+from .backends import Backend, BackendUnavailable, Kernels, register_backend
 
 SOURCE = os.path.join(os.path.dirname(__file__), "csrc", "involution_cpu.cpp")
 
@@ -65,8 +67,9 @@ def _load():
 
 
 @functools.lru_cache(maxsize=None)
-def _status():
-    """(True, None) once the library is loaded, else (False, reason)."""
+def status():
+    """(True, None) once the library is loaded (compiling it on the first call), else (False,
+    the reason)."""
     if os.environ.get("INVOLUTION_NATIVE", "1") == "0":
         return False, "disabled by INVOLUTION_NATIVE=0"
     try:
@@ -76,30 +79,26 @@ def _status():
         # The compiler's first error says more than ninja's last line.
         errors = ([line for line in lines if "error:" in line]
                   or [line for line in lines if "error" in line.lower()])
-        reason = f"{type(e).__name__}: {(errors or lines or [''])[0][:300]}"
-        warnings.warn(
-            f"involution: the native CPU kernel could not be compiled ({reason}); "
-            "backend='auto' falls back to the slower pure-PyTorch backend 'torch'. It needs "
-            "a C++ compiler and ninja (pip install ninja); set INVOLUTION_NATIVE=0 to "
-            "silence this warning.",
-            RuntimeWarning,
-            stacklevel=4,
-        )
-        return False, reason
+        return False, (f"it could not be compiled ({type(e).__name__}: "
+                       f"{(errors or lines or [''])[0][:300]}); it needs a C++ compiler and "
+                       "ninja (pip install ninja); INVOLUTION_NATIVE=0 turns it off")
     return True, None
 
 
 def native_is_available():
     """True when the native CPU kernels are loaded (compiling them on the first call)."""
-    return _status()[0]
+    return status()[0]
 
 
-def native_ops():
-    """``torch.ops.involution_d2_cpu``, or NativeUnavailableError saying why not."""
-    ok, reason = _status()
+def _kernels():
+    ok, reason = status()
     if not ok:
-        raise NativeUnavailableError(
-            f"involution: backend='native' but the native CPU kernel is unavailable ({reason}); "
-            "install a C++ compiler and ninja, or use backend='torch'"
-        )
-    return torch.ops.involution_d2_cpu
+        raise BackendUnavailable(reason, quiet=reason.startswith("disabled"))
+    ops = torch.ops.involution_d2_cpu  # the overloads: no overload resolution per call
+    return Kernels(ops.forward.default, ops.backward.default, ops.fused_forward.default,
+                   ops.fused_backward.default)
+
+
+register_backend(Backend("native", ("cpu",), _kernels, "the native CPU kernels", auto_order=0,
+                         hint="install a C++ compiler and ninja, or use backend='torch'",
+                         error=NativeUnavailableError))

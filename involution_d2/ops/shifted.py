@@ -7,9 +7,11 @@ pads the input, and skips the taps that would read zeros.  The backward pass is 
 same way (autograd would otherwise keep K*K intermediates), so training memory stays at a
 few output-sized buffers.  Runs on any device; half and bfloat16 accumulate in float32.
 
-The kernels only: their autograd (``ShiftedInvolution``) is in op.py with the operators'.
+The "torch" backend: on any device, the fallback where no native kernel runs.
 """
 import torch
+
+from .backends import Backend, Kernels, register_backend
 
 # Output-sized blocks processed at once on the CPU, in elements: a block's accumulator
 # stays in cache across the K*K passes instead of streaming through memory K*K times.
@@ -139,3 +141,16 @@ def backward(grad_out, x, weight, stride, padding, dilation, need_x, need_w):
     if gw is not None:
         gw = gw.to(weight.dtype).view(weight.shape)
     return gx, gw
+
+
+def _forward(x, weight, stride, padding, dilation):
+    return forward(x.contiguous(), weight.contiguous(), stride, padding, dilation)
+
+
+def _backward(grad_out, x, weight, stride, padding, dilation, output_mask):
+    return backward(grad_out.contiguous(), x.contiguous(), weight.contiguous(), stride, padding,
+                    dilation, *output_mask)
+
+
+register_backend(Backend("torch", None, lambda: Kernels(_forward, _backward),
+                         "the pure-PyTorch kernels", auto_order=100))

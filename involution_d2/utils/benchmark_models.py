@@ -385,10 +385,9 @@ def report(args):
           f"of {repeat} after {warmup} warm-up; load average "
           f"{' '.join(f'{v:.2f}' for v in os.getloadavg())}", flush=True)
     if "native" in backends:
-        from ..ops.native import native_is_available, native_ops
+        from ..ops.backends import kernels_for
 
-        if not native_is_available():
-            native_ops()  # says why
+        kernels_for("native", "cpu")  # says why, where the native kernels cannot run
     first_backend = backends[0]
     for suite in args.suites:
         if suite == "demo":

@@ -28,26 +28,66 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
           "float64": torch.float64}
 
 
+# The baseline on a GPU: one-thread-per-output-element CUDA kernels, written the way the
+# official kernel works (in cuda/involution.cuh beside ours; launched here, not by the backend).
+def naive_forward_plan(x, weight, stride, padding, dilation):
+    from ..ops import cupy_backend
+
+    n, c, h, w = x.shape
+    g, k, ho, wo = weight.shape[1], weight.shape[2], weight.shape[4], weight.shape[5]
+    out = x.new_empty((n, c, ho, wo))
+    big = cupy_backend._needs_64bit(x, weight, out)
+    name = cupy_backend.kernel_name("involution_forward", x.dtype, big, k, stride, dilation, 1)
+    total = n * c * ho * wo
+    return out, [(name, total, [x, weight, out, total] + cupy_backend._dims(x, weight, padding))]
+
+
+def naive_backward_plan(grad_out, x, weight, stride, padding, dilation, need_x, need_w):
+    from ..ops import cupy_backend
+
+    n, c, h, w = x.shape
+    g, k, ho, wo = weight.shape[1], weight.shape[2], weight.shape[4], weight.shape[5]
+    big = cupy_backend._needs_64bit(x, weight, grad_out)
+    dims = cupy_backend._dims(x, weight, padding)
+    gx = torch.empty_like(x) if need_x else None
+    gw = torch.empty_like(weight) if need_w else None
+    launches = []
+    if need_x:
+        name = cupy_backend.kernel_name("involution_backward_input", x.dtype, big, k, stride,
+                                        dilation, 1)
+        launches.append((name, n * c * h * w, [grad_out, weight, gx, n * c * h * w] + dims))
+    if need_w:
+        name = cupy_backend.kernel_name("involution_backward_weight_naive", x.dtype, big, k,
+                                        stride, dilation)
+        total = n * g * k * k * ho * wo
+        launches.append((name, total, [grad_out, x, gw, total] + dims))
+    return gx, gw, launches
+
+
+def _run_plan(plans, device):
+    from ..ops import cupy_backend
+
+    for plan in plans:
+        cupy_backend._launch(plan, device)
+
+
 class NaiveCupyInvolution(torch.autograd.Function):
-    """The baseline: the one-thread-per-output-element CUDA kernels (written the way the
-    official kernel works), with their backward."""
+    """The naive kernels with their backward."""
 
     @staticmethod
     def forward(ctx, x, weight, stride, padding, dilation):
-        from involution_d2.ops.cupy_backend import cupy_forward
-
         ctx.save_for_backward(x, weight)
         ctx.conf = (stride, padding, dilation)
-        return cupy_forward(x, weight, stride, padding, dilation, naive=True)
+        out, plans = naive_forward_plan(x, weight, stride, padding, dilation)
+        _run_plan(plans, x.device)
+        return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        from involution_d2.ops.cupy_backend import cupy_backward
-
         x, weight = ctx.saved_tensors
-        gx, gw = cupy_backward(grad_out.contiguous(), x, weight, *ctx.conf,
-                               need_x=ctx.needs_input_grad[0],
-                               need_w=ctx.needs_input_grad[1], naive=True)
+        gx, gw, plans = naive_backward_plan(grad_out.contiguous(), x, weight, *ctx.conf,
+                                            ctx.needs_input_grad[0], ctx.needs_input_grad[1])
+        _run_plan(plans, x.device)
         return gx, gw, None, None, None
 
 
@@ -160,9 +200,9 @@ def call_layers(device, official=None):
         if official is not None:
             layers["official"] = make_runner("official", official)
     else:
-        from ..ops.native import native_ops
+        from ..ops.backends import kernels_for
 
-        native_ops()
+        kernels_for("native", "cpu")  # says why, where the native kernels cannot run
         layers = {"involution()": make_runner("native"),
                   "custom operator": lambda x, w, s, p: torch.ops.involution_d2.involution(
                       x, w, s, p, 1),
@@ -376,10 +416,9 @@ def report(args):
     repeat = args.repeat or (20 if cuda else 3)
     baselines = [b for b in ("reference", "torch", "naive", "official") if b in backends]
     if not cuda and "native" in backends:
-        from ..ops.native import native_is_available, native_ops
+        from ..ops.backends import kernels_for
 
-        if not native_is_available():
-            native_ops()  # says why
+        kernels_for("native", "cpu")  # says why, where the native kernels cannot run
 
     name, bf16 = cpu_model()
     device_name = torch.cuda.get_device_name(device) if cuda else \

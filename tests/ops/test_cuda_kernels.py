@@ -21,6 +21,7 @@ import torch
 
 from involution_d2.ops import cupy_backend
 from involution_d2.ops.reference import involution_reference
+from involution_d2.utils.benchmark_operator import naive_backward_plan, naive_forward_plan
 
 CXX = shutil.which("g++") or shutil.which("c++")
 
@@ -61,9 +62,12 @@ def _plans(min_threads, naive):
         for ci, case in enumerate(CASES):
             for dtype in DTYPES:
                 x, wt, gout, s, p, d = _make_case(case, dtype, ci)
-                y, fl = cupy_backend.forward_plan(x, wt, s, p, d, naive=naive)
-                gx, gw, bl = cupy_backend.backward_plan(gout, x, wt, s, p, d, True, True,
-                                                        naive=naive)
+                if naive:  # the benchmark's baseline kernels
+                    y, fl = naive_forward_plan(x, wt, s, p, d)
+                    gx, gw, bl = naive_backward_plan(gout, x, wt, s, p, d, True, True)
+                else:
+                    y, fl = cupy_backend.forward_plan(x, wt, s, p, d)
+                    gx, gw, bl = cupy_backend.backward_plan(gout, x, wt, s, p, d, True, True)
                 out.append(((case, dtype), (x, wt, gout, s, p, d), (y, gx, gw), fl + bl))
         return out
     finally:

@@ -177,12 +177,21 @@ def test_cpu_autocast_runs_in_bfloat16_and_accepts_mixed_dtypes():
 
 
 def test_auto_backend_on_cpu_is_native_where_it_builds(monkeypatch):
+    from involution_d2.ops import backends
+
     monkeypatch.delenv("INVOLUTION_BACKEND", raising=False)
+    backends.refresh()
     want = "native" if native.native_is_available() else "torch"
     assert resolve_backend("auto", torch.device("cpu")) == want
     monkeypatch.setenv("INVOLUTION_BACKEND", "reference")
-    assert resolve_backend("auto", torch.device("cpu")) == "reference"
-    assert resolve_backend("torch", torch.device("cpu")) == "torch"  # explicit wins
+    assert resolve_backend("auto", torch.device("cpu")) == want  # the environment, read once
+    backends.refresh()
+    try:
+        assert resolve_backend("auto", torch.device("cpu")) == "reference"
+        assert resolve_backend("torch", torch.device("cpu")) == "torch"  # explicit wins
+    finally:
+        monkeypatch.delenv("INVOLUTION_BACKEND")
+        backends.refresh()
 
 
 def test_native_fallback_without_a_compiler(tmp_path):
@@ -220,7 +229,7 @@ def test_native_fallback_without_a_compiler(tmp_path):
     assert "WARNINGS 1\n" in proc.stdout
     assert "could not be compiled" in proc.stdout and "falls back" in proc.stdout
     assert "AUTO torch" in proc.stdout
-    assert "EXPLICIT involution: backend='native' but the native CPU kernel is unavailable" \
+    assert "EXPLICIT involution: backend='native' but the native CPU kernels are unavailable" \
         in proc.stdout
 
 
@@ -277,25 +286,32 @@ def test_errors_name_the_problem():
         involution(x, wt, s, p, 0)
     with pytest.raises(ValueError, match="unknown backend 'fast'"):
         involution(x, wt, s, p, d, backend="fast")
-    with pytest.raises(ValueError, match="backend='cupy' needs CUDA tensors, got tensors on cpu"):
+    with pytest.raises(ValueError, match=r"backend='cupy' \(the CuPy CUDA kernels\) runs on "
+                                         r"cuda tensors, got tensors on cpu; use backend='auto'"):
         involution(x, wt, s, p, d, backend="cupy")
-    with pytest.raises(ValueError, match="backend='native' is the CPU kernel, got tensors on meta"):
+    with pytest.raises(ValueError, match=r"backend='native' \(the native CPU kernels\) runs on "
+                                         r"cpu tensors, got tensors on meta"):
         involution(x.to("meta"), wt.to("meta"), s, p, d, backend="native")
 
 
 def test_explicit_cupy_without_cupy_is_a_clear_error(monkeypatch):
-    import importlib
+    from involution_d2.ops import backends, cupy_backend
 
-    from involution_d2.ops import cupy_backend
-
-    op_module = importlib.import_module("involution_d2.ops.op")
-
-    # op.kernel_backend is the one place that decides whether the CUDA kernels run.
-    monkeypatch.setattr(op_module, "cupy_is_usable", lambda: False)
-    with pytest.raises(ValueError, match="CuPy is not installed or sees no GPU; install "
-                                         "cupy-cuda12x / cupy-cuda13x or use backend='torch'"):
-        resolve_backend("cupy", torch.device("cuda", 0))
-    assert resolve_backend("auto", torch.device("cuda", 0)) == "torch"
+    # The backend table is the one place that decides whether the CUDA kernels run.
+    cupy_backend._cupy.cache_clear()
+    monkeypatch.setitem(sys.modules, "cupy", None)  # import cupy raises ImportError
+    backends.refresh()
+    try:
+        with pytest.raises(ValueError, match=r"backend='cupy' but the CuPy CUDA kernels are "
+                                             r"unavailable \(CuPy is not installed\); install "
+                                             r"the CuPy wheel .*cupy-cuda12x / cupy-cuda13x"):
+            resolve_backend("cupy", torch.device("cuda", 0))
+        with pytest.warns(RuntimeWarning, match=r"'cupy' \(the CuPy CUDA kernels\) is "
+                                                r"unavailable: CuPy is not installed; "
+                                                r"backend='auto' falls back to 'torch'"):
+            assert resolve_backend("auto", torch.device("cuda", 0)) == "torch"
+    finally:
+        backends.refresh()
     cupy_backend._cupy.cache_clear()
     monkeypatch.setitem(sys.modules, "cupy", None)  # import cupy raises ImportError
     with pytest.raises(ValueError, match="backend='cupy' needs CuPy: install"):
