@@ -23,6 +23,7 @@ with glibc only).
     python3 tools/benchmark_involution.py --device cuda --dtypes float32 bfloat16
     python3 tools/benchmark_involution.py --fused --device cpu     # fused against unfused
     python3 tools/benchmark_involution.py --device cuda --per-call --shapes det.res4 det.res5
+    python3 tools/benchmark_involution.py --host-cost              # CPU; --device cuda too
     python3 tools/benchmark_involution.py --device cuda \
         --official-kernel ../involution/cls/mmcls/models/utils/involution_cuda.py
 
@@ -30,6 +31,11 @@ With --per-call it times one forward call at each layer of its path (the public 
 the custom operator, the kernel launch; on a GPU also "naive" and the official operator):
 the wall time per call of calls issued back to back, and on a GPU the kernels' own time
 (torch.profiler), whose difference is what the host costs beyond the kernels.
+
+With --host-cost it times one call on tiny tensors (where the kernel costs nearly nothing)
+against a ``torch.add`` on the same tensor: the public function, the backend's forward kernel
+called directly, an Involution layer; and it lists the Python calls of ours in one layer
+forward.
 
 With --fused it compares, per backend, the layer's last two steps run as the fused operator
 (``fused_involution``: span convolution C/4 -> G*K*K and aggregation in one) against the
@@ -68,6 +74,9 @@ def main(argv=None):
     parser.add_argument("--per-call", action="store_true",
                         help="time one forward call at each layer of its path (wall and, on "
                              "a GPU, kernel time per call; --repeat calls, default 100)")
+    parser.add_argument("--host-cost", action="store_true",
+                        help="the host cost of one call on tiny tensors against a torch.add, "
+                             "and the calls of ours in one Involution forward")
     parser.add_argument("--official-kernel", metavar="PATH", default=None,
                         help="also time the official CuPy operator: the path of "
                              "cls/mmcls/models/utils/involution_cuda.py in a clone of "

@@ -19,6 +19,11 @@ def add_involution_config(cfg):
     # K of the stem's involution: 7 in the official detection and segmentation RedNets,
     # 3 in the official ImageNet classifier (its configs set it).
     cfg.MODEL.REDNET.STEM_INVOLUTION_KERNEL = DETECTION_STEM_INVOLUTION_KERNEL
+    # Training memory (RedNet's arguments of the same names say more): recompute cheap
+    # norm+ReLU outputs in backward (same results), and the official with_cp, checkpointing
+    # each residual block (less memory, slower).
+    cfg.MODEL.REDNET.RECOMPUTE_ACTIVATIONS = True
+    cfg.MODEL.REDNET.WITH_CP = False
 
     cfg.MODEL.INVOLUTION = CN()
     cfg.MODEL.INVOLUTION.KERNEL_SIZE = DEFAULT_KERNEL_SIZE

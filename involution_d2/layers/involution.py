@@ -6,6 +6,7 @@ from ..ops import involution
 from ..ops.backends import check_name
 from ..ops.op import run_fused_involution
 from .conv_norm_act import ConvNormAct
+from .recompute import recompute_into
 
 
 # The official involution layer's design, used by RedNet and by every involution neck and head
@@ -77,6 +78,9 @@ class Involution(nn.Module):
         # False: the span and the aggregation as two operators (the generated kernels are then
         # kept for backward), for FLOP counters that count each on its own.
         self.fused = True
+        # True: in training, the reduced features (the bottleneck's ReLU output) are
+        # recomputed from the pooled input in backward instead of kept (layers/recompute.py).
+        self.recompute_activations = True
 
         self.avgpool = nn.AvgPool2d(stride, stride, ceil_mode=True) if stride > 1 else None
         self.conv1 = ConvNormAct(channels, channels // reduction_ratio, 1, norm=norm)
@@ -89,6 +93,9 @@ class Involution(nn.Module):
             raise ValueError(f"Involution: expected input (N, {self.channels}, H, W), "
                              f"got {tuple(x.shape)}")
         pooled = self.avgpool(x) if self.avgpool is not None else x
+        if not torch.jit.is_scripting() and self.fused and self.recompute_activations:
+            out = self._aggregate_recomputing(x, pooled)
+            return self.activation(out) if self.activation is not None else out
         reduced = self.conv1(pooled)
         # conv2 (the "span", Cr -> G*K*K) and the aggregation run as one operator, which
         # never keeps the G*K*K-channel kernels (see involution_d2.ops.fused_involution).
@@ -105,13 +112,22 @@ class Involution(nn.Module):
             out = involution(x, kernels, self.stride, self.padding, self.dilation,
                              backend=self.backend)
         else:
-            weight, bias = span.weight, span.bias
-            if reduced.dtype is not x.dtype or weight.dtype is not x.dtype:  # autocast
-                weight, x = weight.to(reduced.dtype), x.to(reduced.dtype)
-                bias = bias.to(reduced.dtype) if bias is not None else None
-            out = run_fused_involution(x, reduced, weight, bias, self.groups, self.kernel_size,
-                                       self.stride, self.padding, self.dilation, self.backend)
+            out = self._aggregate(x, reduced)
         return self.activation(out) if self.activation is not None else out
+
+    @torch.jit.unused
+    def _aggregate(self, x, reduced):
+        weight, bias = self.conv2.conv.weight, self.conv2.conv.bias
+        if reduced.dtype is not x.dtype or weight.dtype is not x.dtype:  # autocast
+            weight, x = weight.to(reduced.dtype), x.to(reduced.dtype)
+            bias = bias.to(reduced.dtype) if bias is not None else None
+        return run_fused_involution(x, reduced, weight, bias, self.groups, self.kernel_size,
+                                    self.stride, self.padding, self.dilation, self.backend)
+
+    @torch.jit.unused
+    def _aggregate_recomputing(self, x, pooled):
+        return recompute_into(lambda reduced: self._aggregate(x, reduced), pooled,
+                              self.conv1.norm, self.conv1.conv)
 
     def extra_repr(self):
         return (f"channels={self.channels}, kernel_size={self.kernel_size}, "

@@ -270,6 +270,70 @@ def report_per_call(args, device, shapes, dtypes, official):
     print_table(rows, header)
 
 
+def calls_of_ours(run, *args):
+    """The Python functions of this package that one ``run(*args)`` calls, in order."""
+    import sys
+
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    calls = []
+
+    def profile(frame, event, arg):
+        if event == "call" and frame.f_code.co_filename.startswith(package):
+            path = os.path.relpath(frame.f_code.co_filename, package)
+            calls.append(f"{path}:{frame.f_code.co_name}")
+
+    sys.setprofile(profile)
+    try:
+        run(*args)
+    finally:
+        sys.setprofile(None)
+    return calls
+
+
+def report_host_cost(args, device):
+    """Host time of one call on tiny tensors (1x16x4x4, K=7), where the kernel costs nearly
+    nothing: the public function, the backend's forward kernel called directly, an Involution
+    layer, each against a ``torch.add`` on the same input, timed in alternating rounds; and
+    the calls of ours in one layer forward."""
+    import timeit
+
+    from ..layers import Involution
+    from ..ops.backends import select
+
+    calls = args.repeat or 2000
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 16, 4, 4, generator=gen).to(device)
+    w = torch.randn(1, 1, 7, 7, 4, 4, generator=gen).to(device)
+    layer = Involution(16, 7).to(device).eval()
+    name, kernels = select("auto", device.type)
+    print(f"# host cost: {calls} calls back to back, one synchronisation at the end, min of 7 "
+          f"alternating rounds; backend 'auto' is {name!r}")
+    trainable = x.clone().requires_grad_()
+    runs = {"torch.add (floor)": lambda: torch.add(x, 1.0),
+            "involution()": lambda: involution(x, w, 1, 3, 1),
+            f"{name} forward kernel": lambda: kernels.forward(x, w, 1, 3, 1),
+            "involution(), x requires grad": lambda: involution(trainable, w, 1, 3, 1),
+            "Involution layer": lambda: layer(x)}
+    best = {label: float("inf") for label in runs}
+    with torch.no_grad():
+        for _ in range(7):
+            for label, run in runs.items():
+                if "grad" in label:
+                    with torch.enable_grad():
+                        seconds = timeit.timeit(run, number=calls)
+                else:
+                    seconds = timeit.timeit(run, number=calls)
+                synchronize(device)
+                best[label] = min(best[label], seconds / calls * 1e6)
+        layer_calls = calls_of_ours(layer, x)
+    floor = best["torch.add (floor)"]
+    print_table([[label, f"{us:.2f}", f"{us / floor:.1f}x"] for label, us in best.items()],
+                ["call", "us/call", "x torch.add"])
+    print(f"\ncalls of ours in one Involution forward (no grad): {len(layer_calls)}")
+    for call in layer_calls:
+        print(f"  {call}")
+
+
 FUSED_VARIANTS = ("unfused", "fused")
 
 
@@ -423,13 +487,17 @@ def report(args):
     name, bf16 = cpu_model()
     device_name = torch.cuda.get_device_name(device) if cuda else \
         f"{name} (native bfloat16: {'yes' if bf16 else 'no'})"
-    how = "" if args.per_call else f", median of {repeat} runs after {args.warmup} warm-up"
+    how = ("" if args.per_call or args.host_cost
+           else f", median of {repeat} runs after {args.warmup} warm-up")
     print(f"# device: {device_name}, torch {torch.__version__}, {torch.get_num_threads()} CPU "
           f"threads{how}")
     if not cuda:
         print(f"# load average before the run: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     if args.per_call:
         report_per_call(args, device, shapes, dtypes, official)
+        return
+    if args.host_cost:
+        report_host_cost(args, device)
         return
     if args.fused:
         rows = []

@@ -67,6 +67,36 @@ def test_operator_benchmark_prints_ratios():
             assert float(r["memory / reference"]) < 0.5  # a fraction of unfold's memory
 
 
+def test_host_cost_benchmark_prints_ratios_and_the_calls_of_one_layer_forward():
+    out = run_tool("benchmark_involution.py", "--device", "cpu", "--host-cost", "--repeat", "20")
+    rows = {re.split(r"\s{2,}", line.strip())[0]: re.split(r"\s{2,}", line.strip())[1:]
+            for line in out.splitlines()
+            if line.startswith(("torch.add", "involution()", "Involution layer"))}
+    assert set(rows) == {"torch.add (floor)", "involution()", "involution(), x requires grad",
+                         "Involution layer"}
+    assert rows["torch.add (floor)"][1] == "1.0x"
+    assert all(float(us) > 0 and ratio.endswith("x") for us, ratio in rows.values())
+    calls = out[out.index("calls of ours in one Involution forward"):].splitlines()
+    assert int(calls[0].rsplit(": ", 1)[1]) == len(calls) - 1
+    assert calls[1].strip() == "layers/involution.py:forward"
+
+
+def test_one_involution_forward_makes_few_calls_of_ours():
+    """Counted, not timed: the Python calls of this package in one layer forward without
+    gradients, down to the kernel (the native one: the "torch" kernels are Python)."""
+    from involution_d2.layers import Involution
+    from involution_d2.utils.benchmark_operator import calls_of_ours
+
+    skip_if_unavailable("native")
+    layer = Involution(16, 7, backend="native").eval()
+    x = torch.randn(1, 16, 4, 4)
+    with torch.no_grad():
+        layer(x)  # the first call decides the backend (cached after it)
+        calls = calls_of_ours(layer, x)
+    assert len(calls) <= 10, calls
+    assert not any("validate" in call for call in calls), calls  # the layer checks nothing twice
+
+
 @requires_detectron2
 def test_model_benchmark_prints_throughput_and_profile():
     from involution_d2.ops import native

@@ -20,6 +20,8 @@ model = L(ImageNetClassifier)(
         # The official ImageNet RedNet's stem involution is 3x3 (7x7 in detection/segmentation).
         stem_involution_kernel=CLASSIFICATION_STEM_INVOLUTION_KERNEL,
         involution_kwargs=involution_kwargs(),
+        recompute_activations=True,  # training memory: see rednet.py beside this file
+        with_cp=False,
     ),
     pixel_mean=PIXEL_MEAN_RGB,
     pixel_std=PIXEL_STD_RGB,

@@ -43,6 +43,11 @@ def rednet(out_features, depth=50):
         # 7x7 as in the official detection and segmentation RedNets (3x3 in the classifier).
         stem_involution_kernel=DETECTION_STEM_INVOLUTION_KERNEL,
         involution_kwargs=involution_kwargs(),
+        # Training memory: cheap norm+ReLU outputs recomputed in backward (same results);
+        # with_cp=True checkpoints each residual block (the official option: less memory,
+        # slower).
+        recompute_activations=True,
+        with_cp=False,
     )
 
 

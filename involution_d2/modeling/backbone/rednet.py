@@ -15,6 +15,7 @@ from detectron2.layers import CNNBlockBase, ShapeSpec, get_norm
 from detectron2.modeling.backbone import BACKBONE_REGISTRY, ResNet
 
 from ...layers import ConvNormAct, Involution
+from ...layers.recompute import checkpointed, recompute_into
 
 __all__ = ["RedNetStem", "RedNetBottleneck", "RedNet", "build_rednet_backbone",
            "REDNET_DEPTHS", "CLASSIFICATION_STEM_INVOLUTION_KERNEL",
@@ -59,14 +60,25 @@ class RedNetStem(CNNBlockBase):
         for name in ("0", "4"):
             weight_init.c2_msra_fill(getattr(self, name).conv)
 
+        self.recompute_activations = True  # see RedNet
+
     def forward(self, x):
         # One literal name each: TorchScript reads attributes by literal names only.
-        x = getattr(self, "0")(x)
-        x = getattr(self, "1")(x)
-        x = getattr(self, "2")(x)
-        x = getattr(self, "3")(x)
-        x = getattr(self, "4")(x)
+        if self.recompute_activations and not torch.jit.is_scripting():
+            x = self._recomputing(x)
+        else:
+            x = getattr(self, "0")(x)
+            x = getattr(self, "1")(x)
+            x = getattr(self, "2")(x)
+            x = getattr(self, "3")(x)
+            x = getattr(self, "4")(x)
         return F.max_pool2d(x, kernel_size=3, stride=2, padding=1)
+
+    @torch.jit.unused
+    def _recomputing(self, x):
+        first = getattr(self, "0")  # 3 input channels: cheap to run again
+        x = recompute_into(getattr(self, "1"), x, first.norm, first.conv)
+        return recompute_into(getattr(self, "4"), x, getattr(self, "2"))
 
 
 class RedNetBottleneck(CNNBlockBase):
@@ -103,15 +115,43 @@ class RedNetBottleneck(CNNBlockBase):
         if isinstance(getattr(self.bn3, "weight", None), nn.Parameter):
             with torch.no_grad():
                 self.bn3.weight.zero_()
+        self.recompute_activations = True  # see RedNet
+        self.with_cp = False
 
     def forward(self, x):
+        if not torch.jit.is_scripting():
+            if self.with_cp and self.training and torch.is_grad_enabled():
+                return self._checkpointed(x)
+            if self.recompute_activations:
+                return self._finish(self._residual_recomputing(x), x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
+        return self._finish(self.bn3(self.conv3(out)), x)
+
+    def _finish(self, out, x):
         # The sum and ReLU in place, as in Detectron2's BottleneckBlock: no extra
         # block-sized tensor per block.
         out += self.downsample(x) if self.downsample is not None else x
         return F.relu_(out)
+
+    @torch.jit.unused
+    def _checkpointed(self, x):
+        def plain(x):
+            out = self.relu(self.bn1(self.conv1(x)))
+            out = self.relu(self.bn2(self.conv2(out)))
+            return self._finish(self.bn3(self.conv3(out)), x)
+        return checkpointed(plain, self, x)
+
+    @torch.jit.unused
+    def _residual_recomputing(self, x):
+        if self.stride > 1:
+            # The involution strides: its input is at the block input's resolution, the
+            # largest tensor of the block. Rebuilt from the block input (kept anyway, for
+            # conv1 and the projection), by conv1 again.
+            out = recompute_into(self.conv2, x, self.bn1, self.conv1)
+        else:
+            out = recompute_into(self.conv2, self.conv1(x), self.bn1)
+        return self.bn3(recompute_into(self.conv3, out, self.bn2))
 
 
 class RedNet(ResNet):
@@ -121,7 +161,7 @@ class RedNet(ResNet):
     def __init__(self, *, depth=50, in_channels=3, stem_out_channels=64,
                  res2_out_channels=256, norm="BN", out_features=None, freeze_at=0,
                  num_classes=None, stem_involution_kernel=DETECTION_STEM_INVOLUTION_KERNEL,
-                 involution_kwargs=None):
+                 involution_kwargs=None, recompute_activations=True, with_cp=False):
         """
         Args:
             depth (int): 26, 38, 50, 101 or 152.
@@ -137,6 +177,14 @@ class RedNet(ResNet):
                 ImageNet classifier, 7 as in the official detectors and segmentors.
             involution_kwargs (dict): extra arguments of every :class:`Involution`
                 (kernel_size, reduction_ratio, group_channels, backend, ...).
+            recompute_activations (bool): in training, recompute in backward the norm+ReLU
+                outputs that are cheap to make again instead of keeping them: the
+                involutions' inputs in the stem and the strided blocks, their reduced
+                features, and where the norm keeps its input anyway (BN, GN) every block's
+                (``involution_d2.layers.recompute``). Same outputs and gradients.
+            with_cp (bool): the official option: checkpoint each residual block (keep its
+                input only, run it again in backward), trading speed for memory. BatchNorm
+                statistics are updated once.
         """
         if depth not in REDNET_DEPTHS:
             raise ValueError(f"RedNet depth must be one of {sorted(REDNET_DEPTHS)}, got {depth}")
@@ -158,6 +206,11 @@ class RedNet(ResNet):
         super().__init__(stem, stages, num_classes=num_classes, out_features=out_features,
                          freeze_at=freeze_at)
         self.depth = depth
+        for module in self.modules():
+            if isinstance(module, (RedNetStem, RedNetBottleneck, Involution)):
+                module.recompute_activations = recompute_activations
+            if isinstance(module, RedNetBottleneck):
+                module.with_cp = with_cp
 
     @classmethod
     def from_config(cls, cfg, input_shape=None):
@@ -173,6 +226,8 @@ class RedNet(ResNet):
             "freeze_at": cfg.MODEL.BACKBONE.FREEZE_AT,
             "stem_involution_kernel": cfg.MODEL.REDNET.STEM_INVOLUTION_KERNEL,
             "involution_kwargs": involution_kwargs_from_config(cfg, norm=cfg.MODEL.REDNET.NORM),
+            "recompute_activations": cfg.MODEL.REDNET.RECOMPUTE_ACTIVATIONS,
+            "with_cp": cfg.MODEL.REDNET.WITH_CP,
         }
 
 

@@ -1,0 +1,182 @@
+"""Conv + norm + ReLU outputs recomputed in backward instead of kept.
+
+In a training forward, ``relu(norm(y))`` is kept for backward by the layer that consumes it
+(a convolution, an involution, pooling), and ``y`` by a trained norm: two tensors where one
+suffices.  :func:`recompute_into` keeps the source alone (``y``, or the input of a cheap
+convolution that made ``y``) and recomputes ``relu(norm(y))`` from it when a backward needs
+it.  The norm's statistics are those of the forward: a
+BatchNorm in training updates its running statistics once (in the forward) and recomputes
+with the batch statistics of the same ``y``; FrozenBatchNorm, GroupNorm and a BatchNorm in
+eval mode hold no state.  Norms that communicate (SyncBatchNorm) are left as they are.
+
+Outside training with gradients (inference, tracing, scripting, compilation) the plain
+modules run.
+"""
+import contextlib
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+
+def _frozen_batch_norm_type():
+    try:
+        from detectron2.layers import FrozenBatchNorm2d
+    except ImportError:
+        return None
+    return FrozenBatchNorm2d
+
+
+_FROZEN_BN = _frozen_batch_norm_type()
+
+
+def recomputable(norm):
+    """Whether ``norm`` (a module or None) can be recomputed from its input alone."""
+    return (norm is None or type(norm) in (nn.BatchNorm2d, nn.GroupNorm)
+            or (_FROZEN_BN is not None and type(norm) is _FROZEN_BN))
+
+
+def _keeps_its_input(norm):
+    """Whether autograd keeps the norm's input for its backward (a trained BatchNorm or
+    GroupNorm); FrozenBatchNorm2d is an affine map that keeps nothing."""
+    return type(norm) in (nn.BatchNorm2d, nn.GroupNorm) and norm.weight is not None and (
+        norm.weight.requires_grad or type(norm) is nn.GroupNorm or norm.training)
+
+
+def _norm(norm, y, weight, bias):
+    """``norm(y)`` without touching its state (the forward updated it)."""
+    if norm is None:
+        return y
+    if type(norm) is nn.BatchNorm2d:
+        batch_statistics = norm.training or not norm.track_running_stats
+        return F.batch_norm(y, None if batch_statistics else norm.running_mean,
+                            None if batch_statistics else norm.running_var, weight, bias,
+                            batch_statistics, 0.0, norm.eps)
+    if type(norm) is nn.GroupNorm:
+        return F.group_norm(y, norm.num_groups, weight, bias, norm.eps)
+    return norm(y)  # FrozenBatchNorm2d: a fixed affine map
+
+
+def _parameters(norm):
+    if norm is None or type(norm) is _FROZEN_BN:
+        return None, None  # buffers, not trained
+    return norm.weight, norm.bias
+
+
+def _make(conv, norm, source, conv_weight, conv_bias, norm_weight, norm_bias):
+    """``relu(norm(conv(source)))`` (conv None: ``relu(norm(source))``), statelessly."""
+    y = conv._conv_forward(source, conv_weight, conv_bias) if conv is not None else source
+    return F.relu(_norm(norm, y, norm_weight, norm_bias))
+
+
+class _Recomputed(torch.autograd.Function):
+    """``relu(norm(conv(source)))``, keeping ``source`` and the parameters only: the forward
+    runs the modules (a BatchNorm updates its statistics once), the backward recomputes."""
+
+    @staticmethod
+    def forward(ctx, source, conv_weight, conv_bias, norm_weight, norm_bias, conv, norm):
+        with torch.no_grad():
+            y = conv(source) if conv is not None else source
+            out = F.relu(norm(y) if norm is not None else y)
+        ctx.modules = (conv, norm)
+        ctx.save_for_backward(source, conv_weight, conv_bias, norm_weight, norm_bias)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        saved = ctx.saved_tensors
+        needs = ctx.needs_input_grad[:5]
+        with torch.enable_grad():
+            leaves = [t.detach().requires_grad_(need) if t is not None else None
+                      for t, need in zip(saved, needs)]
+            out = _make(*ctx.modules, *leaves)
+            wanted = [t for t, need in zip(leaves, needs) if need and t is not None]
+            grads = iter(torch.autograd.grad(out, wanted, grad_out) if wanted else ())
+        return tuple(next(grads) if need and t is not None else None
+                     for t, need in zip(leaves, needs)) + (None, None)
+
+
+class _Recipe:
+    """What is saved instead of the output: how to make it again (once per backward)."""
+
+    __slots__ = ("args", "value")
+
+    def __init__(self, args):
+        self.args, self.value = args, None
+
+    def get(self):
+        if self.value is None:
+            with torch.no_grad():
+                self.value = _make(*self.args)
+        return self.value
+
+
+def _same(a, b):
+    return (a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.stride() == b.stride()
+            and a.dtype == b.dtype)
+
+
+def recompute_into(consumer, source, norm, conv=None):
+    """``consumer(relu(norm(conv(source))))`` (without ``conv``: of ``relu(norm(source))``)
+    where neither that output nor the convolution's are kept for backward, by the consumer
+    or by the norm: they are recomputed from ``source`` when a backward needs them.  The plain
+    computation where that does not apply (no gradients, tracing, compilation, a norm that
+    communicates)."""
+    if not (torch.is_grad_enabled() and recomputable(norm) and not torch.jit.is_tracing()
+            and not torch.compiler.is_compiling()
+            and (conv is not None or _keeps_its_input(norm))):  # else nothing to gain
+        y = conv(source) if conv is not None else source
+        return consumer(F.relu(norm(y)) if norm is not None else F.relu(y))
+    conv_weight = conv.weight if conv is not None else None
+    conv_bias = conv.bias if conv is not None else None
+    norm_weight, norm_bias = _parameters(norm)
+    params = (conv_weight, conv_bias, norm_weight, norm_bias)
+    if not (source.requires_grad or any(p is not None and p.requires_grad for p in params)):
+        y = conv(source) if conv is not None else source
+        return consumer(F.relu(norm(y)) if norm is not None else F.relu(y))
+    out = _Recomputed.apply(source, *params, conv, norm)
+    recipe = _Recipe((conv, norm, source.detach(), *params))
+    # Whatever saves tensors around this call (a memory counter, an outer recomputation)
+    # still sees every tensor but ``out``.
+    outer = torch._C._autograd._top_saved_tensors_default_hooks(False)
+    outer_pack, outer_unpack = outer if outer is not None else (None, None)
+
+    def pack(t):
+        if _same(t, out):
+            return recipe
+        return outer_pack(t) if outer_pack is not None else t.detach()
+
+    def unpack(packed):
+        if packed is recipe:
+            return recipe.get()
+        return outer_unpack(packed) if outer_unpack is not None else packed
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
+        return consumer(out)
+
+
+@contextlib.contextmanager
+def _statistics_kept(module):
+    """BatchNorm running statistics (and counters) as they were on entry: a recomputation
+    must not update them a second time."""
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+             and m.training and m.track_running_stats]
+    kept = [(m, m.running_mean.clone(), m.running_var.clone(),
+             m.num_batches_tracked.clone()) for m in norms]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for m, mean, var, count in kept:
+                m.running_mean.copy_(mean)
+                m.running_var.copy_(var)
+                m.num_batches_tracked.copy_(count)
+
+
+def checkpointed(run, module, *inputs):
+    """``run(*inputs)`` keeping only ``inputs`` for backward, which runs it again
+    (``torch.utils.checkpoint``, non-reentrant); the BatchNorms of ``module`` update their
+    running statistics in the forward only."""
+    return checkpoint(run, *inputs, use_reentrant=False,
+                      context_fn=lambda: (contextlib.nullcontext(), _statistics_kept(module)))

@@ -1,0 +1,102 @@
+"""Training memory of RedNet: norm+ReLU outputs recomputed in backward (default) and the
+official with_cp (each block checkpointed) give the same outputs, gradients and BatchNorm
+statistics as the plain network, and keep fewer bytes for backward (counted exactly)."""
+import pytest
+import torch
+
+from helpers import requires_detectron2, yacs_config
+
+
+def small_rednet(norm, **kwargs):
+    from involution_d2.modeling.backbone.rednet import RedNet
+
+    torch.manual_seed(0)
+    return RedNet(depth=26, norm=norm, stem_out_channels=16, res2_out_channels=64,
+                  out_features=["res5"], involution_kwargs=dict(group_channels=4),
+                  **kwargs).double()
+
+
+def train_step(model, x):
+    """Output, gradients (input's and parameters'), state after the step, and the bytes
+    saved for backward (each storage once; parameters and buffers excluded)."""
+    resident = {t.untyped_storage().data_ptr()
+                for t in list(model.parameters()) + list(model.buffers())}
+    storages = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in resident:
+            storages[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    model.train()
+    x = x.clone().requires_grad_()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = model(x)["res5"]
+    out.square().sum().backward()
+    grads = [x.grad] + [p.grad for p in model.parameters()]
+    return out.detach(), grads, model.state_dict(), sum(storages.values())
+
+
+VARIANTS = {"recomputed": dict(recompute_activations=True),
+            "with_cp": dict(recompute_activations=False, with_cp=True)}
+
+
+@requires_detectron2
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+@pytest.mark.parametrize("norm", ["BN", "FrozenBN"])
+def test_same_results_fewer_bytes(norm, variant):
+    plain = small_rednet(norm, recompute_activations=False)
+    other = small_rednet(norm, **VARIANTS[variant])
+    other.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 3, 64, 48, dtype=torch.float64)
+    want_out, want_grads, want_state, want_bytes = train_step(plain, x)
+    out, grads, state, saved_bytes = train_step(other, x)
+    torch.testing.assert_close(out, want_out, rtol=1e-12, atol=1e-12)
+    for got, want in zip(grads, want_grads):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    # BatchNorm's running statistics and counters: updated once, as without recomputation.
+    assert state.keys() == want_state.keys()
+    for key in want_state:
+        torch.testing.assert_close(state[key], want_state[key], rtol=0, atol=0)
+    assert saved_bytes < (0.85 if norm == "BN" or variant == "with_cp" else 0.9) * want_bytes
+
+
+@requires_detectron2
+def test_frozen_stages_and_inference_take_the_plain_path():
+    model = small_rednet("FrozenBN", freeze_at=2)  # stem and res2 frozen, recompute default
+    plain = small_rednet("FrozenBN", freeze_at=2, recompute_activations=False)
+    plain.load_state_dict(model.state_dict())
+    x = torch.randn(1, 3, 64, 48, dtype=torch.float64)
+    torch.testing.assert_close(train_step(model, x)[0], train_step(plain, x)[0])
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(x)["res5"], plain.eval()(x)["res5"])
+
+
+@requires_detectron2
+def test_both_config_systems_set_the_options():
+    from detectron2.config import LazyConfig, instantiate
+    from detectron2.modeling import build_model
+
+    from helpers import CONFIG_ROOT
+
+    cfg = yacs_config("COCO-Detection/faster_rcnn_rednet50_fpn_1x",
+                      overrides={"MODEL.REDNET.DEPTH": 26, "MODEL.REDNET.WITH_CP": True,
+                                 "MODEL.REDNET.RECOMPUTE_ACTIVATIONS": False})
+    yacs_net = build_model(cfg).backbone.bottom_up
+    lazy = LazyConfig.load(f"{CONFIG_ROOT}/COCO-Detection/faster_rcnn_rednet50_fpn_1x.py")
+    lazy = LazyConfig.apply_overrides(lazy, ["model.backbone.bottom_up.depth=26",
+                                             "model.backbone.bottom_up.with_cp=True",
+                                             "model.backbone.bottom_up.recompute_activations="
+                                             "False"])
+    lazy_net = instantiate(lazy.model.backbone.bottom_up)
+    for net in (yacs_net, lazy_net):
+        blocks = [m for m in net.modules() if hasattr(m, "with_cp")]
+        assert blocks and all(m.with_cp for m in blocks)
+        assert not any(m.recompute_activations for m in net.modules()
+                       if hasattr(m, "recompute_activations"))
+    defaults = build_model(yacs_config("COCO-Detection/faster_rcnn_rednet50_fpn_1x",
+                                       overrides={"MODEL.REDNET.DEPTH": 26}))
+    flags = [(m.recompute_activations, getattr(m, "with_cp", False))
+             for m in defaults.modules() if hasattr(m, "recompute_activations")]
+    assert flags and all(flags_ == (True, False) for flags_ in flags)
