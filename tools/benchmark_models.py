@@ -7,6 +7,7 @@ time goes.
     python3 tools/benchmark_models.py --device cpu --suites backbone           # CPU: native, torch
     python3 tools/benchmark_models.py --suites mask_rcnn --size 800 1216 --batch 2 --profile
     python3 tools/benchmark_models.py --device cpu --suites demo               # demo eval s/image
+    python3 tools/benchmark_models.py --device cpu --suites backbone_all_trained --memory-variants
 
 Every model of a suite is built from its config (Detectron2's model-zoo config for the
 ResNet-50 twin) with random weights and measured on the same synthetic batch. The models
@@ -55,6 +56,11 @@ def main(argv=None):
     parser.add_argument("--warmup", type=int, default=None, help="default: 5 GPU, 1 CPU")
     parser.add_argument("--profile", action="store_true",
                         help="also print where the time goes, per model and mode")
+    parser.add_argument("--memory-variants", action="store_true",
+                        help="each RedNet model three times: without recomputation, with the "
+                             "default recomputation of norm+ReLU outputs, and with with_cp "
+                             "(each block checkpointed); the last column compares each with "
+                             "the first")
     parser.add_argument("--saved-only", action="store_true",
                         help="only count the bytes one training forward saves for backward "
                              "(exact, seconds per model; no timing)")

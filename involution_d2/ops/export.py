@@ -13,14 +13,16 @@ needs K output-sized temporaries at once, against K*K for a full unfold.
 import torch
 import torch.nn.functional as F
 
-from . import op  # registers torch.ops.involution_d2
+from . import op  # noqa: F401 - registers torch.ops.involution_d2
+from .composite import generate_kernels
 
 __all__ = ["involution_by_rows", "fused_involution_by_rows", "lower_involution",
            "DECOMPOSITIONS"]
 
 
-def involution_by_rows(x, weight, stride, padding, dilation):
-    """``involution(x, weight, ...)`` one kernel row at a time: a convolution of each input
+def involution_by_rows(x, weight, stride, padding, dilation, backend="auto"):
+    """``involution(x, weight, ...)`` (any ``backend``: this is the lowering) one kernel row
+    at a time: a convolution of each input
     plane with K one-hot K x K filters yields the row's K taps (exactly: the other products
     are by zero), multiplied by their weights and summed over the row."""
     n, c, h, w = x.shape
@@ -37,10 +39,10 @@ def involution_by_rows(x, weight, stride, padding, dilation):
 
 
 def fused_involution_by_rows(x, reduced, span_weight, span_bias, groups, kernel_size, stride,
-                             padding, dilation):
+                             padding, dilation, backend="auto"):
     """``fused_involution(...)``: the span as a 1x1 convolution, then
     :func:`involution_by_rows`."""
-    kernels = op.generate_kernels(reduced, span_weight, span_bias, groups, kernel_size)
+    kernels = generate_kernels(reduced, span_weight, span_bias, groups, kernel_size)
     return involution_by_rows(x, kernels, stride, padding, dilation)
 
 

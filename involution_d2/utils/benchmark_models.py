@@ -133,10 +133,11 @@ def set_backend(model, backend):
 class Case:
     """One model variant (label, involution backend) with its step functions."""
 
-    def __init__(self, label, model, backend, is_twin, suite):
+    def __init__(self, label, model, backend, is_twin, suite, memory=None):
         from ..analysis import OpenMMLabDummyForward
 
         self.label, self.model, self.backend, self.is_twin = label, model, backend, is_twin
+        self.memory = memory  # one of MEMORY_VARIANTS, or None: as the config builds it
         self.network = BackboneOnly(model) if suite.startswith("backbone") else \
             OpenMMLabDummyForward(model)
         self.suite = suite
@@ -145,11 +146,20 @@ class Case:
 
     @property
     def name(self):
-        return self.label if self.is_twin else f"{self.label} [{self.backend}]"
+        if self.is_twin:
+            return self.label
+        return f"{self.label} [{self.backend}]" + (f" {self.memory}" if self.memory else "")
 
     def _prepare(self):
         if not self.is_twin:
             set_backend(self.model, self.backend)
+        if self.memory is not None:
+            recompute, with_cp = MEMORY_VARIANTS[self.memory]
+            for m in self.model.modules():
+                if hasattr(m, "recompute_activations"):
+                    m.recompute_activations = recompute
+                if hasattr(m, "with_cp"):
+                    m.with_cp = with_cp
 
     def inference(self, tensor, dtype):
         self._prepare()
@@ -188,8 +198,14 @@ def residual_branches_start_at_zero(model):
                 norm.weight.zero_()
 
 
-def build_cases(suite, backends, device):
-    """The suite's model variants, and the twin's config (for the synthetic batch)."""
+# RedNet's training-memory options: (recompute_activations, with_cp).
+MEMORY_VARIANTS = {"no-recompute": (False, False), "recompute": (True, False),
+                   "with_cp": (False, True)}
+
+
+def build_cases(suite, backends, device, memory_variants=False):
+    """The suite's model variants, and the twin's config (for the synthetic batch); with
+    ``memory_variants``, each RedNet model once per MEMORY_VARIANTS entry."""
     cases = []
     for label, spec in SUITES[suite]:
         cfg = build_config(spec, device)
@@ -200,7 +216,8 @@ def build_cases(suite, backends, device):
         residual_branches_start_at_zero(model)
         is_twin = set_backend(model, "auto") == 0
         for backend in ([None] if is_twin else backends):
-            cases.append(Case(label, model, backend, is_twin, suite))
+            for memory in (MEMORY_VARIANTS if memory_variants and not is_twin else [None]):
+                cases.append(Case(label, model, backend, is_twin, suite, memory))
     return cases, cfg
 
 
@@ -395,7 +412,7 @@ def report(args):
             continue
         rows, profile_rows = [], []
         size = tuple(args.size) if args.size else DEFAULT_SIZES.get(suite, (800, 1216))
-        cases, twin_cfg = build_cases(suite, backends, device)
+        cases, twin_cfg = build_cases(suite, backends, device, args.memory_variants)
         inputs, tensor = synthetic_batch(twin_cfg, batch, size, device)
         twin = next(c for c in cases if c.is_twin)
         first = {c.label: c for c in reversed(cases) if not c.is_twin}

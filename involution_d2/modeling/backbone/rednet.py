@@ -61,18 +61,28 @@ class RedNetStem(CNNBlockBase):
             weight_init.c2_msra_fill(getattr(self, name).conv)
 
         self.recompute_activations = True  # see RedNet
+        self.with_cp = False
 
     def forward(self, x):
+        if not torch.jit.is_scripting():
+            if self.with_cp and self.training and torch.is_grad_enabled():
+                return self._checkpointed(x)
+            if self.recompute_activations:
+                return F.max_pool2d(self._recomputing(x), kernel_size=3, stride=2, padding=1)
+        return self._plain(x)
+
+    def _plain(self, x):
         # One literal name each: TorchScript reads attributes by literal names only.
-        if self.recompute_activations and not torch.jit.is_scripting():
-            x = self._recomputing(x)
-        else:
-            x = getattr(self, "0")(x)
-            x = getattr(self, "1")(x)
-            x = getattr(self, "2")(x)
-            x = getattr(self, "3")(x)
-            x = getattr(self, "4")(x)
+        x = getattr(self, "0")(x)
+        x = getattr(self, "1")(x)
+        x = getattr(self, "2")(x)
+        x = getattr(self, "3")(x)
+        x = getattr(self, "4")(x)
         return F.max_pool2d(x, kernel_size=3, stride=2, padding=1)
+
+    @torch.jit.unused
+    def _checkpointed(self, x):
+        return checkpointed(self._plain, self, x)
 
     @torch.jit.unused
     def _recomputing(self, x):
@@ -183,8 +193,8 @@ class RedNet(ResNet):
                 features, and where the norm keeps its input anyway (BN, GN) every block's
                 (``involution_d2.layers.recompute``). Same outputs and gradients.
             with_cp (bool): the official option: checkpoint each residual block (keep its
-                input only, run it again in backward), trading speed for memory. BatchNorm
-                statistics are updated once.
+                input only, run it again in backward), and here the stem too, trading speed
+                for memory. BatchNorm statistics are updated once.
         """
         if depth not in REDNET_DEPTHS:
             raise ValueError(f"RedNet depth must be one of {sorted(REDNET_DEPTHS)}, got {depth}")
@@ -209,7 +219,7 @@ class RedNet(ResNet):
         for module in self.modules():
             if isinstance(module, (RedNetStem, RedNetBottleneck, Involution)):
                 module.recompute_activations = recompute_activations
-            if isinstance(module, RedNetBottleneck):
+            if isinstance(module, (RedNetStem, RedNetBottleneck)):
                 module.with_cp = with_cp
 
     @classmethod
