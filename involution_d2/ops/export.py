@@ -21,10 +21,10 @@ __all__ = ["involution_by_rows", "fused_involution_by_rows", "lower_involution",
 
 
 def involution_by_rows(x, weight, stride, padding, dilation, backend="auto"):
-    """``involution(x, weight, ...)`` (any ``backend``: this is the lowering) one kernel row
-    at a time: a convolution of each input
-    plane with K one-hot K x K filters yields the row's K taps (exactly: the other products
-    are by zero), multiplied by their weights and summed over the row."""
+    """``involution(x, weight, ...)`` one kernel row at a time (for any ``backend``: this is
+    the lowering): a convolution of each input plane with K one-hot K x K filters yields the
+    row's K taps (exactly: the other products are by zero), multiplied by their weights and
+    summed over the row."""
     n, c, h, w = x.shape
     _, g, k, _, ho, wo = weight.shape
     planes = x.reshape(n * c, 1, h, w)
