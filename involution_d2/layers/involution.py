@@ -93,7 +93,8 @@ class Involution(nn.Module):
             raise ValueError(f"Involution: expected input (N, {self.channels}, H, W), "
                              f"got {tuple(x.shape)}")
         pooled = self.avgpool(x) if self.avgpool is not None else x
-        if not torch.jit.is_scripting() and self.fused and self.recompute_activations:
+        if (not torch.jit.is_scripting() and self.fused and self.recompute_activations
+                and torch.is_grad_enabled() and not torch.jit.is_tracing()):
             out = self._aggregate_recomputing(x, pooled)
             return self.activation(out) if self.activation is not None else out
         reduced = self.conv1(pooled)

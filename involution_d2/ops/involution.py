@@ -96,6 +96,8 @@ def _validate(x, weight, stride, padding, dilation):
 
 
 def _autocasting(x):
+    if not torch._C._is_any_autocast_enabled():  # one cheap call for the common case
+        return False
     device_type = x.device.type
     return device_type in ("cuda", "cpu") and torch.is_autocast_enabled(device_type)
 

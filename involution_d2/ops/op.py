@@ -230,8 +230,13 @@ def run_involution(x, weight, stride, padding, dilation, backend):
     return _involution_eager(x, weight, stride, padding, dilation, backend)
 
 
+def _device_type(x):
+    return "cuda" if x.is_cuda else "cpu" if x.is_cpu else x.device.type  # the cheap way
+
+
 def _involution_eager(x, weight, stride, padding, dilation, backend):
-    kernels = (_SELECTED.get((backend, x.device.type)) or select(backend, x.device.type))[1]
+    device_type = _device_type(x)
+    kernels = (_SELECTED.get((backend, device_type)) or select(backend, device_type))[1]
     if kernels.autograd or not (torch.is_grad_enabled()
                                 and (x.requires_grad or weight.requires_grad)):
         return kernels.forward(x, weight, stride, padding, dilation)
@@ -252,7 +257,7 @@ def run_fused_involution(x, reduced, span_weight, span_bias, groups, kernel_size
 
 def _fused_eager(args, backend):
     x, reduced, span_weight, span_bias = args[:4]
-    device_type = x.device.type
+    device_type = _device_type(x)
     kernels = (_SELECTED.get((backend, device_type)) or select(backend, device_type))[1]
     if kernels.autograd or not torch.is_grad_enabled() or not (
             x.requires_grad or reduced.requires_grad or span_weight.requires_grad

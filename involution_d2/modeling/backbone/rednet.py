@@ -67,7 +67,7 @@ class RedNetStem(CNNBlockBase):
         if not torch.jit.is_scripting():
             if self.with_cp and self.training and torch.is_grad_enabled():
                 return self._checkpointed(x)
-            if self.recompute_activations:
+            if self.recompute_activations and not torch.jit.is_tracing():
                 return F.max_pool2d(self._recomputing(x), kernel_size=3, stride=2, padding=1)
         return self._plain(x)
 
@@ -132,7 +132,7 @@ class RedNetBottleneck(CNNBlockBase):
         if not torch.jit.is_scripting():
             if self.with_cp and self.training and torch.is_grad_enabled():
                 return self._checkpointed(x)
-            if self.recompute_activations:
+            if self.recompute_activations and not torch.jit.is_tracing():
                 return self._finish(self._residual_recomputing(x), x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
