@@ -64,6 +64,16 @@ def _parameters(norm):
     return norm.weight, norm.bias
 
 
+def _autocast_state(tensor):
+    """The autocast of the forward, to recompute under (as torch.utils.checkpoint does)."""
+    device_type = tensor.device.type
+    if device_type not in ("cpu", "cuda"):
+        return contextlib.nullcontext
+    enabled = torch.is_autocast_enabled(device_type)
+    dtype = torch.get_autocast_dtype(device_type)
+    return lambda: torch.autocast(device_type, dtype=dtype, enabled=enabled)
+
+
 def _make(conv, norm, source, conv_weight, conv_bias, norm_weight, norm_bias):
     """``relu(norm(conv(source)))`` (conv None: ``relu(norm(source))``), statelessly."""
     y = conv._conv_forward(source, conv_weight, conv_bias) if conv is not None else source
@@ -80,6 +90,7 @@ class _Recomputed(torch.autograd.Function):
             y = conv(source) if conv is not None else source
             out = F.relu(norm(y) if norm is not None else y)
         ctx.modules = (conv, norm)
+        ctx.autocast = _autocast_state(source)
         ctx.save_for_backward(source, conv_weight, conv_bias, norm_weight, norm_bias)
         return out
 
@@ -87,7 +98,7 @@ class _Recomputed(torch.autograd.Function):
     def backward(ctx, grad_out):
         saved = ctx.saved_tensors
         needs = ctx.needs_input_grad[:5]
-        with torch.enable_grad():
+        with torch.enable_grad(), ctx.autocast():
             leaves = [t.detach().requires_grad_(need) if t is not None else None
                       for t, need in zip(saved, needs)]
             out = _make(*ctx.modules, *leaves)
@@ -100,14 +111,14 @@ class _Recomputed(torch.autograd.Function):
 class _Recipe:
     """What is saved instead of the output: how to make it again (once per backward)."""
 
-    __slots__ = ("args", "value")
+    __slots__ = ("args", "autocast", "value")
 
-    def __init__(self, args):
-        self.args, self.value = args, None
+    def __init__(self, args, autocast):
+        self.args, self.autocast, self.value = args, autocast, None
 
     def get(self):
         if self.value is None:
-            with torch.no_grad():
+            with torch.no_grad(), self.autocast():
                 self.value = _make(*self.args)
         return self.value
 
@@ -136,7 +147,7 @@ def recompute_into(consumer, source, norm, conv=None):
         y = conv(source) if conv is not None else source
         return consumer(F.relu(norm(y)) if norm is not None else F.relu(y))
     out = _Recomputed.apply(source, *params, conv, norm)
-    recipe = _Recipe((conv, norm, source.detach(), *params))
+    recipe = _Recipe((conv, norm, source.detach(), *params), _autocast_state(source))
     # Whatever saves tensors around this call (a memory counter, an outer recomputation)
     # still sees every tensor but ``out``.
     outer = torch._C._autograd._top_saved_tensors_default_hooks(False)

@@ -100,3 +100,26 @@ def test_both_config_systems_set_the_options():
     flags = [(m.recompute_activations, getattr(m, "with_cp", False))
              for m in defaults.modules() if hasattr(m, "recompute_activations")]
     assert flags and all(flags_ == (True, False) for flags_ in flags)
+
+
+@requires_detectron2
+@pytest.mark.parametrize("norm", ["BN", "FrozenBN"])
+def test_recomputation_under_autocast_matches(norm):
+    """bfloat16 autocast (CPU): the backward recomputes in the forward's dtypes."""
+    plain = small_rednet(norm, recompute_activations=False).float()
+    other = small_rednet(norm).float()
+    other.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 3, 64, 48)
+    results = []
+    for model in (plain, other):
+        model.train()
+        xi = x.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(xi)["res5"]
+        out.float().square().sum().backward()
+        results.append((out.detach(), [xi.grad] + [p.grad for p in model.parameters()]))
+    (want_out, want_grads), (out, grads) = results
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out, want_out, rtol=0, atol=0)
+    for got, want in zip(grads, want_grads):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
