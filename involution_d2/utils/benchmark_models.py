@@ -221,12 +221,13 @@ def build_cases(suite, backends, device, memory_variants=False):
     return cases, cfg
 
 
-def saved_for_backward(case, inputs, tensor, dtype):
-    """Bytes that one training forward keeps for backward: every storage that autograd
-    saves, counted once, parameters and buffers excluded (they exist anyway). Counted
-    through torch.autograd.graph.saved_tensors_hooks: exact and the same on any machine."""
+def count_saved_bytes(model, forward):
+    """(what ``forward()`` returns, the bytes it keeps for backward): every storage that
+    autograd saves, counted once, ``model``'s parameters and buffers excluded (they exist
+    anyway). Counted through torch.autograd.graph.saved_tensors_hooks: exact and the same on
+    any machine."""
     resident = {t.untyped_storage().data_ptr() for t in
-                list(case.model.parameters()) + list(case.model.buffers())}
+                list(model.parameters()) + list(model.buffers())}
     storages = {}
 
     def pack(t):
@@ -236,9 +237,16 @@ def saved_for_backward(case, inputs, tensor, dtype):
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss = case.training_loss(inputs, tensor, DTYPES[dtype])
+        result = forward()
+    return result, sum(storages.values())
+
+
+def saved_for_backward(case, inputs, tensor, dtype):
+    """Bytes that one training forward keeps for backward (:func:`count_saved_bytes`)."""
+    loss, saved = count_saved_bytes(case.model,
+                                    lambda: case.training_loss(inputs, tensor, DTYPES[dtype]))
     del loss
-    return sum(storages.values())
+    return saved
 
 
 def measure(cases, mode, dtype, inputs, tensor, device, repeat, warmup, glibc):

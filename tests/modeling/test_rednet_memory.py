@@ -19,23 +19,14 @@ def small_rednet(norm, **kwargs):
 def train_step(model, x):
     """Output, gradients (input's and parameters'), state after the step, and the bytes
     saved for backward (each storage once; parameters and buffers excluded)."""
-    resident = {t.untyped_storage().data_ptr()
-                for t in list(model.parameters()) + list(model.buffers())}
-    storages = {}
-
-    def pack(t):
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in resident:
-            storages[storage.data_ptr()] = storage.nbytes()
-        return t
+    from involution_d2.utils.benchmark_models import count_saved_bytes
 
     model.train()
     x = x.clone().requires_grad_()
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = model(x)["res5"]
+    out, saved_bytes = count_saved_bytes(model, lambda: model(x)["res5"])
     out.square().sum().backward()
     grads = [x.grad] + [p.grad for p in model.parameters()]
-    return out.detach(), grads, model.state_dict(), sum(storages.values())
+    return out.detach(), grads, model.state_dict(), saved_bytes
 
 
 VARIANTS = {"recomputed": dict(recompute_activations=True),
