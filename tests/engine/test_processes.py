@@ -64,16 +64,26 @@ def _start_two_workers(cache, tiny, out):
     launcher = subprocess.Popen([sys.executable, "-c", exec_ignoring_sigint, *command],
                                 cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 180
-    while not (out / "metrics.json").exists():  # both are training
-        assert launcher.poll() is None and time.time() < deadline, "training never started"
-        time.sleep(0.5)
-    workers = [p for p in _children(launcher.pid) if "spawn_main" in _cmdline(p)]
-    tree = _descendants(launcher.pid)
-    assert len(workers) == 2, tree
-    loader_workers = [p for w in workers for p in _descendants(w)]
-    assert len(loader_workers) >= 2, "a DataLoader worker per training worker"
-    assert any("resource_tracker" in _cmdline(p) for p in tree), tree
+    try:
+        deadline = time.time() + 180
+        while not (out / "metrics.json").exists():  # both are training
+            assert launcher.poll() is None and time.time() < deadline, "training never started"
+            time.sleep(0.5)
+        # The loader workers may start a moment after the first metrics are written.
+        deadline = time.time() + 30
+        while True:
+            workers = [p for p in _children(launcher.pid) if "spawn_main" in _cmdline(p)]
+            loader_workers = [p for w in workers for p in _descendants(w)]
+            if len(loader_workers) >= 2 or time.time() > deadline:
+                break
+            time.sleep(0.5)
+        tree = _descendants(launcher.pid)
+        assert len(workers) == 2, tree
+        assert len(loader_workers) >= 2, "a DataLoader worker per training worker"
+        assert any("resource_tracker" in _cmdline(p) for p in tree), tree
+    except BaseException:  # a failed start leaves nothing running for the next test
+        _kill_all(launcher, _descendants(launcher.pid))
+        raise
     return launcher, workers, tree
 
 
