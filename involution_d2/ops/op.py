@@ -27,7 +27,7 @@ registered autograd; without gradients, they call the forward kernel directly.
 import torch
 from torch.autograd.function import once_differentiable
 
-from .backends import _SELECTED, kernels_for, select
+from .backends import kernels_for
 
 NAMESPACE = "involution_d2"
 AGGREGATION_RANGE = "involution_d2::aggregation"  # profiler range of every eager call
@@ -235,8 +235,7 @@ def _device_type(x):
 
 
 def _involution_eager(x, weight, stride, padding, dilation, backend):
-    device_type = _device_type(x)
-    kernels = (_SELECTED.get((backend, device_type)) or select(backend, device_type))[1]
+    kernels = kernels_for(backend, _device_type(x))
     if kernels.autograd or not (torch.is_grad_enabled()
                                 and (x.requires_grad or weight.requires_grad)):
         return kernels.forward(x, weight, stride, padding, dilation)
@@ -257,8 +256,7 @@ def run_fused_involution(x, reduced, span_weight, span_bias, groups, kernel_size
 
 def _fused_eager(args, backend):
     x, reduced, span_weight, span_bias = args[:4]
-    device_type = _device_type(x)
-    kernels = (_SELECTED.get((backend, device_type)) or select(backend, device_type))[1]
+    kernels = kernels_for(backend, _device_type(x))
     if kernels.autograd or not torch.is_grad_enabled() or not (
             x.requires_grad or reduced.requires_grad or span_weight.requires_grad
             or (span_bias is not None and span_bias.requires_grad)):
