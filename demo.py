@@ -21,10 +21,11 @@ import tqdm
 from detectron2.data.detection_utils import read_image
 from detectron2.utils.visualizer import ColorMode, Visualizer
 
-from involution_d2.checkpoint.save import atomic_write, is_disk_full
-from involution_d2.engine import DiskFullError, UserError, config_weights, exit_status
-from involution_d2.engine import setup_config
+from involution_d2.config.files import setup_config
+from involution_d2.engine import config_weights
 from involution_d2.engine.predictor import build_predictor, test_metadata
+from involution_d2.utils.errors import DiskFullError, UserError, exit_status
+from involution_d2.utils.file_io import atomic_write, is_disk_full
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 

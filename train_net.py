@@ -24,8 +24,9 @@ from detectron2.engine import default_argument_parser, default_setup
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from involution_d2.engine import (Trainer, check_dataset, dataset_names, do_train, evaluate,
-                                  launch, read_config, setup_config)
+from involution_d2.config.files import setup_config
+from involution_d2.data import check_dataset
+from involution_d2.engine import Trainer, dataset_names, do_train, evaluate, launch, read_config
 
 logger = logging.getLogger("involution_d2")
 

@@ -4,6 +4,12 @@ Importing the package registers every component in Detectron2's registries and e
 in its catalogs (as a Detectron2 project does), so that Detectron2's own tools run this
 project's configs.  Without Detectron2, only the operator and the layers are usable
 (``involution_d2.ops`` needs torch alone) and nothing is registered.
+
+Its layers import only downwards (``tests/package/test_layers.py``), bottom to top:
+environment, utils -> ops -> layers -> config -> modeling -> checkpoint, data, evaluation,
+solver, analysis, export -> engine -> model_zoo.  ``utils`` holds the errors users can fix
+and atomic file writes; the benchmarks live beside their tools (``tools/benchmarking``) and
+the test fixtures' builders in ``tests/``.
 """
 import importlib
 import warnings

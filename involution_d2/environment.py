@@ -1,6 +1,7 @@
 """What involution-d2 needs around it, for ``tools/install.py`` and ``setup.py``: the torch it
 supports and the pair it pins, the torchvision built for a torch, the CuPy wheel for a CUDA
-version, and where Detectron2's source comes from.
+version, where Detectron2's source comes from, and where the project keeps what it makes or
+fetches (the built-in datasets, Detectron2's source).
 
 Standard library only (``probe_torch`` imports torch when called): the set-up loads this file
 by its path before torch or the package is installed, and runs it as a script to probe torch
@@ -24,6 +25,12 @@ PINNED_TORCHVISION = "0.29.1"  # the one CI tests on
 SETUPTOOLS = "setuptools>=70.1,<81"  # Detectron2 builds with it; 81 drops pkg_resources
 # One CuPy wheel per CUDA major version (the wheels are built per major version).
 CUPY_WHEELS = {"12": "cupy-cuda12x>=13", "13": "cupy-cuda13x>=13.6"}
+CACHE_ENV = "INVOLUTION_D2_CACHE"
+DEFAULT_CACHE = "~/.cache/involution_d2"
+
+
+def cache_dir():
+    return os.path.expanduser(os.environ.get(CACHE_ENV, DEFAULT_CACHE))
 
 
 def release(version):

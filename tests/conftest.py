@@ -5,10 +5,15 @@ With CI=true a skip is a failure, except for the tests that need a CUDA GPU: CI 
 by skipping Detectron2, its tools, the native kernel or the export checks."""
 import collections
 import os
+import sys
 
 import pytest
 
-from helpers import FAULTS, NEEDS_DETECTRON2, NEEDS_GPU, TINY_CONFIG
+from helpers import FAULTS, NEEDS_DETECTRON2, NEEDS_GPU, REPO, TINY_CONFIG
+
+# The benchmarks' package lives beside the tools that run it (tools/benchmarking), outside the
+# installed package.
+sys.path.insert(0, os.path.join(REPO, "tools"))
 
 IN_CI = os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
 

@@ -67,7 +67,7 @@ def load_recording(model, path):
     """Load ``path`` into ``model`` through the project's checkpointer (what train_net.py,
     the predictor and the model zoo use); returns the checkpointer, whose ``incompatible``
     holds the missing, unexpected and mis-shaped keys."""
-    from involution_d2.engine import AtomicCheckpointer
+    from involution_d2.checkpoint import AtomicCheckpointer
 
     class Recording(AtomicCheckpointer):
         def _load_model(self, checkpoint):

@@ -27,7 +27,7 @@ def load_fixture(row):
 
 def official_checkpoint(fixture):
     """The seeded official state dict the fixture was recorded with."""
-    from involution_d2.checkpoint import seeded
+    import seeded
 
     assert fixture["seeding_rule"] == seeded.RULE, "regenerate the fixtures (see docs/FIDELITY.md)"
     state = seeded.seeded_state_dict(dict(zip(fixture["keys"], fixture["shapes"])))
@@ -41,7 +41,7 @@ def official_checkpoint(fixture):
 def official_image(fixture):
     """The recorded input, normalised as the official pipeline normalises it, as the RGB
     pixels a project model takes (it normalises them itself)."""
-    from involution_d2.checkpoint import seeded
+    import seeded
 
     x = seeded.seeded_input(fixture["row"], fixture["input_shape"])
     torch.testing.assert_close(

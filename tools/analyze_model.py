@@ -54,7 +54,8 @@ def _parse(argv):
 def _build(config_file, opts):
     """The config's model with its weights, if it names any (as Detectron2's analysis tool
     loads them), by the checkpointer that never runs code from a file."""
-    from involution_d2.engine import build_model_with_weights, setup_config
+    from involution_d2.config.files import setup_config
+    from involution_d2.engine import build_model_with_weights
 
     return build_model_with_weights(setup_config(config_file, opts))
 
@@ -128,7 +129,7 @@ def main(argv=None):
     if args.official_table:
         official_table(args)
         return 0
-    from involution_d2.engine import exit_status
+    from involution_d2.utils.errors import exit_status
 
     return exit_status(analyze, args)
 

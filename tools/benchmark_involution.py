@@ -46,7 +46,7 @@ import argparse
 
 import torch
 
-from involution_d2.utils.benchmark_operator import DTYPES, SHAPES, report
+from benchmarking.operator import DTYPES, SHAPES, report
 
 
 def main(argv=None):

@@ -31,7 +31,7 @@ import argparse
 
 import torch
 
-from involution_d2.utils.benchmark_models import DTYPES, SUITES, report
+from benchmarking.models import DTYPES, SUITES, report
 
 
 def main(argv=None):

@@ -39,7 +39,8 @@ METHODS = ("tracing", "scripting")
 def load_model(config_file, opts=()):
     """The config's model in eval mode, with MODEL.WEIGHTS (yacs) or train.init_checkpoint
     (LazyConfig) loaded when set, by the checkpointer that never runs code from a file."""
-    from involution_d2.engine import build_model_with_weights, setup_config
+    from involution_d2.config.files import setup_config
+    from involution_d2.engine import build_model_with_weights
 
     return build_model_with_weights(setup_config(config_file, opts)).eval()
 
@@ -63,7 +64,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     """The command: exit status 0, or 2 with one line saying what to fix."""
-    from involution_d2.engine import exit_status
+    from involution_d2.utils.errors import exit_status
 
     return exit_status(export, parse_args(argv))
 

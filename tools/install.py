@@ -254,7 +254,7 @@ def main(argv=None):
                              "(exit status 1 if anything is missing)")
     args = parser.parse_args(argv)
     start = time.monotonic()
-    cache = _load("cache").cache_dir()
+    cache = ENV.cache_dir()
     try:
         python_check()
         source = ENV.resolve_source(args.detectron2)

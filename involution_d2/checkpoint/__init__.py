@@ -1,4 +1,6 @@
-"""Loading the official OpenMMLab RedNet weights into this project's models."""
+"""The project's checkpointer (safe loading, atomic saving) and the official OpenMMLab RedNet
+weights converted for this project's models."""
+from .detection_checkpoint import AtomicCheckpointer
 from .official import (
     AUTHOR,
     KINDS,
@@ -13,20 +15,18 @@ from .official import (
     stem_kernel_generation_note,
     to_detectron2_checkpoint,
 )
-from .save import atomic_write, save_atomically
 
 __all__ = [
+    "AtomicCheckpointer",
     "AUTHOR",
     "KINDS",
     "STEM_KERNEL_GENERATION",
     "CheckpointFormatError",
-    "atomic_write",
     "convert",
     "detect_family",
     "load_official_state_dict",
     "mmdet_to_detectron2_anchor_order",
     "rednet_depth",
-    "save_atomically",
     "stem_involution_kernel",
     "stem_kernel_generation_note",
     "to_detectron2_checkpoint",

@@ -13,8 +13,8 @@ from .official import (
     stem_involution_kernel,
     to_detectron2_checkpoint,
 )
-from ..modeling.backbone.rednet import DETECTION_STEM_INVOLUTION_KERNEL
-from .save import is_disk_full, save_atomically
+from ..config import DETECTION_STEM_INVOLUTION_KERNEL
+from ..utils.file_io import is_disk_full, save_atomically
 
 
 def parse_args(argv=None):

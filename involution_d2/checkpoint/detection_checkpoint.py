@@ -19,8 +19,8 @@ from .official import (
     stem_involution_kernel,
     stem_kernel_generation_note,
 )
-from .save import atomic_open, is_disk_full, remove_stale_temporaries
-from ..engine.errors import CheckpointLoadError, DiskFullError
+from ..utils.errors import CheckpointLoadError, DiskFullError
+from ..utils.file_io import atomic_open, is_disk_full, remove_stale_temporaries
 
 __all__ = ["AtomicCheckpointer"]
 

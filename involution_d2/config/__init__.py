@@ -2,9 +2,16 @@
 errors for typos: :mod:`.files`."""
 from detectron2.config import CfgNode as CN
 
-from .. import modeling  # noqa: F401  (registers the components the configs name)
 from ..layers import DEFAULT_GROUP_CHANNELS, DEFAULT_KERNEL_SIZE, DEFAULT_REDUCTION_RATIO
-from ..modeling.backbone.rednet import DETECTION_STEM_INVOLUTION_KERNEL
+
+__all__ = ["add_involution_config", "involution_kwargs_from_config",
+           "CLASSIFICATION_STEM_INVOLUTION_KERNEL", "DETECTION_STEM_INVOLUTION_KERNEL"]
+
+# K of the stem's involution in the official RedNets: the ImageNet classification backbone
+# (mmcls) uses 3, the detection and segmentation backbones (mmdet, mmseg) use 7.  The blocks
+# use the involution K of ``involution_kwargs`` (7 in all official RedNets).
+CLASSIFICATION_STEM_INVOLUTION_KERNEL = 3
+DETECTION_STEM_INVOLUTION_KERNEL = 7
 
 
 def add_involution_config(cfg):
@@ -83,3 +90,16 @@ def add_involution_config(cfg):
     # Largest share of the crop one class may cover (mmseg's cat_max_ratio; the key of
     # Detectron2's DeepLab project); 1.0: any crop.
     cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA = 1.0
+
+
+def involution_kwargs_from_config(cfg, norm=None):
+    """The :class:`~involution_d2.layers.Involution` arguments that cfg.MODEL.INVOLUTION sets,
+    for the from_config of every backbone, neck and head (norm: override its NORM)."""
+    inv = cfg.MODEL.INVOLUTION
+    return {
+        "kernel_size": inv.KERNEL_SIZE,
+        "group_channels": inv.GROUP_CHANNELS,
+        "reduction_ratio": inv.REDUCTION_RATIO,
+        "backend": inv.BACKEND,
+        "norm": inv.NORM if norm is None else norm,
+    }

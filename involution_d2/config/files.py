@@ -10,7 +10,7 @@ from detectron2.config import CfgNode, LazyConfig, get_cfg
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from . import add_involution_config
-from ..engine.errors import ConfigError
+from ..utils.errors import ConfigError
 
 __all__ = ["setup_config", "apply_lazy_overrides"]
 

@@ -20,8 +20,8 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets.cityscapes import load_cityscapes_semantic
 from detectron2.data.datasets.coco import load_coco_json
 
-from ..cache import cache_dir
-from ..checkpoint.save import make_temporary_folder, remove_stale_temporaries
+from ..environment import cache_dir
+from ..utils.file_io import make_temporary_folder, remove_stale_temporaries
 
 __all__ = ["SHAPE_CLASSES", "shapes_root", "generate_shapes", "register_shapes"]
 

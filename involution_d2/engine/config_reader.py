@@ -13,7 +13,7 @@ from detectron2.data import MetadataCatalog
 from detectron2.evaluation import COCOEvaluator, SemSegEvaluator
 from detectron2.modeling import build_model
 
-from ..checkpoint.detection_checkpoint import AtomicCheckpointer
+from ..checkpoint import AtomicCheckpointer
 from ..data import check_dataset, get_pipeline
 from ..evaluation import ClassificationEvaluator
 

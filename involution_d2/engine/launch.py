@@ -14,7 +14,7 @@ from detectron2.engine import launch as detectron2_launch
 from detectron2.utils import comm
 from torch.multiprocessing import ProcessExitedException
 
-from .errors import USER_ERROR_EXIT, UserError
+from ..utils.errors import USER_ERROR_EXIT, UserError
 
 __all__ = ["launch", "loader_workers_stop_with_process", "share_cpu_cores",
            "stop_with_launcher", "threads_per_process"]

@@ -15,7 +15,7 @@ import torch
 from detectron2.layers import FrozenBatchNorm2d
 
 from ..modeling.backbone.rednet import RedNet
-from .errors import ConfigError
+from ..utils.errors import ConfigError
 
 __all__ = ["check_trainable_start", "non_finite_features"]
 

@@ -5,7 +5,7 @@ from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
 from detectron2.engine import DefaultPredictor
 
-from ..checkpoint.detection_checkpoint import AtomicCheckpointer
+from ..checkpoint import AtomicCheckpointer
 from .config_reader import read_config
 
 __all__ = ["Predictor", "build_predictor", "test_metadata"]

@@ -24,7 +24,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from omegaconf import OmegaConf
 
-from ..checkpoint.detection_checkpoint import AtomicCheckpointer
+from ..checkpoint import AtomicCheckpointer
 from ..data import get_pipeline
 from ..solver import build_lr_scheduler, build_optimizer
 from .config_reader import build_evaluator, read_config

@@ -3,6 +3,9 @@
 (LazyConfig)."""
 import os
 
+from ..config.files import setup_config
+from ..engine import build_model_with_weights, read_config
+
 __all__ = ["get", "get_config", "get_config_file", "list_configs"]
 
 # Installed: configs/ is package data here (setup.py links it in).  In a checkout where
@@ -49,8 +52,6 @@ def get_config_file(config_path):
 def get_config(config_path):
     """The config of a model-zoo config file: a yacs CfgNode with the involution keys for
     ``.yaml`` (not frozen), a LazyConfig for ``.py``; on the CPU when there is no GPU."""
-    from ..engine import setup_config
-
     return setup_config(get_config_file(config_path), freeze=False)
 
 
@@ -66,8 +67,6 @@ def get(config_path, weights=None, device=None):
     Returns:
         nn.Module: in training mode, as Detectron2's (call ``.eval()`` for inference).
     """
-    from ..engine import build_model_with_weights, read_config
-
     cfg = get_config(config_path)
     if device is not None:
         read_config(cfg).set_device(device)

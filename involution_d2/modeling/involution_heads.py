@@ -2,7 +2,7 @@
 from torch import nn
 
 from ..layers import Involution
-from .backbone.rednet import involution_kwargs_from_config
+from ..config import involution_kwargs_from_config
 
 __all__ = ["involution_relu", "with_involution_kwargs"]
 

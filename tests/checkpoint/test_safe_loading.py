@@ -39,7 +39,7 @@ def test_demo_refuses_a_malicious_pkl(cache, tmp_path):
 
 def test_yacs_predictor_loads_through_the_safe_checkpointer(tmp_path):
     """Detectron2's DefaultPredictor unpickles MODEL.WEIGHTS itself; ours does not."""
-    from involution_d2.engine import CheckpointLoadError
+    from involution_d2.utils.errors import CheckpointLoadError
     from involution_d2.engine.predictor import build_predictor
 
     evil, marker = malicious_pkl(str(tmp_path))
@@ -51,7 +51,8 @@ def test_yacs_predictor_loads_through_the_safe_checkpointer(tmp_path):
 
 
 def test_malicious_pth_is_refused_naming_the_file_and_the_object(tmp_path):
-    from involution_d2.engine import AtomicCheckpointer, CheckpointLoadError
+    from involution_d2.checkpoint import AtomicCheckpointer
+    from involution_d2.utils.errors import CheckpointLoadError
 
     path, marker = malicious_pth(str(tmp_path))
     with pytest.raises(CheckpointLoadError) as error:
@@ -83,7 +84,7 @@ def test_every_tool_that_loads_weights_refuses_hostile_checkpoints(tmp_path, too
 @pytest.mark.parametrize("kind", sorted(HOSTILE))
 def test_model_zoo_get_refuses_hostile_checkpoints(tmp_path, kind):
     from involution_d2 import model_zoo
-    from involution_d2.engine import CheckpointLoadError
+    from involution_d2.utils.errors import CheckpointLoadError
 
     evil, marker = HOSTILE[kind](str(tmp_path))
     with pytest.raises(CheckpointLoadError, match="refused to load"):
@@ -97,7 +98,7 @@ def test_model_zoo_pkl_of_numpy_1_or_2_still_loads(tmp_path):
     pickled by numpy 1 (numpy.core) or numpy 2 (numpy._core), protocol 2 or 5."""
     import collections
 
-    from involution_d2.engine import AtomicCheckpointer
+    from involution_d2.checkpoint import AtomicCheckpointer
 
     source = torch.nn.Conv2d(2, 3, 1)
     arrays = collections.OrderedDict((k, v.numpy()) for k, v in source.state_dict().items())
@@ -113,7 +114,8 @@ def test_model_zoo_pkl_of_numpy_1_or_2_still_loads(tmp_path):
 
 
 def test_truncated_and_foreign_files_fail_naming_the_file(tmp_path):
-    from involution_d2.engine import AtomicCheckpointer, CheckpointLoadError
+    from involution_d2.checkpoint import AtomicCheckpointer
+    from involution_d2.utils.errors import CheckpointLoadError
 
     good = tmp_path / "good.pth"
     torch.save({"model": torch.nn.Linear(2, 2).state_dict()}, good)

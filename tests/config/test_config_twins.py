@@ -63,7 +63,7 @@ def test_twin_list_covers_the_model_zoo():
 
 
 def test_models_are_the_same(twins):
-    from involution_d2.checkpoint import seeded
+    import seeded
 
     name, _, _, ours_yacs, ours_lazy = twins
     yacs_state, lazy_state = ours_yacs.state_dict(), ours_lazy.state_dict()

@@ -2,7 +2,7 @@
 
 Runs the official d-li14/involution code (fetched by you; never committed here) inside the
 OpenMMLab versions it was written for, on checkpoints whose every tensor is seeded from its
-key's name (involution_d2/checkpoint/seeded.py), and saves sub-sampled stage outputs, one
+key's name (tests/seeded.py), and saves sub-sampled stage outputs, one
 file per model zoo row, with what the tests need to rebuild the same checkpoint and input.
 
 OpenMMLab lives in its own virtualenv, never in the Python that runs the tests:
@@ -58,7 +58,7 @@ SAMPLES = 1024  # values kept per stage output
 
 def _load_seeded():
     # By path: the package's __init__ imports Detectron2, which this tool does not need.
-    path = os.path.join(REPO, "involution_d2", "checkpoint", "seeded.py")
+    path = os.path.join(REPO, "tests", "seeded.py")
     spec = importlib.util.spec_from_file_location("involution_d2_seeded", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

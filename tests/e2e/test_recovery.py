@@ -58,7 +58,7 @@ def _dead_pid():
 
 
 def _temporary(folder, final, host=None, pid=None, age_s=0, is_folder=False):
-    from involution_d2.checkpoint.save import _host
+    from involution_d2.utils.file_io import _host
 
     path = folder / f"{final}.{host or _host()}.{pid or os.getpid()}.0123abcd.tmp"
     path.mkdir() if is_folder else path.write_bytes(b"partial")
@@ -67,7 +67,7 @@ def _temporary(folder, final, host=None, pid=None, age_s=0, is_folder=False):
 
 
 def test_stale_temporaries_go_and_those_of_running_writers_stay(tmp_path):
-    from involution_d2.engine import AtomicCheckpointer
+    from involution_d2.checkpoint import AtomicCheckpointer
 
     dead, hour = _dead_pid(), 3600
     stale = [_temporary(tmp_path, "model_0000019.pth", pid=dead),  # its writer was killed
@@ -105,7 +105,7 @@ def test_half_made_dataset_folders_are_removed(tiny_shapes, tmp_path):
 
 
 def test_files_follow_the_umask(tiny_shapes, tmp_path):
-    from involution_d2.engine import AtomicCheckpointer
+    from involution_d2.checkpoint import AtomicCheckpointer
 
     previous = os.umask(0o027)
     try:
@@ -120,7 +120,8 @@ def test_files_follow_the_umask(tiny_shapes, tmp_path):
 
 # --------------------------------------------------------------------- messages
 def test_missing_last_checkpoint_says_how_to_recover(tmp_path):
-    from involution_d2.engine import AtomicCheckpointer, CheckpointLoadError
+    from involution_d2.checkpoint import AtomicCheckpointer
+    from involution_d2.utils.errors import CheckpointLoadError
 
     checkpointer = AtomicCheckpointer(torch.nn.Linear(2, 2), str(tmp_path))
     checkpointer.save("model_0000001")

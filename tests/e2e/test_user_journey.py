@@ -145,7 +145,7 @@ def test_missing_dataset_names_the_path_and_the_variable(tmp_path):
 
 
 def test_checkpoints_are_written_atomically(tmp_path, monkeypatch):
-    from involution_d2.engine import AtomicCheckpointer
+    from involution_d2.checkpoint import AtomicCheckpointer
 
     model = torch.nn.Linear(2, 2)
     ckpt = AtomicCheckpointer(model, str(tmp_path))

@@ -11,7 +11,8 @@ pytestmark = requires_detectron2
 
 # ------------------------------------------------------------ typos fail early
 def test_lazy_override_typos_and_wrong_types_fail_naming_the_key():
-    from involution_d2.engine import ConfigError, setup_config
+    from involution_d2.utils.errors import ConfigError
+    from involution_d2.config.files import setup_config
 
     cases = {
         "train.max_iterr=40": r"train has no key max_iterr; did you mean max_iter\?",
@@ -33,7 +34,8 @@ def test_lazy_override_typos_and_wrong_types_fail_naming_the_key():
 
 
 def test_yacs_typos_and_unknown_config_kinds_fail_clearly(tmp_path):
-    from involution_d2.engine import ConfigError, setup_config
+    from involution_d2.utils.errors import ConfigError
+    from involution_d2.config.files import setup_config
 
     with pytest.raises(ConfigError, match=r"SOLVER.MAX_ITERR: no such config key; did you "
                                           r"mean SOLVER.MAX_ITER "):

@@ -19,7 +19,7 @@ def test_predictor_is_default_predictor_for_every_pipeline(config, output):
 
     from detectron2.engine import DefaultPredictor
 
-    from involution_d2.engine import setup_config
+    from involution_d2.config.files import setup_config
     from involution_d2.engine.predictor import Predictor
 
     cfg = (setup_config(os.path.join(CONFIG_ROOT, config)) if config.endswith(".py")

@@ -82,7 +82,8 @@ def test_yacs_trainer_is_default_trainer_with_every_test_set(shapes_cache, tmp_p
     import detectron2.engine.defaults as defaults
     from detectron2.engine import hooks
 
-    from involution_d2.engine import AtomicCheckpointer, Trainer
+    from involution_d2.checkpoint import AtomicCheckpointer
+    from involution_d2.engine import Trainer
 
     monkeypatch.setenv("INVOLUTION_D2_CACHE", shapes_cache)
     cfg = yacs_config(DEMO, overrides={"DATASETS.TEST": ("shapes_val", "shapes_train"),
@@ -202,7 +203,7 @@ def test_checkpointer_writes_through_its_path_manager():
     import torch
     from iopath.common.file_io import PathHandler
 
-    from involution_d2.engine import AtomicCheckpointer
+    from involution_d2.checkpoint import AtomicCheckpointer
 
     written = {}
 

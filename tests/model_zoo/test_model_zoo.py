@@ -51,7 +51,7 @@ def test_unknown_config_names_the_closest_ones():
 
 def test_get_builds_the_model_and_loads_local_weights(tmp_path):
     from involution_d2 import model_zoo
-    from involution_d2.engine import AtomicCheckpointer
+    from involution_d2.checkpoint import AtomicCheckpointer
 
     torch.manual_seed(0)
     model = model_zoo.get("ImageNet-Classification/rednet26.py", device="cpu")

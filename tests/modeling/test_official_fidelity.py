@@ -2,7 +2,7 @@
 
 tests/data/official_fidelity/ holds, for every row of the official model zoo, what the
 official d-li14/involution models computed under OpenMMLab (tests/data/make_official_fixtures.py)
-with a checkpoint seeded from its key names (involution_d2/checkpoint/seeded.py), sampled
+with a checkpoint seeded from its key names (tests/seeded.py), sampled
 at every stage.  Each test rebuilds that checkpoint and input here (no OpenMMLab needed),
 converts it (the CLI for one row, the same function for the others), loads it into the
 project's config, yacs and LazyConfig, through Detectron2's checkpointer, checks that every
@@ -186,7 +186,7 @@ def stage_errors(fixture, outputs):
     """Stage -> max |ours - official| / max |official| over the recorded values (the
     sampled values, the per-channel means and the max-abs itself, each relative to the
     official output's max-abs)."""
-    from involution_d2.checkpoint import seeded
+    import seeded
 
     missing = sorted(set(fixture["stages"]) - set(outputs))
     assert not missing, f"no project output for the official stages {missing}"

@@ -19,7 +19,7 @@ def small_rednet(norm, **kwargs):
 def train_step(model, x):
     """Output, gradients (input's and parameters'), state after the step, and the bytes
     saved for backward (each storage once; parameters and buffers excluded)."""
-    from involution_d2.utils.benchmark_models import count_saved_bytes
+    from benchmarking.models import count_saved_bytes
 
     model.train()
     x = x.clone().requires_grad_()

@@ -98,7 +98,7 @@ class Lines(logging.Handler):
 def load_with_log(model, path):
     """Load through the project's checkpointer; its incompatible keys and every log line of
     the checkpointer and of Detectron2's name matching."""
-    from involution_d2.engine import AtomicCheckpointer
+    from involution_d2.checkpoint import AtomicCheckpointer
 
     handler = Lines()
     loggers = [logging.getLogger(AtomicCheckpointer.__module__),

@@ -21,7 +21,7 @@ import torch
 
 from involution_d2.ops import cupy_backend
 from involution_d2.ops.reference import involution_reference
-from involution_d2.utils.benchmark_operator import naive_backward_plan, naive_forward_plan
+from benchmarking.operator import naive_backward_plan, naive_forward_plan
 
 CXX = shutil.which("g++") or shutil.which("c++")
 

@@ -367,7 +367,7 @@ def test_cupy_gradcheck(naive):
     x.requires_grad_()
     wt.requires_grad_()
     if naive:  # the benchmark's baseline
-        from involution_d2.utils.benchmark_operator import naive_cupy_involution as run
+        from benchmarking.operator import naive_cupy_involution as run
     else:
         def run(a, b, s, p, d):
             return involution(a, b, s, p, d, backend="cupy")

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from helpers import REPO, requires_detectron2, skip_if_unavailable
-from involution_d2.utils.benchmark import Glibc, PeakMemory, time_round_robin
+from benchmarking.timing import Glibc, PeakMemory, time_round_robin
 
 
 
@@ -85,7 +85,7 @@ def test_one_involution_forward_makes_few_calls_of_ours():
     """Counted, not timed: the Python calls of this package in one layer forward without
     gradients, down to the kernel (the native one: the "torch" kernels are Python)."""
     from involution_d2.layers import Involution
-    from involution_d2.utils.benchmark_operator import calls_of_ours
+    from benchmarking.operator import calls_of_ours
 
     skip_if_unavailable("native")
     layer = Involution(16, 7, backend="native").eval()
@@ -193,7 +193,7 @@ def load_kernel(kernel_name, code):
 def test_official_operator_loads_beside_recent_cupy_without_mmcv(tmp_path, monkeypatch):
     import types
 
-    from involution_d2.utils.benchmark_operator import load_official_operator
+    from benchmarking.operator import load_official_operator
 
     class Module:  # what cupy.RawModule(code=...) gives
         def __init__(self, code):
@@ -223,7 +223,7 @@ def test_official_operator_loads_beside_recent_cupy_without_mmcv(tmp_path, monke
 
 
 def test_official_operator_path_is_checked(tmp_path):
-    from involution_d2.utils.benchmark_operator import load_official_operator
+    from benchmarking.operator import load_official_operator
 
     with pytest.raises(FileNotFoundError, match="no such file; give the path of "
                                                 "cls/mmcls/models/utils/involution_cuda.py"):

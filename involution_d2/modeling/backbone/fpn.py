@@ -11,8 +11,9 @@ from detectron2.layers import Conv2d, ShapeSpec, get_norm
 from detectron2.modeling.backbone import BACKBONE_REGISTRY, FPN, Backbone
 from detectron2.modeling.backbone.fpn import LastLevelMaxPool, LastLevelP6P7
 
+from ...config import involution_kwargs_from_config
 from ...layers import Involution
-from .rednet import build_rednet_backbone, involution_kwargs_from_config
+from .rednet import build_rednet_backbone
 
 __all__ = [
     "InvolutionFPN",

@@ -14,6 +14,8 @@ from detectron2.config import configurable
 from detectron2.layers import CNNBlockBase, ShapeSpec, get_norm
 from detectron2.modeling.backbone import BACKBONE_REGISTRY, ResNet
 
+from ...config import (CLASSIFICATION_STEM_INVOLUTION_KERNEL, DETECTION_STEM_INVOLUTION_KERNEL,
+                       involution_kwargs_from_config)
 from ...layers import ConvNormAct, Involution
 from ...layers.recompute import checkpointed, recompute_into
 
@@ -29,12 +31,6 @@ REDNET_DEPTHS = {
     101: (3, 4, 23, 3),
     152: (3, 8, 36, 3),
 }
-
-# K of the stem's involution in the official RedNets: the ImageNet classification backbone
-# (mmcls) uses 3, the detection and segmentation backbones (mmdet, mmseg) use 7.  The blocks
-# use the involution K of ``involution_kwargs`` (7 in all official RedNets).
-CLASSIFICATION_STEM_INVOLUTION_KERNEL = 3
-DETECTION_STEM_INVOLUTION_KERNEL = 7
 
 
 class RedNetStem(CNNBlockBase):
@@ -239,18 +235,6 @@ class RedNet(ResNet):
             "recompute_activations": cfg.MODEL.REDNET.RECOMPUTE_ACTIVATIONS,
             "with_cp": cfg.MODEL.REDNET.WITH_CP,
         }
-
-
-def involution_kwargs_from_config(cfg, norm=None):
-    """The Involution arguments that cfg.MODEL.INVOLUTION sets (norm: override its NORM)."""
-    inv = cfg.MODEL.INVOLUTION
-    return {
-        "kernel_size": inv.KERNEL_SIZE,
-        "group_channels": inv.GROUP_CHANNELS,
-        "reduction_ratio": inv.REDUCTION_RATIO,
-        "backend": inv.BACKEND,
-        "norm": inv.NORM if norm is None else norm,
-    }
 
 
 @BACKBONE_REGISTRY.register()

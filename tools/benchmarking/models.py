@@ -6,8 +6,8 @@ import warnings
 
 import torch
 
-from ..ops.involution import AGGREGATION_RANGE
-from .benchmark import Glibc, PeakMemory, cpu_model, print_table, synchronize, time_round_robin
+from involution_d2.ops.involution import AGGREGATION_RANGE
+from .timing import Glibc, PeakMemory, cpu_model, print_table, synchronize, time_round_robin
 
 TWIN = "twin"
 # suite: [(label, config)], the ResNet-50 twin last. "model-zoo:" configs are Detectron2's.
@@ -54,8 +54,8 @@ def build_config(spec, device):
     or ``model-zoo:path`` of Detectron2's; loaded as the tools load configs."""
     from detectron2 import model_zoo as detectron2_model_zoo
 
-    from ..engine import setup_config
-    from ..model_zoo import get_config_file
+    from involution_d2.config.files import setup_config
+    from involution_d2.model_zoo import get_config_file
 
     spec, *overrides = spec.split("+")
     if spec.startswith("model-zoo:"):
@@ -122,7 +122,7 @@ def synthetic_batch(cfg, batch, size, device, seed=0):
 
 
 def set_backend(model, backend):
-    from ..layers import Involution
+    from involution_d2.layers import Involution
 
     layers = [m for m in model.modules() if isinstance(m, Involution)]
     for m in layers:
@@ -134,7 +134,7 @@ class Case:
     """One model variant (label, involution backend) with its step functions."""
 
     def __init__(self, label, model, backend, is_twin, suite, memory=None):
-        from ..analysis import OpenMMLabDummyForward
+        from involution_d2.analysis import OpenMMLabDummyForward
 
         self.label, self.model, self.backend, self.is_twin = label, model, backend, is_twin
         self.memory = memory  # one of MEMORY_VARIANTS, or None: as the config builds it
@@ -309,7 +309,7 @@ AGGREGATION_OPS = (AGGREGATION_RANGE, "involution_d2::involution_backward",
 
 def _annotate_layers(model):
     """Profiler ranges around each Involution layer (forward), through module hooks."""
-    from ..layers import Involution
+    from involution_d2.layers import Involution
 
     handles = []
     for m in model.modules():
@@ -361,7 +361,7 @@ def demo_evaluation(backends, device, repeat, warmup, size=(128, 128)):
     post-processing), one image at a time, for each involution backend side by side."""
     from detectron2.config import LazyConfig, instantiate
 
-    from ..model_zoo import get_config_file
+    from involution_d2.model_zoo import get_config_file
 
     cfg = LazyConfig.load(get_config_file(DEMO_CONFIG))
     cfg.model.roi_heads.box_predictor.test_score_thresh = 0.0  # keep all 100 detections
@@ -410,7 +410,7 @@ def report(args):
           f"of {repeat} after {warmup} warm-up; load average "
           f"{' '.join(f'{v:.2f}' for v in os.getloadavg())}", flush=True)
     if "native" in backends:
-        from ..ops.backends import kernels_for
+        from involution_d2.ops.backends import kernels_for
 
         kernels_for("native", "cpu")  # says why, where the native kernels cannot run
     first_backend = backends[0]

@@ -6,8 +6,8 @@ import os
 import torch
 import torch.nn.functional as F
 
-from ..ops import fused_involution, involution, output_size
-from .benchmark import (Glibc, PeakMemory, cpu_model, print_table, synchronize,
+from involution_d2.ops import fused_involution, involution, output_size
+from .timing import (Glibc, PeakMemory, cpu_model, print_table, synchronize,
                         time_round_robin)
 
 # name: (batch, channels, height, width, kernel, stride) of RedNet-50's involutions.
@@ -31,7 +31,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 # The baseline on a GPU: one-thread-per-output-element CUDA kernels, written the way the
 # official kernel works (in cuda/involution.cuh beside ours; launched here, not by the backend).
 def naive_forward_plan(x, weight, stride, padding, dilation):
-    from ..ops import cupy_backend
+    from involution_d2.ops import cupy_backend
 
     n, c, h, w = x.shape
     g, k, ho, wo = weight.shape[1], weight.shape[2], weight.shape[4], weight.shape[5]
@@ -43,7 +43,7 @@ def naive_forward_plan(x, weight, stride, padding, dilation):
 
 
 def naive_backward_plan(grad_out, x, weight, stride, padding, dilation, need_x, need_w):
-    from ..ops import cupy_backend
+    from involution_d2.ops import cupy_backend
 
     n, c, h, w = x.shape
     g, k, ho, wo = weight.shape[1], weight.shape[2], weight.shape[4], weight.shape[5]
@@ -65,7 +65,7 @@ def naive_backward_plan(grad_out, x, weight, stride, padding, dilation, need_x, 
 
 
 def _run_plan(plans, device):
-    from ..ops import cupy_backend
+    from involution_d2.ops import cupy_backend
 
     for plan in plans:
         cupy_backend._launch(plan, device)
@@ -190,7 +190,7 @@ def call_layers(device, official=None):
     function down to the kernel launch, plus the official operator and one plain ATen
     operator on the same tensor (the floor a call costs)."""
     if device.type == "cuda":
-        from ..ops.cupy_backend import cupy_forward
+        from involution_d2.ops.cupy_backend import cupy_forward
 
         layers = {"involution()": make_runner("cupy"),
                   "custom operator": lambda x, w, s, p: torch.ops.involution_d2.involution(
@@ -200,7 +200,7 @@ def call_layers(device, official=None):
         if official is not None:
             layers["official"] = make_runner("official", official)
     else:
-        from ..ops.backends import kernels_for
+        from involution_d2.ops.backends import kernels_for
 
         kernels_for("native", "cpu")  # says why, where the native kernels cannot run
         layers = {"involution()": make_runner("native"),
@@ -297,8 +297,8 @@ def report_host_cost(args, device):
     the calls of ours in one layer forward."""
     import timeit
 
-    from ..layers import Involution
-    from ..ops.backends import select
+    from involution_d2.layers import Involution
+    from involution_d2.ops.backends import select
 
     calls = args.repeat or 2000
     gen = torch.Generator().manual_seed(0)
@@ -480,7 +480,7 @@ def report(args):
     repeat = args.repeat or (20 if cuda else 3)
     baselines = [b for b in ("reference", "torch", "naive", "official") if b in backends]
     if not cuda and "native" in backends:
-        from ..ops.backends import kernels_for
+        from involution_d2.ops.backends import kernels_for
 
         kernels_for("native", "cpu")  # says why, where the native kernels cannot run
 
