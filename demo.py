@@ -22,7 +22,7 @@ from detectron2.data.detection_utils import read_image
 from detectron2.utils.visualizer import ColorMode, Visualizer
 
 from involution_d2.config.files import setup_config
-from involution_d2.engine import config_weights
+from involution_d2.engine import read_config
 from involution_d2.engine.predictor import build_predictor, test_metadata
 from involution_d2.utils.errors import DiskFullError, UserError, exit_status
 from involution_d2.utils.file_io import atomic_write, is_disk_full
@@ -111,7 +111,7 @@ def run(args):
         raise UserError(f"--output {args.output}: a file; give a folder for the pictures")
     os.makedirs(args.output, exist_ok=True)
     paths, notes = output_paths(files, args.output)
-    if not config_weights(cfg):
+    if not read_config(cfg).weights:
         print("WARNING: no weights given (--opts MODEL.WEIGHTS PATH for yacs configs, "
               "train.init_checkpoint=PATH for LazyConfig files): the pictures show the "
               "predictions of an UNTRAINED model", file=sys.stderr, flush=True)

@@ -26,7 +26,7 @@ from detectron2.utils.logger import setup_logger
 
 from involution_d2.config.files import setup_config
 from involution_d2.data import check_dataset
-from involution_d2.engine import Trainer, dataset_names, do_train, evaluate, launch, read_config
+from involution_d2.engine import Trainer, do_train, evaluate, launch, read_config
 
 logger = logging.getLogger("involution_d2")
 
@@ -46,7 +46,7 @@ def setup(args):
 
 def main(args):
     cfg = setup(args)
-    for name in dataset_names(cfg, train=not args.eval_only):
+    for name in read_config(cfg).dataset_names(train=not args.eval_only):
         check_dataset(name)
     if args.eval_only:
         return evaluate(args, cfg)

@@ -7,8 +7,9 @@ project's configs.  Without Detectron2, only the operator and the layers are usa
 
 Its layers import only downwards (``tests/package/test_layers.py``), bottom to top:
 environment, utils -> ops -> layers -> config -> modeling -> checkpoint, data, evaluation,
-solver, analysis, export -> engine -> model_zoo.  ``utils`` holds the errors users can fix
-and atomic file writes; the benchmarks live beside their tools (``tools/benchmarking``) and
+solver, analysis, export -> engine -> model_zoo.  ``utils`` holds what any layer may use:
+the errors users can fix, atomic file writes, processes that stop with their parent, and
+Detectron2's metrics file; the benchmarks live beside their tools (``tools/benchmarking``) and
 the test fixtures' builders in ``tests/``.
 """
 import importlib

@@ -9,23 +9,16 @@ from typing import Callable, List
 
 import torch
 from detectron2.config import CfgNode, instantiate
-from detectron2.data import MetadataCatalog
-from detectron2.evaluation import COCOEvaluator, SemSegEvaluator
 from detectron2.modeling import build_model
 
 from ..checkpoint import AtomicCheckpointer
 from ..data import check_dataset, get_pipeline
-from ..evaluation import ClassificationEvaluator
 
 __all__ = [
     "ConfigReader",
     "TestSet",
-    "build_evaluator",
-    "evaluator_class",
     "check_dataset",
     "build_model_with_weights",
-    "config_weights",
-    "dataset_names",
     "read_config",
 ]
 
@@ -37,35 +30,6 @@ class TestSet:
     name: str
     loader: Callable[[], object]
     evaluator: Callable[[], object]
-
-
-# evaluator_type (dataset metadata) -> evaluator. Detectron2 tags Cityscapes
-# "cityscapes_sem_seg" (cityscapesscripts on labelIds); the official mIoU is SemSegEvaluator's
-# on the train ids.
-EVALUATORS = {
-    "coco": COCOEvaluator,
-    "sem_seg": SemSegEvaluator,
-    "cityscapes_sem_seg": SemSegEvaluator,
-    "classification": ClassificationEvaluator,
-}
-
-
-def evaluator_class(dataset_name):
-    """The evaluator class for a dataset's ``evaluator_type`` (as Detectron2's
-    tools/train_net.py chooses it)."""
-    kind = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
-    if kind not in EVALUATORS:
-        raise ValueError(f"no evaluator for dataset {dataset_name!r} (evaluator_type={kind!r});"
-                         f" expected one of {', '.join(EVALUATORS)}")
-    return EVALUATORS[kind]
-
-
-def build_evaluator(dataset_name, output_dir=None):
-    """The evaluator of :func:`evaluator_class`, writing to ``output_dir``."""
-    cls = evaluator_class(dataset_name)
-    if cls is ClassificationEvaluator:
-        return cls(dataset_name)  # keeps nothing on disk
-    return cls(dataset_name, output_dir=output_dir)
 
 
 class ConfigReader:
@@ -206,17 +170,7 @@ def build_model_with_weights(cfg, weights=None):
     ``train.init_checkpoint``; empty: none), through the checkpointer that never runs code
     from a file: what every tool that loads a checkpoint uses."""
     model = read_config(cfg).build_model()
-    weights = config_weights(cfg) if weights is None else weights
+    weights = read_config(cfg).weights if weights is None else weights
     if weights:
         AtomicCheckpointer(model).load(weights)
     return model
-
-
-def config_weights(cfg):
-    """The weights a config loads (``MODEL.WEIGHTS`` / ``train.init_checkpoint``)."""
-    return read_config(cfg).weights
-
-
-def dataset_names(cfg, train=True, test=True) -> List[str]:
-    """The datasets a config reads (for the pre-flight check)."""
-    return read_config(cfg).dataset_names(train, test)

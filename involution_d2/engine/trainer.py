@@ -11,38 +11,45 @@ DataLoader workers stop with their process; before the first iteration, a RedNet
 cannot train is refused, a finished run says so, and metrics of iterations about to be
 trained again are dropped; an evaluation whose backbone features are not finite says so.
 """
+import contextlib
+import functools
 import logging
 import os
-import weakref
 
 from detectron2.config import instantiate
-from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, default_writers, hooks
+from detectron2.engine import (AMPTrainer, DefaultTrainer, SimpleTrainer, default_writers,
+                               defaults, hooks)
 from detectron2.engine.defaults import create_ddp_model
-from detectron2.engine.train_loop import TrainerBase
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
-from detectron2.utils.logger import setup_logger
 from omegaconf import OmegaConf
 
 from ..checkpoint import AtomicCheckpointer
 from ..data import get_pipeline
+from ..evaluation import build_evaluator
+from ..modeling.numerics import check_trainable_start, non_finite_features
 from ..solver import build_lr_scheduler, build_optimizer
-from .config_reader import build_evaluator, read_config
-from .launch import loader_workers_stop_with_process
-from .metrics import drop_metrics_from
-from .numerics import check_trainable_start, non_finite_features
+from ..utils.events import drop_metrics_from
+from ..utils.processes import loader_workers_stop_with_process
+from .config_reader import read_config
 
 __all__ = ["Trainer", "do_test", "do_train", "evaluate"]
 
 logger = logging.getLogger("involution_d2")
 
 
-def ddp_model(model, device, **options):
-    """Detectron2's ``create_ddp_model``; on a CPU model without ``device_ids``, which DDP
-    takes for GPU modules only."""
-    if not str(device).startswith("cuda"):
-        options.setdefault("device_ids", None)
-    return create_ddp_model(model, **options)
+@contextlib.contextmanager
+def _cpu_ddp(device):
+    """While DefaultTrainer.__init__ runs: its DDP wrapper, ``create_ddp_model``, without the
+    GPU device ids that DDP refuses for a CPU model (DefaultTrainer has no hook for them)."""
+    if str(device).startswith("cuda"):
+        yield
+        return
+    defaults.create_ddp_model = functools.partial(create_ddp_model, device_ids=None)
+    try:
+        yield
+    finally:
+        defaults.create_ddp_model = create_ddp_model
 
 
 def _check_amp(enabled, device):
@@ -86,26 +93,17 @@ class Trainer(DefaultTrainer):
     """Detectron2's DefaultTrainer for this project's yacs configs (see the module)."""
 
     def __init__(self, cfg):
-        # DefaultTrainer.__init__, with the two objects it fixes chosen here: DDP without GPU
-        # device ids on the CPU, and the safe atomic checkpointer.
-        TrainerBase.__init__(self)
-        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
-            setup_logger()  # as DefaultTrainer, when nothing has set up logging
-        cfg = self.auto_scale_workers(cfg, comm.get_world_size())
         _check_amp(cfg.SOLVER.AMP.ENABLED, cfg.MODEL.DEVICE)
-        model = self.build_model(cfg)
-        optimizer = self.build_optimizer(cfg, model)
-        data_loader = self.build_train_loader(cfg)
-        model = ddp_model(model, cfg.MODEL.DEVICE, broadcast_buffers=False)
-        self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(
-            model, data_loader, optimizer)
-        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = AtomicCheckpointer(model, cfg.OUTPUT_DIR,
-                                               trainer=weakref.proxy(self))
-        self.start_iter = 0
-        self.max_iter = cfg.SOLVER.MAX_ITER
-        self.cfg = cfg
-        self.register_hooks(self.build_hooks())
+        with _cpu_ddp(cfg.MODEL.DEVICE):
+            super().__init__(cfg)
+
+    def build_hooks(self):
+        # DefaultTrainer.__init__ makes its checkpointer just before it builds the hooks that
+        # save with it: the safe, atomic one takes its place there.
+        plain = self.checkpointer
+        self.checkpointer = AtomicCheckpointer(plain.model, plain.save_dir,
+                                               **plain.checkpointables)
+        return super().build_hooks()
 
     @classmethod
     def build_optimizer(cls, cfg, model):
@@ -164,8 +162,10 @@ def do_train(args, cfg):
     optimizer = instantiate(cfg.optimizer)  # clips gradients if its LazyCall does
     train_loader = loader_workers_stop_with_process(instantiate(cfg.dataloader.train))
     ddp = train.get("ddp", None)  # optional, as in lazyconfig_train_net.py
-    model = ddp_model(model, train.device,
-                      **(OmegaConf.to_container(ddp, resolve=True) if ddp is not None else {}))
+    ddp = OmegaConf.to_container(ddp, resolve=True) if ddp is not None else {}
+    if not str(train.device).startswith("cuda"):
+        ddp.setdefault("device_ids", None)  # DDP takes device ids for GPU modules only
+    model = create_ddp_model(model, **ddp)
     trainer = (AMPTrainer if train.amp.enabled else SimpleTrainer)(model, train_loader,
                                                                    optimizer)
     checkpointer = AtomicCheckpointer(model, train.output_dir, trainer=trainer)

@@ -217,7 +217,7 @@ def test_input_pipelines_are_the_same(pipelines):
     from detectron2.data import get_detection_dataset_dicts
 
     from involution_d2.data import get_pipeline
-    from involution_d2.engine import evaluator_class
+    from involution_d2.evaluation import evaluator_class
 
     name, cfg, lazy = pipelines
     pipeline = get_pipeline(cfg)

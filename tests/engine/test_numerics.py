@@ -96,7 +96,7 @@ def test_the_fixes_the_message_gives_are_trainable_models():
     config systems; BN with the stem and res2 frozen trains too and passes."""
     from detectron2.config import LazyConfig, instantiate
 
-    from involution_d2.engine.numerics import untrained_frozen_rednets
+    from involution_d2.modeling.numerics import untrained_frozen_rednets
     from involution_d2.modeling import RedNet
 
     lazy = LazyConfig.apply_overrides(LazyConfig.load(RETINA_LAZY), [
@@ -129,7 +129,7 @@ def test_evaluation_with_non_finite_features_says_so_once(caplog):
     from detectron2.evaluation import DatasetEvaluator, inference_on_dataset
     from detectron2.modeling import build_model
 
-    from involution_d2.engine.numerics import non_finite_features
+    from involution_d2.modeling.numerics import non_finite_features
 
     cfg = yacs_config("COCO-Detection/faster_rcnn_rednet50_fpn_1x",
                       overrides={"MODEL.REDNET.DEPTH": 26})

@@ -141,7 +141,7 @@ def test_a_killed_training_worker_stops_the_others_with_a_clear_message(cache, t
 SLOW_LOADER = """
 import os, sys, time
 import torch
-from involution_d2.engine import loader_workers_stop_with_process
+from involution_d2.utils.processes import loader_workers_stop_with_process
 
 class Slow(torch.utils.data.Dataset):
     def __len__(self):
@@ -179,7 +179,7 @@ def test_loader_workers_stop_with_the_process_reading_them(tmp_path):
 
 
 def test_threads_per_process_share_the_cores_unless_the_user_chose():
-    from involution_d2.engine import threads_per_process
+    from involution_d2.utils.processes import threads_per_process
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     assert threads_per_process(2, environ={}) == max(1, cores // 2)

@@ -51,7 +51,7 @@ def test_lazy_options_reach_detectron2s_engine(shapes_cache, tmp_path, monkeypat
     cfg.dataloader.train.num_workers = 0
     seen = {}
 
-    def ddp_model(model, device, **options):
+    def create_ddp_model(model, **options):
         seen["ddp"] = options
         return model
 
@@ -59,11 +59,12 @@ def test_lazy_options_reach_detectron2s_engine(shapes_cache, tmp_path, monkeypat
         seen.update(hooks=trainer._hooks, iters=(start_iter, max_iter))
         trainer.storage = EventStorage(start_iter)
 
-    monkeypatch.setattr(engine, "ddp_model", ddp_model)
+    monkeypatch.setattr(engine, "create_ddp_model", create_ddp_model)
     monkeypatch.setattr(SimpleTrainer, "train", train)
     engine.do_train(argparse.Namespace(resume=False), cfg)
+    # On the CPU without device ids, which DDP takes for GPU modules only.
     assert seen["ddp"] == {"broadcast_buffers": False, "find_unused_parameters": True,
-                           "fp16_compression": False}
+                           "fp16_compression": False, "device_ids": None}
     assert seen["iters"] == (0, cfg.train.max_iter)
     checkpointer = next(h for h in seen["hooks"] if isinstance(h, hooks.PeriodicCheckpointer))
     assert (checkpointer.period, checkpointer.max_to_keep) == (cfg.train.checkpointer.period, 3)
@@ -72,7 +73,7 @@ def test_lazy_options_reach_detectron2s_engine(shapes_cache, tmp_path, monkeypat
     # train.ddp is optional, as in lazyconfig_train_net.py: DDP's defaults then.
     del cfg.train["ddp"]
     engine.do_train(argparse.Namespace(resume=False), cfg)
-    assert seen["ddp"] == {}
+    assert seen["ddp"] == {"device_ids": None}
 
 
 def test_yacs_trainer_is_default_trainer_with_every_test_set(shapes_cache, tmp_path,
@@ -91,8 +92,13 @@ def test_yacs_trainer_is_default_trainer_with_every_test_set(shapes_cache, tmp_p
                                        "MODEL.REDNET.NORM": "BN",  # PreciseBN needs BN
                                        "OUTPUT_DIR": str(tmp_path), "DATALOADER.NUM_WORKERS": 0})
     trainer = Trainer(cfg)
+    # The safe checkpointer is the one that DefaultTrainer's hook saves with and that
+    # resume_or_load reads, and it saves the trainer's iteration.
     assert isinstance(trainer.checkpointer, AtomicCheckpointer)
     kinds = {type(h): h for h in trainer._hooks}
+    assert kinds[hooks.PeriodicCheckpointer].checkpointer is trainer.checkpointer
+    assert set(trainer.checkpointer.checkpointables) == {"trainer"}
+    assert defaults.create_ddp_model.__name__ == "create_ddp_model"  # DefaultTrainer's again
     assert kinds[hooks.PreciseBN]._num_iter == cfg.TEST.PRECISE_BN.NUM_ITER == 200
     assert kinds[hooks.PeriodicCheckpointer].period == cfg.SOLVER.CHECKPOINT_PERIOD
     assert kinds[hooks.PeriodicWriter]._period == 20

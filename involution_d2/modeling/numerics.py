@@ -14,7 +14,7 @@ import logging
 import torch
 from detectron2.layers import FrozenBatchNorm2d
 
-from ..modeling.backbone.rednet import RedNet
+from .backbone.rednet import RedNet
 from ..utils.errors import ConfigError
 
 __all__ = ["check_trainable_start", "non_finite_features"]

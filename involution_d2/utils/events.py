@@ -1,4 +1,4 @@
-"""Detectron2's metrics.json (one JSON record per line, each with its "iteration") kept to
+"""Detectron2's metrics.json (written by its JSONWriter, detectron2/utils/events.py) (one JSON record per line, each with its "iteration") kept to
 the iterations that led to the current weights."""
 import json
 
