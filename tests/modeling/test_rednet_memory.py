@@ -114,3 +114,51 @@ def test_recomputation_under_autocast_matches(norm):
     torch.testing.assert_close(out, want_out, rtol=0, atol=0)
     for got, want in zip(grads, want_grads):
         torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def _kept_for_backward(module, x):
+    """The output, and the shapes of the tensors kept for backward (parameters aside)."""
+    own = {t.data_ptr() for t in list(module.parameters()) + list(module.buffers())}
+    kept = []
+
+    def pack(t):
+        if t.data_ptr() not in own:
+            kept.append(tuple(t.shape))
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = module(x)
+    return out, kept
+
+
+@requires_detectron2
+def test_trained_stem_keeps_none_of_its_half_width_tensors():
+    """The stem's involution input and output and the ReLU after it (half the stem's width,
+    at half the image's resolution) are all made again in backward; without recomputation
+    the stem keeps four of them. Same output, gradients and statistics."""
+    from involution_d2.modeling.backbone.rednet import RedNetStem
+
+    def stem(recompute):
+        torch.manual_seed(0)
+        module = RedNetStem(3, 16, norm="BN", involution_kernel=3,
+                            involution_kwargs=dict(group_channels=4)).double().train()
+        module.recompute_activations = recompute
+        return module
+
+    x = torch.randn(2, 3, 32, 24, dtype=torch.float64)
+    results = {}
+    for recompute in (False, True):
+        module = stem(recompute)
+        out, kept = _kept_for_backward(module, x)
+        out.square().sum().backward()
+        half_width = [s for s in kept if len(s) == 4 and s[1] == 8 and s[2:] == (16, 12)]
+        results[recompute] = (out.detach(), [p.grad for p in module.parameters()],
+                              module.state_dict(), half_width)
+    (want_out, want_grads, want_state, plain_kept), (out, grads, state, kept) = (
+        results[False], results[True])
+    assert len(plain_kept) >= 4 and kept == []
+    torch.testing.assert_close(out, want_out, rtol=1e-12, atol=1e-12)
+    for got, want in zip(grads, want_grads):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    for key in want_state:  # the involution's own BatchNorm too: updated once
+        torch.testing.assert_close(state[key], want_state[key], rtol=0, atol=0)

@@ -82,9 +82,16 @@ class RedNetStem(CNNBlockBase):
 
     @torch.jit.unused
     def _recomputing(self, x):
-        first = getattr(self, "0")  # 3 input channels: cheap to run again
-        x = recompute_into(getattr(self, "1"), x, first.norm, first.conv)
-        return recompute_into(getattr(self, "4"), x, getattr(self, "2"))
+        # Kept: the image alone. The involution's input is made again from it (by a
+        # convolution of 3 input channels), and the involution's output (32 channels at half
+        # the image's resolution, which the trained norm after it would keep) by running the
+        # involution again.
+        first = getattr(self, "0")
+
+        def after_first(x):
+            return recompute_into(getattr(self, "4"), x, getattr(self, "2"), getattr(self, "1"))
+
+        return recompute_into(after_first, x, first.norm, first.conv)
 
 
 class RedNetBottleneck(CNNBlockBase):
