@@ -6,7 +6,7 @@ applied to), so a randomly initialised RedNet whose norms are frozen at their id
 statistics (FrozenBN without pretrained weights) amplifies activations layer after layer:
 its detectors diverge within the first few iterations (on the shapes data at 800 pixels,
 the configs' input size, Faster/Mask R-CNN and RetinaNet all stopped with Inf/NaN by
-iteration 3; docs/GETTING_STARTED.md has the smaller sizes). With a trainable norm (BN,
+iteration 3; docs/BENCHMARKS.md has the runs). With a trainable norm (BN,
 SyncBN, GN) it trains from scratch."""
 import contextlib
 import logging
