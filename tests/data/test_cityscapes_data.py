@@ -378,7 +378,7 @@ def test_train_crop_does_not_pad_a_smaller_image(cityscapes_sized_sample):
 
 def test_lazy_config_pipeline_trains_and_evaluates(val_in_catalog):
     """The Cityscapes LazyConfig end to end on the synthetic tree: its train loader (dataset
-    function, mapper, the seed's augmentations) feeds a training step, and its test loader
+    function, mapper, the official augmentations) feeds a training step, and its test loader
     and evaluator give an mIoU."""
     import torch
     from detectron2.config import LazyConfig, instantiate

@@ -54,6 +54,27 @@ def test_same_results_fewer_bytes(norm, variant):
 
 
 @requires_detectron2
+def test_with_cp_leaves_frozen_stages_alone():
+    """Checkpointing a frozen block (no gradient through it) would keep its input and save
+    nothing: with_cp keeps fewer bytes than the recomputation alone, frozen stages or not."""
+    x = torch.randn(1, 3, 64, 48, dtype=torch.float64)
+    for freeze_at in (2, 0):
+        recomputed = small_rednet("FrozenBN", freeze_at=freeze_at)
+        checkpointed = small_rednet("FrozenBN", freeze_at=freeze_at, with_cp=True)
+        checkpointed.load_state_dict(recomputed.state_dict())
+        want_out, _, _, recomputed_bytes = train_step(recomputed, x)
+        out, _, _, checkpointed_bytes = train_step(checkpointed, x)
+        torch.testing.assert_close(out, want_out, rtol=0, atol=0)
+        assert checkpointed_bytes < recomputed_bytes, freeze_at
+    # The frozen stem and res2 alone (checkpointed, they would keep their inputs).
+    from benchmarking.models import count_saved_bytes
+
+    frozen = small_rednet("FrozenBN", freeze_at=2, with_cp=True).train()
+    _, frozen_bytes = count_saved_bytes(frozen, lambda: frozen.res2(frozen.stem(x)))
+    assert frozen_bytes == 0
+
+
+@requires_detectron2
 def test_frozen_stages_and_inference_take_the_plain_path():
     model = small_rednet("FrozenBN", freeze_at=2)  # stem and res2 frozen, recompute default
     plain = small_rednet("FrozenBN", freeze_at=2, recompute_activations=False)

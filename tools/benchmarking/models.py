@@ -40,10 +40,12 @@ SUITES = {
          "Cityscapes-SemanticSegmentation/semantic_fpn_rednet50_fpn_80k.yaml"),
         ("Semantic FPN RedNet-50 invFPN",
          "Cityscapes-SemanticSegmentation/semantic_fpn_rednet50_invfpn_80k.yaml"),
-        # The conv-FPN config on Detectron2's ResNet-50 FPN (same head).
+        # The conv-FPN config on Detectron2's ResNet-50 FPN (same head), trained and normed
+        # as the RedNet is: every stage, SyncBN (BN in one process).
         ("Semantic FPN ResNet-50 FPN",
          "Cityscapes-SemanticSegmentation/semantic_fpn_rednet50_fpn_80k.yaml"
-         "+MODEL.BACKBONE.NAME=build_resnet_fpn_backbone")],
+         "+MODEL.BACKBONE.NAME=build_resnet_fpn_backbone+MODEL.RESNETS.NORM=SyncBN"
+         "+MODEL.RESNETS.OUT_FEATURES=['res2','res3','res4','res5']")],
 }
 DEFAULT_SIZES = {"semantic_fpn": (512, 1024)}  # training crops; detection: 800x1216
 DTYPES = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -198,9 +200,10 @@ def residual_branches_start_at_zero(model):
                 norm.weight.zero_()
 
 
-# RedNet's training-memory options: (recompute_activations, with_cp).
+# RedNet's training-memory options: (recompute_activations, with_cp). with_cp as a user
+# turns it on: the recomputation stays on where with_cp does not reach (necks, heads).
 MEMORY_VARIANTS = {"no-recompute": (False, False), "recompute": (True, False),
-                   "with_cp": (False, True)}
+                   "with_cp": (True, True)}
 
 
 def build_cases(suite, backends, device, memory_variants=False):

@@ -33,6 +33,14 @@ REDNET_DEPTHS = {
 }
 
 
+@torch.jit.unused
+def _needs_gradients(block, x):
+    """Whether a backward will run through ``block``: a frozen block whose input needs no
+    gradient keeps nothing for backward, so checkpointing it would only keep its input."""
+    return torch.is_grad_enabled() and (
+        x.requires_grad or any(p.requires_grad for p in block.parameters()))
+
+
 class RedNetStem(CNNBlockBase):
     """3x3 conv (stride 2) -> involution -> norm -> ReLU -> 3x3 conv -> max-pool: stride 4.
 
@@ -61,7 +69,7 @@ class RedNetStem(CNNBlockBase):
 
     def forward(self, x):
         if not torch.jit.is_scripting():
-            if self.with_cp and self.training and torch.is_grad_enabled():
+            if self.with_cp and self.training and _needs_gradients(self, x):
                 return self._checkpointed(x)
             if self.recompute_activations and not torch.jit.is_tracing():
                 return F.max_pool2d(self._recomputing(x), kernel_size=3, stride=2, padding=1)
@@ -133,7 +141,7 @@ class RedNetBottleneck(CNNBlockBase):
 
     def forward(self, x):
         if not torch.jit.is_scripting():
-            if self.with_cp and self.training and torch.is_grad_enabled():
+            if self.with_cp and self.training and _needs_gradients(self, x):
                 return self._checkpointed(x)
             if self.recompute_activations and not torch.jit.is_tracing():
                 return self._finish(self._residual_recomputing(x), x)
