@@ -27,7 +27,8 @@ def official_state(row):
 
 
 def convert_to_file(official, path, **kwargs):
-    from involution_d2.checkpoint import convert, save_atomically, to_detectron2_checkpoint
+    from involution_d2.checkpoint import convert, to_detectron2_checkpoint
+    from involution_d2.utils.file_io import save_atomically
 
     converted, family, unmatched = convert(official, **kwargs)
     assert unmatched == []

@@ -42,7 +42,8 @@ CASES = [(row, ext) for row in ROWS for ext in (".yaml", ".py")]
 
 def convert_checkpoint(official, row, tmp_path):
     """The converted checkpoint file, and its state dict."""
-    from involution_d2.checkpoint import convert, save_atomically, to_detectron2_checkpoint
+    from involution_d2.checkpoint import convert, to_detectron2_checkpoint
+    from involution_d2.utils.file_io import save_atomically
 
     dst = tmp_path / "converted.pth"
     if row == CLI_ROW:

@@ -1,14 +1,10 @@
 """FPNs over RedNet: Detectron2's FPN, and the involution FPN whose 3x3 output convolutions
 are involutions (the official "Neck: involution"); the 1x1 laterals and the extra levels
 (max-pool P6, or conv P6/P7 for RetinaNet) stay as in Detectron2."""
-import copy
 import math
 
-import fvcore.nn.weight_init as weight_init
-import torch.nn.functional as F
-from torch import nn
-from detectron2.layers import Conv2d, ShapeSpec, get_norm
-from detectron2.modeling.backbone import BACKBONE_REGISTRY, FPN, Backbone
+from detectron2.layers import ShapeSpec
+from detectron2.modeling.backbone import BACKBONE_REGISTRY, FPN
 from detectron2.modeling.backbone.fpn import LastLevelMaxPool, LastLevelP6P7
 
 from ...config import involution_kwargs_from_config
@@ -25,11 +21,11 @@ __all__ = [
 ]
 
 
-class InvolutionFPN(Backbone):
-    """Detectron2's :class:`FPN` (same arguments, outputs, module names and top blocks) whose
-    3x3 output convolutions ``fpn_output{stage}`` are involutions of ``out_channels`` (no norm
-    and no activation after them, as in the official neck).  Built directly: FPN has no hook
-    for its output convolutions."""
+class InvolutionFPN(FPN):
+    """Detectron2's :class:`FPN` whose 3x3 output convolutions ``fpn_output{stage}`` are
+    involutions of ``out_channels``, with no norm and no activation after them (the official
+    neck).  Everything else is FPN's: arguments, checks, laterals, top block, forward and
+    scripting."""
 
     def __init__(self, bottom_up, in_features, out_channels, norm="", top_block=None,
                  fuse_type="sum", square_pad=0, involution_kwargs=None):
@@ -40,86 +36,16 @@ class InvolutionFPN(Backbone):
                 (the official design by default; their own norm is their kernel generation's).
             others: as :class:`detectron2.modeling.FPN`.
         """
-        super().__init__()
-        if not isinstance(bottom_up, Backbone):
-            raise TypeError(f"InvolutionFPN: bottom_up must be a Detectron2 Backbone, got "
-                            f"{type(bottom_up).__name__}")
-        if not in_features:
-            raise ValueError("InvolutionFPN: in_features is empty; name the bottom-up "
-                             "features to use, e.g. ['res2', 'res3', 'res4', 'res5']")
-        if fuse_type not in ("sum", "avg"):
-            raise ValueError(f"InvolutionFPN: fuse_type={fuse_type!r}; use 'sum' or 'avg'")
-        shapes = bottom_up.output_shape()
-        strides = [shapes[f].stride for f in in_features]
-        lateral_convs, output_convs = [], []
-        for feature, stride in zip(in_features, strides):
-            stage = int(math.log2(stride))
-            lateral = Conv2d(shapes[feature].channels, out_channels, kernel_size=1,
-                             bias=norm == "", norm=get_norm(norm, out_channels))
-            weight_init.c2_xavier_fill(lateral)  # as FPN
-            output = Involution(out_channels, stride=1, **(involution_kwargs or {}))
-            self.add_module(f"fpn_lateral{stage}", lateral)
-            self.add_module(f"fpn_output{stage}", output)
-            lateral_convs.append(lateral)
-            output_convs.append(output)
-        # Top-down order (low to high resolution), as FPN.forward runs them.
-        self.lateral_convs = lateral_convs[::-1]
-        self.output_convs = output_convs[::-1]
-        self.top_block = top_block
-        self.in_features = tuple(in_features)
-        self.bottom_up = bottom_up
-        self._out_feature_strides = {f"p{int(math.log2(s))}": s for s in strides}
-        if top_block is not None:
-            for s in range(stage, stage + top_block.num_levels):
-                self._out_feature_strides[f"p{s + 1}"] = 2 ** (s + 1)
-        self._out_features = list(self._out_feature_strides)
-        self._out_feature_channels = {k: out_channels for k in self._out_features}
-        self._size_divisibility = strides[-1]
-        self._square_pad = square_pad
-        self._fuse_type = fuse_type
-
-    @property
-    def size_divisibility(self):
-        return self._size_divisibility
-
-    @property
-    def padding_constraints(self):
-        return {"square_size": self._square_pad}
-
-    def __prepare_scriptable__(self):
-        """For torch.jit.script, as Detectron2 prepares its FPN: the convolutions as
-        ModuleLists (state-dict names change, as for FPN)."""
-        scriptable = copy.deepcopy(self)
-        scriptable.lateral_convs = nn.ModuleList(scriptable.lateral_convs)
-        scriptable.output_convs = nn.ModuleList(scriptable.output_convs)
-        for name, _ in self.named_children():
-            if name.startswith("fpn_"):
-                delattr(scriptable, name)
-        return scriptable
-
-    def forward(self, x):
-        """As FPN's: {"p<stage>": feature} from high to low resolution, then the top block's."""
-        bottom_up = self.bottom_up(x)
-        prev = self.lateral_convs[0](bottom_up[self.in_features[-1]])
-        results = [self.output_convs[0](prev)]
-        # Written as FPN.forward is, so that it scripts: TorchScript indexes a ModuleList
-        # with constants only, hence the loop over all pairs that skips the first.
-        for idx, (lateral_conv, output_conv) in enumerate(
-                zip(self.lateral_convs, self.output_convs)):
-            if idx > 0:
-                lateral = lateral_conv(bottom_up[self.in_features[-idx - 1]])
-                prev = lateral + F.interpolate(prev, scale_factor=2.0, mode="nearest")
-                if self._fuse_type == "avg":
-                    prev = prev / 2
-                results.insert(0, output_conv(prev))
-        if self.top_block is not None:
-            top_in = self.top_block.in_feature
-            if top_in in bottom_up:
-                source = bottom_up[top_in]
-            else:
-                source = results[self._out_features.index(top_in)]
-            results.extend(self.top_block(source))
-        return {f: r for f, r in zip(self._out_features, results)}
+        super().__init__(bottom_up, in_features, out_channels, norm=norm, top_block=top_block,
+                         fuse_type=fuse_type, square_pad=square_pad)
+        # FPN has no hook for its output convolutions, so each is replaced where FPN keeps
+        # it: the child named fpn_output{stage} (state-dict keys) and its entry in
+        # output_convs, which FPN.forward runs (top-down: low to high resolution).
+        strides = [bottom_up.output_shape()[f].stride for f in self.in_features]
+        for idx, stride in enumerate(reversed(strides)):
+            output_conv = Involution(out_channels, **(involution_kwargs or {}))
+            self.add_module(f"fpn_output{int(math.log2(stride))}", output_conv)
+            self.output_convs[idx] = output_conv
 
 
 class LastLevelP6P7NoReLU(LastLevelP6P7):

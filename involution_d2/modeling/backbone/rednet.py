@@ -11,12 +11,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from detectron2.config import configurable
-from detectron2.layers import CNNBlockBase, ShapeSpec, get_norm
+from detectron2.layers import CNNBlockBase, ShapeSpec
 from detectron2.modeling.backbone import BACKBONE_REGISTRY, ResNet
 
 from ...config import (CLASSIFICATION_STEM_INVOLUTION_KERNEL, DETECTION_STEM_INVOLUTION_KERNEL,
                        involution_kwargs_from_config)
-from ...layers import ConvNormAct, Involution
+from ...layers import ConvNormAct, Involution, get_norm
 from ...layers.recompute import checkpointed, recompute_into
 
 __all__ = ["RedNetStem", "RedNetBottleneck", "RedNet", "build_rednet_backbone",

@@ -1,23 +1,19 @@
 """The involution mask head (the official Mask R-CNN "Head: involution"): Detectron2's
 MaskRCNNConvUpsampleHead with an involution + ReLU for each 3x3 conv; the 2x deconv and the
-1x1 predictor as there.  Built directly, with the parent's module names and config."""
-import fvcore.nn.weight_init as weight_init
+1x1 predictor as there."""
 from detectron2.config import configurable
-from detectron2.layers import Conv2d, ConvTranspose2d, ShapeSpec
-from detectron2.modeling.roi_heads import (
-    ROI_MASK_HEAD_REGISTRY,
-    BaseMaskRCNNHead,
-    MaskRCNNConvUpsampleHead,
-)
+from detectron2.layers import ShapeSpec
+from detectron2.modeling.roi_heads import ROI_MASK_HEAD_REGISTRY, MaskRCNNConvUpsampleHead
 from torch import nn
 
-from ..involution_heads import involution_relu, with_involution_kwargs
+from ...config import involution_kwargs_from_config
+from ...layers import Involution
 
 __all__ = ["InvolutionMaskRCNNHead"]
 
 
 @ROI_MASK_HEAD_REGISTRY.register()
-class InvolutionMaskRCNNHead(BaseMaskRCNNHead, nn.Sequential):
+class InvolutionMaskRCNNHead(MaskRCNNConvUpsampleHead):
     @configurable
     def __init__(self, input_shape: ShapeSpec, *, num_classes, conv_dims, conv_norm="",
                  involution_kwargs=None, **kwargs):
@@ -30,11 +26,8 @@ class InvolutionMaskRCNNHead(BaseMaskRCNNHead, nn.Sequential):
             involution_kwargs (dict): arguments of the :class:`Involution` layers.
             others: as :class:`MaskRCNNConvUpsampleHead`.
         """
-        super().__init__(**kwargs)
         channels = input_shape.channels
-        if not conv_dims:
-            raise ValueError("InvolutionMaskRCNNHead: conv_dims is empty; it needs at least "
-                             "the deconv's channels (MODEL.ROI_MASK_HEAD.CONV_DIM)")
+        # Checked before the parent sizes its deconv after conv_dims.
         if any(d != channels for d in conv_dims[:-1]):
             raise ValueError(f"InvolutionMaskRCNNHead: conv_dims={list(conv_dims)} change "
                              f"the channel count, which an involution keeps ({channels}); set "
@@ -42,21 +35,16 @@ class InvolutionMaskRCNNHead(BaseMaskRCNNHead, nn.Sequential):
         if conv_norm:
             raise ValueError(f"InvolutionMaskRCNNHead: conv_norm={conv_norm!r} is not used; "
                              "set the involutions' norm with MODEL.INVOLUTION.NORM")
+        super().__init__(input_shape, num_classes=num_classes, conv_dims=conv_dims, **kwargs)
+        # The parent builds and initialises the deconv and the predictor; its 3x3 convs
+        # ("mask_fcn{k}", also listed in conv_norm_relus) become involutions.
         for k in range(len(conv_dims) - 1):
-            self.add_module(f"mask_fcn{k + 1}", involution_relu(channels, involution_kwargs))
-        self.deconv = ConvTranspose2d(channels, conv_dims[-1], kernel_size=2, stride=2)
-        self.add_module("deconv_relu", nn.ReLU())
-        self.predictor = Conv2d(conv_dims[-1], num_classes, kernel_size=1)
-        # As MaskRCNNConvUpsampleHead initialises its deconv and predictor.
-        weight_init.c2_msra_fill(self.deconv)
-        nn.init.normal_(self.predictor.weight, std=0.001)
-        nn.init.constant_(self.predictor.bias, 0)
+            involution = Involution(channels, activation=nn.ReLU(), **(involution_kwargs or {}))
+            self.add_module(f"mask_fcn{k + 1}", involution)
+            self.conv_norm_relus[k] = involution
 
     @classmethod
     def from_config(cls, cfg, input_shape):
-        return with_involution_kwargs(MaskRCNNConvUpsampleHead.from_config(cfg, input_shape), cfg)
-
-    def layers(self, x):
-        for layer in self:
-            x = layer(x)
-        return x
+        ret = super().from_config(cfg, input_shape)
+        ret["involution_kwargs"] = involution_kwargs_from_config(cfg)
+        return ret
