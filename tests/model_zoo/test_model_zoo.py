@@ -59,8 +59,40 @@ def test_get_builds_the_model_and_loads_local_weights(tmp_path):
     torch.manual_seed(1)
     loaded = model_zoo.get("ImageNet-Classification/rednet26.yaml",
                            weights=str(tmp_path / "weights.pth"), device="cpu")
-    for (name, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
-        assert torch.equal(a, b), name
+    # The .py and .yaml twins build the same network, and every tensor was loaded.
+    assert_same_state_dict(loaded.state_dict(), model.state_dict())
+    # Not equal by chance: without the weights, seed 1 builds other values.
+    torch.manual_seed(1)
+    fresh = model_zoo.get("ImageNet-Classification/rednet26.yaml", device="cpu")
+    differ = [k for k, v in fresh.state_dict().items()
+              if v.is_floating_point() and not torch.equal(v, model.state_dict()[k])]
+    assert "backbone.linear.weight" in differ and len(differ) > 50, differ
+
+
+def assert_same_state_dict(got, expected):
+    """The same keys (not just as many: zip would stop at the shorter one), then the same
+    dtype, shape and values per key, each failure naming its keys."""
+    missing, extra = sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
+    assert not missing and not extra, f"missing keys: {missing}; extra keys: {extra}"
+    assert list(got) == list(expected), "the same keys in another order"
+    for key, value in expected.items():
+        assert got[key].dtype == value.dtype, (key, got[key].dtype, value.dtype)
+        assert got[key].shape == value.shape, (key, tuple(got[key].shape), tuple(value.shape))
+        assert torch.equal(got[key], value), f"{key}: other values than the saved ones"
+
+
+def test_same_state_dict_names_the_missing_and_extra_keys():
+    """The comparison above fails on key sets that zip() would have let pass."""
+    a = {"w": torch.zeros(2), "b": torch.zeros(1)}
+    with pytest.raises(AssertionError, match=r"missing keys: \['b'\]; extra keys: \[\]"):
+        assert_same_state_dict({"w": torch.zeros(2)}, a)
+    with pytest.raises(AssertionError, match=r"missing keys: \[\]; extra keys: \['x'\]"):
+        assert_same_state_dict(dict(a, x=torch.zeros(1)), a)
+    with pytest.raises(AssertionError, match="'w', \\(3,\\), \\(2,\\)"):
+        assert_same_state_dict({"w": torch.zeros(3), "b": torch.zeros(1)}, a)
+    with pytest.raises(AssertionError, match="b: other values"):
+        assert_same_state_dict({"w": torch.zeros(2), "b": torch.ones(1)}, a)
+    assert_same_state_dict({"w": torch.zeros(2), "b": torch.zeros(1)}, a)
 
 
 def test_installed_package_has_the_configs_outside_the_checkout(tmp_path):

@@ -138,36 +138,6 @@ def test_sliding_window_agrees_with_whole_image():
     torch.testing.assert_close(overlap[:, :, :32], left[:, :, :32])  # covered once
 
 
-def test_poly_schedule_for_yacs():
-    from involution_d2.solver import build_lr_scheduler
-
-    cfg = yacs_config("Cityscapes-SemanticSegmentation/upernet_rednet50_80k")
-    cfg.SOLVER.MAX_ITER = 100
-    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.SOLVER.BASE_LR)
-    sched = build_lr_scheduler(cfg, opt)
-    lrs = []
-    for _ in range(100):
-        lrs.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
-    # (0.01 - 1e-4) * (1 - t) ** 0.9 + 1e-4
-    for it in (0, 50, 99):
-        want = (0.01 - 1e-4) * (1 - it / 100) ** 0.9 + 1e-4
-        assert abs(lrs[it] - want) < 1e-9, (it, lrs[it], want)
-
-
-@pytest.mark.parametrize("base_lr", [0.01, 0.04])
-def test_poly_floor_stays_absolute_when_the_lazy_lr_changes(base_lr):
-    from detectron2.config import LazyConfig, instantiate
-
-    cfg = LazyConfig.load(os.path.join(ROOT, "Cityscapes-SemanticSegmentation",
-                                       "upernet_rednet50_80k.py"))
-    cfg = LazyConfig.apply_overrides(cfg, [f"optimizer.lr={base_lr}"])
-    multiplier = instantiate(cfg.lr_multiplier)
-    assert multiplier(0.0) == 1.0
-    assert base_lr * multiplier(1.0) == pytest.approx(1e-4)  # OpenMMLab's min_lr
-
-
 def test_bad_inference_mode():
     with pytest.raises(ValueError, match="test_mode must be 'whole' or 'slide', got 'tiles'"):
         build_yacs("Cityscapes-SemanticSegmentation/upernet_rednet50_80k", tiny_model=True,

@@ -1,9 +1,16 @@
 """The benchmark scripts run and print their tables (no timing is asserted: these machines
-are noisy), and the measuring helpers measure what they claim."""
+are noisy), and the measuring helpers measure what they claim.
+
+What the printed tables are held to: the header, exactly; the rows, exactly and in order;
+every ratio equal to the ratio of the printed numbers it is made of (within the rounding of
+the printed digits); and the quantities that are exact (bytes moved, bytes saved for
+backward, the calls of ours) equal to hand counts."""
+import math
 import os
 import re
 import subprocess
 import sys
+import types
 from importlib.util import find_spec
 
 import pytest
@@ -13,24 +20,122 @@ from helpers import REPO, requires_detectron2, skip_if_unavailable
 from benchmarking.timing import Glibc, PeakMemory, time_round_robin
 
 
-
 def run_tool(name, *args):
     cmd = [sys.executable, os.path.join(REPO, "tools", name), *args]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.returncode == 0, f"{' '.join(cmd[1:])} failed:\n{out.stderr[-3000:]}"
     return out.stdout
 
 
-def table_rows(stdout, first_cell):
-    return [line.split("  ") for line in stdout.splitlines() if line.startswith(first_cell)]
+def tables(stdout):
+    """Every table print_table printed: [(header, rows)], each row a list of cells. The
+    columns are where the dashes under the header are: a cell may hold single spaces."""
+    lines = stdout.splitlines()
+    found = []
+    for i in range(1, len(lines)):
+        if not re.fullmatch(r"-+(  -+)*\s*", lines[i]) or not lines[i - 1].strip():
+            continue
+        spans = [m.span() for m in re.finditer(r"-+", lines[i])]
+        spans[-1] = (spans[-1][0], None)  # the last cell: to the end of the line
+
+        def cells(line):
+            return [line[a:b].strip() for a, b in spans]
+
+        rows = []
+        for line in lines[i + 1:]:
+            if not line.strip() or line.startswith("#"):
+                break
+            rows.append(cells(line))
+        found.append((cells(lines[i - 1]), rows))
+    return found
 
 
-def test_round_robin_interleaves_and_returns_medians():
+def table(stdout, header):
+    """The rows (dicts by column) of the table with exactly ``header``."""
+    for head, rows in tables(stdout):
+        if head == header:
+            return [dict(zip(head, r)) for r in rows]
+    raise AssertionError(f"no table with the columns {header}; the tables printed: "
+                         f"{[head for head, _ in tables(stdout)]}\n{stdout[-3000:]}")
+
+
+def half_unit(printed):
+    """Half a unit in the last printed digit of a number ("12.34", "1.2x", "3.4e+03"):
+    how far the printed value may be from the value it was printed from."""
+    mantissa, _, exponent = printed.rstrip("x %").lower().partition("e")
+    decimals = len(mantissa.split(".")[1]) if "." in mantissa else 0
+    return 0.5 * 10.0 ** (int(exponent or 0) - decimals)
+
+
+def value(printed):
+    return float(printed.rstrip("x %"))
+
+
+def bounds(printed):
+    """The interval of values that print as ``printed`` (exact for a number)."""
+    if isinstance(printed, (int, float)):
+        return printed, printed
+    v, h = value(printed), half_unit(printed)
+    return v - h, v + h
+
+
+def assert_ratio(ratio, numerator, denominator, what):
+    """``ratio`` as printed is numerator / denominator as printed, up to the rounding of
+    all three (each a printed string, or an exact number)."""
+    (n0, n1), (d0, d1), (r0, r1) = bounds(numerator), bounds(denominator), bounds(ratio)
+    lowest = n0 / d1 if d1 > 0 else 0.0
+    highest = n1 / d0 if d0 > 0 else math.inf
+    assert r1 >= lowest * (1 - 1e-9) and r0 <= highest * (1 + 1e-9), (
+        f"{what}: printed {ratio}, but {numerator} / {denominator} is in "
+        f"[{lowest:.4g}, {highest:.4g}]")
+
+
+def assert_product(a, b, product, what):
+    """``a`` x ``b`` as printed is ``product`` as printed, up to their rounding."""
+    (a0, a1), (b0, b1), (p0, p1) = bounds(a), bounds(b), bounds(product)
+    assert p1 >= a0 * b0 * (1 - 1e-9) and p0 <= a1 * b1 * (1 + 1e-9), (
+        f"{what}: printed {a} x {b}, expected {product}")
+
+
+def test_ratio_checks_catch_a_misprinted_ratio():
+    """The checks above fail where the printed numbers disagree, and allow only rounding."""
+    assert_ratio("2.00x", "10.00", "5.00", "exact")
+    assert_ratio("1.50x", "3.00", "2.01", "rounded: 3.00 / 2.01 = 1.4925")
+    assert_ratio("1.0x", 10, "9.63", "one decimal")
+    with pytest.raises(AssertionError, match="wrong: printed 1.60x, but 3.00 / 2.00"):
+        assert_ratio("1.60x", "3.00", "2.00", "wrong")
+    with pytest.raises(AssertionError, match="inverted"):
+        assert_ratio("0.50x", "10.00", "5.00", "inverted")
+    assert_product("12.3", "2.00", "24.6", "product")
+    with pytest.raises(AssertionError, match="product"):
+        assert_product("12.3", "2.00", "26.0", "product")
+    assert half_unit("1.2e+03") == 50 and half_unit("123") == 0.5 and half_unit("1.50x") == 0.005
+    text = ("x\n\na  b c  d\n-  ---  -\n1  2 3  4\n5  6    \n\n# after\n")
+    assert tables(text) == [(["a", "b c", "d"], [["1", "2 3", "4"], ["5", "6", ""]])]
+
+
+def test_round_robin_interleaves_and_returns_medians(monkeypatch):
+    """Calls in turn, A B A B, the warm-up rounds left out, and the median of each: with a
+    clock that each call advances by a known time, the medians are exact."""
+    import benchmarking.timing as timing
+
+    clock = [0.0]
+    monkeypatch.setattr(timing, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    # Seconds per round: the warm-up round is the slowest (it must not count).
+    durations = {"a": iter([9.0, 0.005, 0.001, 0.003]), "b": iter([9.0, 0.010, 0.030, 0.020])}
     calls = []
-    runs = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
-    times = time_round_robin(runs, "cpu", repeat=3, warmup=1)
+
+    def step(name):
+        def run():
+            calls.append(name)
+            clock[0] += next(durations[name])
+        return run
+
+    times = time_round_robin({"a": step("a"), "b": step("b")}, "cpu", repeat=3, warmup=1)
     assert calls == ["a", "b"] * 4
     assert set(times) == {"a", "b"} and all(t >= 0 for t in times.values())
+    # Milliseconds: the medians of (5, 1, 3) and (10, 30, 20).
+    assert times == pytest.approx({"a": 3.0, "b": 20.0}, abs=1e-9)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self")
@@ -43,7 +148,22 @@ def test_cpu_peak_memory_sees_a_temporary():
             del t
     finally:
         glibc.timing_mode()
-    assert 60 < mem.peak < 200
+    # The whole 64 MiB, less the kernel's per-CPU RSS counting lag (0.25 MiB seen on 2 CPUs;
+    # it grows with the CPUs: 2 MiB of slack), and not much more.
+    assert 62 < mem.peak < 200, mem.peak
+
+
+CLS_RES5 = (64, 512, 7, 7, 7, 1)  # (N, C, H, W, K, stride): cls.res5, 32 groups of 16
+
+
+def cls_res5_bytes_moved(mode):
+    """By hand for cls.res5 in float32: x and out (64, 512, 7, 7), the kernels
+    (64, 32, 7, 7, 7, 7); fwd reads x, w and writes out; bwd reads grad_out, x, w and writes
+    grad_x, grad_w."""
+    x = out = 64 * 512 * 7 * 7
+    w = 64 * 32 * 7 * 7 * 7 * 7
+    fwd = x + w + out
+    return 4 * (fwd if mode == "fwd" else fwd + out + x + w + x + w)
 
 
 def test_operator_benchmark_prints_ratios():
@@ -52,32 +172,73 @@ def test_operator_benchmark_prints_ratios():
     backends = ["reference", "torch"] + (["native"] if native.native_is_available() else [])
     out = run_tool("benchmark_involution.py", "--device", "cpu", "--shapes", "cls.res5",
                    "--repeat", "1", "--warmup", "0", "--backends", *backends)
-    lines = out.splitlines()
-    header = re.split(r"\s{2,}", next(line for line in lines if line.startswith("shape")))
-    rows = [dict(zip(header, re.split(r"\s{2,}", line.strip()))) for line in lines
-            if line.startswith("cls.res5")]
-    assert {(r["mode"], r["backend"]) for r in rows} == {
-        (mode, b) for mode in ("fwd", "fwd+bwd") for b in backends}
     assert "# memory bandwidth, measured (copy):" in out
+    assert "# cls.res5: x (64, 512, 7, 7), K=7, stride=1, float32" in out
+    assert ", median of 1 runs after 0 warm-up" in out.splitlines()[0]
+    bandwidth = re.search(r"# memory bandwidth, measured \(copy\): (\S+) GB/s", out).group(1)
+    baselines = ["reference", "torch"]
+    rows = table(out, ["shape", "dtype", "mode", "backend", "time ms", "peak MiB",
+                       "speed-up vs reference", "speed-up vs torch", "memory / reference",
+                       "memory / torch", "GB/s", "x of bandwidth bound"])
+    # One row per mode and backend, in the order asked for.
+    assert [(r["shape"], r["dtype"], r["mode"], r["backend"]) for r in rows] == [
+        ("cls.res5", "float32", mode, b) for mode in ("fwd", "fwd+bwd") for b in backends]
     for r in rows:
+        of = {b: s for b, s in ((s["backend"], s) for s in rows if s["mode"] == r["mode"])}
+        where = f"{r['mode']} [{r['backend']}]"
         assert r["speed-up vs reference"].endswith("x")
         assert float(r["speed-up vs reference"][:-1]) > 0 and float(r["speed-up vs torch"][:-1]) > 0
         assert float(r["GB/s"]) > 0 and float(r["x of bandwidth bound"]) > 0
+        for base in baselines:
+            # Speed-up: the baseline's time over this one's, as printed.
+            assert_ratio(r[f"speed-up vs {base}"], of[base]["time ms"], r["time ms"],
+                         f"{where} speed-up vs {base}")
+            if r["backend"] == base:
+                assert r[f"speed-up vs {base}"] == "1.00x", where
+            # Memory: this peak over the baseline's ("-" where the baseline's is not > 0).
+            if r[f"memory / {base}"] == "-":
+                assert float(of[base]["peak MiB"]) <= 0.05, where
+            else:
+                assert_ratio(r[f"memory / {base}"], r["peak MiB"], of[base]["peak MiB"],
+                             f"{where} memory / {base}")
+        # The least traffic, counted by hand, over the printed time; and the time over the
+        # time that traffic takes at the printed bandwidth: GB/s x that ratio = bandwidth.
+        assert_ratio(r["GB/s"], cls_res5_bytes_moved(r["mode"]) / 1e6, r["time ms"],
+                     f"{where} GB/s")
+        assert_product(r["GB/s"], r["x of bandwidth bound"], bandwidth, f"{where} bandwidth")
         if r["backend"] != "reference":
             assert float(r["memory / reference"]) < 0.5  # a fraction of unfold's memory
 
 
+def assert_calls_of_ours(calls):
+    """Calls of this package (files of involution_d2/, as path:function), starting with
+    the layer's forward."""
+    assert calls, "no call of involution_d2 recorded in one Involution forward"
+    assert calls[0] == "layers/involution.py:forward", calls
+    for call in calls:
+        path, _, function = call.rpartition(":")
+        assert function.isidentifier(), call
+        assert os.path.isfile(os.path.join(REPO, "involution_d2", path)), \
+            f"{call}: not a file of involution_d2 (the paths are relative to the package)"
+
+
 def test_host_cost_benchmark_prints_ratios_and_the_calls_of_one_layer_forward():
     out = run_tool("benchmark_involution.py", "--device", "cpu", "--host-cost", "--repeat", "20")
-    rows = {re.split(r"\s{2,}", line.strip())[0]: re.split(r"\s{2,}", line.strip())[1:]
-            for line in out.splitlines()
-            if line.startswith(("torch.add", "involution()", "Involution layer"))}
-    assert set(rows) == {"torch.add (floor)", "involution()", "involution(), x requires grad",
-                         "Involution layer"}
+    backend = re.search(r"backend 'auto' is '(\w+)'", out).group(1)
+    assert "# host cost: 20 calls back to back" in out
+    table_rows = table(out, ["call", "us/call", "x torch.add"])
+    rows = {r["call"]: [r["us/call"], r["x torch.add"]] for r in table_rows}
+    assert [r["call"] for r in table_rows] == [
+        "torch.add (floor)", "involution()", f"{backend} forward kernel",
+        "involution(), x requires grad", "Involution layer"]
     assert rows["torch.add (floor)"][1] == "1.0x"
     assert all(float(us) > 0 and ratio.endswith("x") for us, ratio in rows.values())
+    for call, (us, ratio) in rows.items():  # each against the floor, as printed
+        assert_ratio(ratio, us, rows["torch.add (floor)"][0], f"{call} x torch.add")
     calls = out[out.index("calls of ours in one Involution forward"):].splitlines()
+    calls = [line for line in calls if line.strip()]
     assert int(calls[0].rsplit(": ", 1)[1]) == len(calls) - 1
+    assert_calls_of_ours([line.strip() for line in calls[1:]])
     assert calls[1].strip() == "layers/involution.py:forward"
 
 
@@ -93,8 +254,16 @@ def test_one_involution_forward_makes_few_calls_of_ours():
     with torch.no_grad():
         layer(x)  # the first call decides the backend (cached after it)
         calls = calls_of_ours(layer, x)
+    assert_calls_of_ours(calls)  # some calls, all ours: not an empty list by mistake
     assert len(calls) <= 10, calls
     assert not any("validate" in call for call in calls), calls  # the layer checks nothing twice
+
+
+MODEL_COLUMNS = ["suite", "model [involution backend]", "mode", "dtype", "images/s", "ms/iter",
+                 "peak MiB", "speed vs ResNet-50", "memory / ResNet-50",
+                 "saved for backward MiB", "saved / ResNet-50"]
+CATEGORIES = ["involution span + aggregation", "involution reduction", "convolution",
+              "normalization", "RoIAlign / NMS", "other"]
 
 
 @requires_detectron2
@@ -107,35 +276,95 @@ def test_model_benchmark_prints_throughput_and_profile():
                    "--dtypes", "float32", "--modes", "inference", "train", "--profile",
                    "--backends", *backends)
     assert "native bfloat16 (AVX-512 BF16 / AMX): " in out.splitlines()[0]
+    assert "batch 1, median of 1 after 0 warm-up" in out.splitlines()[0]
+    names = [f"RedNet-50 [{b}]" for b in backends] + ["ResNet-50"]
+    speed_rows = table(out, MODEL_COLUMNS + [f"speed vs [{backends[0]}]"])
+    profile_rows = table(out, ["suite", "model", "mode", "dtype", "total ms"] + CATEGORIES)
+    # Every model in both modes, the twin last, in both tables.
+    order = [("backbone", mode, name, "float32") for mode in ("inference", "train")
+             for name in names]
+    assert [(r["suite"], r["mode"], r["model [involution backend]"], r["dtype"])
+            for r in speed_rows] == order
+    assert [(r["suite"], r["mode"], r["model"], r["dtype"]) for r in profile_rows] == order
     for mode in ("inference", "train"):
-        lines = [re.split(r"\s{2,}", line.strip()) for line in out.splitlines()
-                 if line.startswith("backbone") and f" {mode} " in line]
-        speed = {r[1]: r for r in lines if len(r) == 12}
-        profile = {r[1]: r for r in lines if len(r) == 11}
-        assert set(speed) == {f"RedNet-50 [{b}]" for b in backends} | {"ResNet-50"}
-        assert speed["ResNet-50"][7] == "1.00x"  # the twin against itself
+        assert f"# backbone, {mode}, float32, 1x3x64x96" in out
+        speed = {r["model [involution backend]"]: r for r in speed_rows if r["mode"] == mode}
+        profile = {r["model"]: r for r in profile_rows if r["mode"] == mode}
+        twin = speed["ResNet-50"]
+        assert twin["speed vs ResNet-50"] == "1.00x"  # the twin against itself
+        for name, r in speed.items():
+            where = f"{mode} {name}"
+            # images/s is the batch (1) over the time; the ratios are of the printed columns.
+            assert_ratio(r["images/s"], 1000, r["ms/iter"], f"{where} images/s")
+            assert_ratio(r["speed vs ResNet-50"], twin["ms/iter"], r["ms/iter"],
+                         f"{where} speed vs ResNet-50")
+            if r["memory / ResNet-50"] == "-":
+                assert float(twin["peak MiB"]) <= 0.5, where
+            else:
+                assert_ratio(r["memory / ResNet-50"], r["peak MiB"], twin["peak MiB"],
+                             f"{where} memory / ResNet-50")
+            if name == "ResNet-50":
+                assert r[f"speed vs [{backends[0]}]"] == "-"  # no involution backend
+            else:
+                assert_ratio(r[f"speed vs [{backends[0]}]"],
+                             speed[f"RedNet-50 [{backends[0]}]"]["ms/iter"], r["ms/iter"],
+                             f"{where} speed vs [{backends[0]}]")
+        assert speed[f"RedNet-50 [{backends[0]}]"][f"speed vs [{backends[0]}]"] == "1.00x"
         # Bytes saved for backward: counted in training only, exact.
-        saved = {name: r[9] for name, r in speed.items()}
+        saved = {name: r["saved for backward MiB"] for name, r in speed.items()}
         if mode == "train":
-            assert speed["ResNet-50"][10] == "1.00" and all(float(v) > 0 for v in saved.values())
+            assert twin["saved / ResNet-50"] == "1.00"
+            assert all(float(v) > 0 for v in saved.values())
+            for name, r in speed.items():
+                assert_ratio(r["saved / ResNet-50"], saved[name], saved["ResNet-50"],
+                             f"{name} saved / ResNet-50")
+            if backends == ["native", "torch"]:  # both recompute the kernels: the same bytes
+                assert saved["RedNet-50 [native]"] == saved["RedNet-50 [torch]"]
         else:
             assert set(saved.values()) == {"-"}
-        assert float(speed[f"RedNet-50 [{backends[0]}]"][4]) > 0  # images/s
+            assert {r["saved / ResNet-50"] for r in speed.values()} == {"-"}
+        assert float(speed[f"RedNet-50 [{backends[0]}]"]["images/s"]) > 0
         assert set(profile) == set(speed)
-        aggregation = {name: float(r[5].rstrip(" %")) for name, r in profile.items()}
-        assert aggregation["ResNet-50"] == 0.0
+        for name, r in profile.items():
+            # Shares of one total: they add up to 100 % (each printed to 0.1 %).
+            shares = [value(r[c]) for c in CATEGORIES]
+            assert all(r[c].endswith(" %") and 0 <= s <= 100 for c, s in zip(CATEGORIES, shares))
+            assert abs(sum(shares) - 100) <= 0.05 * len(CATEGORIES) + 1e-9, (name, shares)
+            assert float(r["total ms"]) > 0
+        aggregation = {name: value(r["involution span + aggregation"])
+                       for name, r in profile.items()}
+        reduction = {name: value(r["involution reduction"]) for name, r in profile.items()}
+        # The twin has no involution at all.
+        assert aggregation["ResNet-50"] == 0.0 and reduction["ResNet-50"] == 0.0
         # The forward and (in training) the backward of every backend are found.
         assert all(aggregation[f"RedNet-50 [{b}]"] > 0 for b in backends)
+        assert all(reduction[f"RedNet-50 [{b}]"] > 0 for b in backends)
 
 
-def test_bytes_moved_counts_each_tensor_once():
-    from involution_d2.utils import benchmark_operator as bench
+def test_bytes_moved_counts_each_tensor_once(monkeypatch):
+    from benchmarking import operator as bench
 
     # det.res5: x (2, 512, 25, 38), 32 groups of 16 channels, K = 7, stride 1.
     x, w = 2 * 512 * 25 * 38, 2 * 32 * 49 * 25 * 38
     assert bench.bytes_moved("det.res5", "float32", "fwd") == 4 * (x + w + x)
     # fwd: x, w -> out; bwd: grad_out, x, w -> grad_x, grad_w (out and grads: x-sized here)
     assert bench.bytes_moved("det.res5", "bfloat16", "fwd+bwd") == 2 * (5 * x + 3 * w)
+    # With stride 2 the output is smaller than x: cls.res3.s2, x (64, 128, 56, 56), out and
+    # kernels at 28x28 (8 groups).
+    x, out, w = 64 * 128 * 56 * 56, 64 * 128 * 28 * 28, 64 * 8 * 49 * 28 * 28
+    assert bench.bytes_moved("cls.res3.s2", "float32", "fwd") == 4 * (x + w + out)
+    assert bench.bytes_moved("cls.res3.s2", "float32", "fwd+bwd") == \
+        4 * ((x + w + out) + (out + x + w) + (x + w))
+    # A tiny shape, every size by hand: x (1, 16, 4, 6), K = 3, stride 2, padding 1 ->
+    # out (1, 16, 2, 3); kernels (1, 1, 3, 3, 2, 3): 384 + 54 + 96 elements forward.
+    monkeypatch.setitem(bench.SHAPES, "tiny", (1, 16, 4, 6, 3, 2))
+    assert bench.bytes_moved("tiny", "float32", "fwd") == 4 * (384 + 54 + 96)
+    assert bench.bytes_moved("tiny", "float64", "fwd") == 8 * 534
+    assert bench.bytes_moved("tiny", "bfloat16", "fwd+bwd") == 2 * (534 + 96 + 384 + 54 + 384 + 54)
+
+
+FUSED_COLUMNS = ["shape", "dtype", "mode", "backend", "unfused ms", "fused ms",
+                 "fused speed-up", "unfused peak MiB", "fused peak MiB", "fused / unfused memory"]
 
 
 @pytest.mark.parametrize("backend", ["native", "torch"])
@@ -146,14 +375,46 @@ def test_operator_benchmark_compares_fused_with_unfused(backend):
         pytest.skip("the native CPU kernel is unavailable")
     out = run_tool("benchmark_involution.py", "--fused", "--device", "cpu", "--shapes",
                    "cls.res5", "--repeat", "1", "--warmup", "0", "--backends", backend)
-    lines = out.splitlines()
-    header = re.split(r"\s{2,}", next(line for line in lines if line.startswith("shape")))
-    rows = [dict(zip(header, re.split(r"\s{2,}", line.strip()))) for line in lines
-            if line.startswith("cls.res5")]
-    assert [(r["mode"], r["backend"]) for r in rows] == [("fwd", backend), ("fwd+bwd", backend)]
+    assert f"# cls.res5: {CLS_RES5}, float32, [{backend}]" in out
+    rows = table(out, FUSED_COLUMNS)
+    assert [(r["shape"], r["dtype"], r["mode"], r["backend"]) for r in rows] == [
+        ("cls.res5", "float32", "fwd", backend), ("cls.res5", "float32", "fwd+bwd", backend)]
     for r in rows:
         assert float(r["fused speed-up"][:-1]) > 0
         assert float(r["unfused ms"]) > 0 and float(r["fused ms"]) > 0
+        assert r["fused speed-up"].endswith("x")
+        assert_ratio(r["fused speed-up"], r["unfused ms"], r["fused ms"],
+                     f"{r['mode']} fused speed-up")
+        if r["fused / unfused memory"] == "-":
+            assert float(r["unfused peak MiB"]) <= 0.05, r
+        else:
+            assert_ratio(r["fused / unfused memory"], r["fused peak MiB"],
+                         r["unfused peak MiB"], f"{r['mode']} fused / unfused memory")
+
+
+def test_saved_bytes_counter_matches_a_hand_count():
+    """count_saved_bytes on a conv + ReLU whose saved tensors are known: the convolution
+    keeps its input (and its weight: a parameter, not counted), the ReLU its output; a
+    storage saved twice counts once; nothing is saved without gradients."""
+    from benchmarking.models import count_saved_bytes
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU())
+    x = torch.randn(1, 3, 5, 5)
+    # x: 3 x 5 x 5 floats, the ReLU's output 4 x 5 x 5: 4 bytes each.
+    loss, saved = count_saved_bytes(model, lambda: model(x).sum())
+    assert saved == 4 * (3 * 25 + 4 * 25)
+    assert loss.requires_grad  # the forward's result is handed back
+    model.double()
+    assert count_saved_bytes(model, lambda: model(x.double()).sum())[1] == 8 * (75 + 100)
+
+    def square():  # the product saves the ReLU's output (twice), as the ReLU does
+        y = model(x.double())
+        return (y * y).sum()
+
+    assert count_saved_bytes(model, square)[1] == 8 * (75 + 100)
+    with torch.no_grad():
+        assert count_saved_bytes(model, lambda: model(x.double()).sum())[1] == 0
 
 
 @requires_detectron2
@@ -163,14 +424,20 @@ def test_model_benchmark_counts_the_bytes_saved_for_backward():
     # "Memory"): 1.19x at this size, 1.20x at 800x1216.
     out = run_tool("benchmark_models.py", "--device", "cpu", "--suites", "backbone_all_trained",
                    "--size", "64", "96", "--dtypes", "float32", "--saved-only")
-    rows = {r[1]: r for r in (re.split(r"\s{2,}", line.strip()) for line in out.splitlines()
-                              if line.startswith("backbone_all_trained"))}
+    table_rows = table(out, ["suite", "model [involution backend]", "dtype",
+                             "saved for backward MiB", "saved / ResNet-50"])
     twin = "ResNet-50, all stages trained"
+    assert [(r["suite"], r["model [involution backend]"], r["dtype"]) for r in table_rows] == [
+        ("backbone_all_trained", name, "float32")
+        for name in ("RedNet-50, all stages trained [native]",
+                     "RedNet-50, all stages trained [torch]", twin)]
+    rows = {r["model [involution backend]"]: list(r.values()) for r in table_rows}
     assert set(rows) == {twin, "RedNet-50, all stages trained [native]",
                          "RedNet-50, all stages trained [torch]"}
     assert rows[twin][4] == "1.00"
     for name, row in rows.items():
         assert float(row[3]) > 0
+        assert_ratio(row[4], row[3], rows[twin][3], f"{name} saved / ResNet-50")
         if name != twin:
             assert float(row[4]) <= 1.25, row
     # Both backends recompute the kernels: they save the same.
@@ -232,15 +499,23 @@ def test_official_operator_path_is_checked(tmp_path):
                           "--device", "cpu", "--official-kernel", str(tmp_path / "x.py")],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 2 and "--official-kernel needs --device cuda" in out.stderr
+    # An argparse error: the usage first, the reason after, nothing benchmarked.
+    assert out.stderr.startswith("usage: benchmark_involution.py") and not out.stdout
+    assert "the official operator is CUDA only" in out.stderr
+
 
 
 def test_operator_benchmark_times_each_layer_of_a_call():
     skip_if_unavailable("native")
     out = run_tool("benchmark_involution.py", "--device", "cpu", "--per-call", "--shapes",
                    "cls.res5", "--repeat", "3")
-    rows = {r[2].strip(): float(r[3]) for r in
-            (re.split(r"\s{2,}", line.strip()) for line in out.splitlines()
-             if line.startswith("cls.res5"))}
+    assert f"# cls.res5: {CLS_RES5}, float32" in out
+    table_rows = table(out, ["shape", "dtype", "call", "wall us/call"])  # no GPU columns
+    # The layers of the path, outermost first, then the floor.
+    assert [(r["shape"], r["dtype"], r["call"]) for r in table_rows] == [
+        ("cls.res5", "float32", call) for call in
+        ("involution()", "custom operator", "native kernel", "torch.add (floor)")]
+    rows = {r["call"]: float(r["wall us/call"]) for r in table_rows}
     assert set(rows) == {"involution()", "custom operator", "native kernel", "torch.add (floor)"}
     assert all(v > 0 for v in rows.values())
     assert "# per call: 3 forward calls back to back" in out and "median of" not in out

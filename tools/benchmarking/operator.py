@@ -274,7 +274,9 @@ def calls_of_ours(run, *args):
     """The Python functions of this package that one ``run(*args)`` calls, in order."""
     import sys
 
-    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    import involution_d2
+
+    package = os.path.dirname(os.path.abspath(involution_d2.__file__))
     calls = []
 
     def profile(frame, event, arg):
