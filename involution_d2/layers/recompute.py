@@ -75,28 +75,17 @@ def _autocast_state(tensor):
 
 
 def _make(conv, norm, source, conv_weight, conv_bias, norm_weight, norm_bias):
-    """``relu(norm(conv(source)))`` (conv None: ``relu(norm(source))``), statelessly: a
-    convolution with the weights given, another module (an involution) with its own
-    parameters and its BatchNorm statistics left as they were."""
-    if isinstance(conv, nn.Conv2d):
-        y = conv._conv_forward(source, conv_weight, conv_bias)
-    elif conv is not None:
-        with _statistics_kept(conv):
-            y = conv(source)
-    else:
-        y = source
+    """``relu(norm(conv(source)))`` (conv None: ``relu(norm(source))``), statelessly."""
+    y = conv._conv_forward(source, conv_weight, conv_bias) if conv is not None else source
     return F.relu(_norm(norm, y, norm_weight, norm_bias))
 
 
 class _Recomputed(torch.autograd.Function):
     """``relu(norm(conv(source)))``, keeping ``source`` and the parameters only: the forward
-    runs the modules (a BatchNorm updates its statistics once), the backward recomputes.
-    ``conv`` is a convolution, whose weights are the inputs after ``source``, or another
-    module (an involution), whose parameters are the last inputs."""
+    runs the modules (a BatchNorm updates its statistics once), the backward recomputes."""
 
     @staticmethod
-    def forward(ctx, source, conv_weight, conv_bias, norm_weight, norm_bias, conv, norm,
-                *module_parameters):
+    def forward(ctx, source, conv_weight, conv_bias, norm_weight, norm_bias, conv, norm):
         with torch.no_grad():
             y = conv(source) if conv is not None else source
             out = F.relu(norm(y) if norm is not None else y)
@@ -109,22 +98,14 @@ class _Recomputed(torch.autograd.Function):
     def backward(ctx, grad_out):
         saved = ctx.saved_tensors
         needs = ctx.needs_input_grad[:5]
-        conv = ctx.modules[0]
-        module_parameters = ([] if isinstance(conv, nn.Conv2d) or conv is None
-                             else list(conv.parameters()))
-        module_needs = ctx.needs_input_grad[7:]
         with torch.enable_grad(), ctx.autocast():
             leaves = [t.detach().requires_grad_(need) if t is not None else None
                       for t, need in zip(saved, needs)]
             out = _make(*ctx.modules, *leaves)
-            # A module's own parameters took part as themselves (not as leaves).
-            wanted = ([t for t, need in zip(leaves, needs) if need and t is not None]
-                      + [p for p, need in zip(module_parameters, module_needs) if need])
-            grads = iter(torch.autograd.grad(out, wanted, grad_out, allow_unused=True)
-                         if wanted else ())
-        return (tuple(next(grads) if need and t is not None else None
-                      for t, need in zip(leaves, needs)) + (None, None)
-                + tuple(next(grads) if need else None for need in module_needs))
+            wanted = [t for t, need in zip(leaves, needs) if need and t is not None]
+            grads = iter(torch.autograd.grad(out, wanted, grad_out) if wanted else ())
+        return tuple(next(grads) if need and t is not None else None
+                     for t, need in zip(leaves, needs)) + (None, None)
 
 
 class _Recipe:
@@ -150,26 +131,22 @@ def _same(a, b):
 def recompute_into(consumer, source, norm, conv=None):
     """``consumer(relu(norm(conv(source))))`` (without ``conv``: of ``relu(norm(source))``)
     where neither that output nor the convolution's are kept for backward, by the consumer
-    or by the norm: they are recomputed from ``source`` when a backward needs them.  ``conv``
-    may be another module whose output is worth recomputing (the stem's involution).  The
-    plain computation where that does not apply (no gradients, tracing, compilation, a norm
-    that communicates)."""
+    or by the norm: they are recomputed from ``source`` when a backward needs them.  The plain
+    computation where that does not apply (no gradients, tracing, compilation, a norm that
+    communicates)."""
     if not (torch.is_grad_enabled() and recomputable(norm) and not torch.jit.is_tracing()
             and not torch.compiler.is_compiling()
             and (conv is not None or _keeps_its_input(norm))):  # else nothing to gain
         y = conv(source) if conv is not None else source
         return consumer(F.relu(norm(y)) if norm is not None else F.relu(y))
-    is_conv = isinstance(conv, nn.Conv2d)
-    conv_weight = conv.weight if is_conv else None
-    conv_bias = conv.bias if is_conv else None
-    module_parameters = tuple(conv.parameters()) if conv is not None and not is_conv else ()
+    conv_weight = conv.weight if conv is not None else None
+    conv_bias = conv.bias if conv is not None else None
     norm_weight, norm_bias = _parameters(norm)
     params = (conv_weight, conv_bias, norm_weight, norm_bias)
-    if not (source.requires_grad or any(p is not None and p.requires_grad
-                                        for p in params + module_parameters)):
+    if not (source.requires_grad or any(p is not None and p.requires_grad for p in params)):
         y = conv(source) if conv is not None else source
         return consumer(F.relu(norm(y)) if norm is not None else F.relu(y))
-    out = _Recomputed.apply(source, *params, conv, norm, *module_parameters)
+    out = _Recomputed.apply(source, *params, conv, norm)
     recipe = _Recipe((conv, norm, source.detach(), *params), _autocast_state(source))
     # Whatever saves tensors around this call (a memory counter, an outer recomputation)
     # still sees every tensor but ``out``.
@@ -188,6 +165,42 @@ def recompute_into(consumer, source, norm, conv=None):
 
     with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
         return consumer(out)
+
+
+class _ReluMaxPool(torch.autograd.Function):
+    """``max_pool2d(relu(x))``, keeping for backward a boolean mask of ``x > 0`` and the
+    pooling's argmax as int32: an eighth and a half of what autograd keeps (the ReLU's output,
+    which both ReLU and pooling keep, and int64 indices)."""
+
+    @staticmethod
+    def forward(ctx, x, kernel_size, stride, padding):
+        positive = x > 0
+        out, indices = F.max_pool2d(x.relu(), kernel_size, stride, padding, return_indices=True)
+        ctx.shape = x.shape
+        ctx.pooling = [[k, k] for k in (kernel_size, stride, padding)]
+        ctx.save_for_backward(positive, indices.to(torch.int32))
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        positive, indices = ctx.saved_tensors
+        # Pooling's own backward reads only the shape of its input: a stand-in of one element
+        # takes the input's place (the sums come out bit for bit as without this Function).
+        stand_in = grad_out.new_empty(()).expand(ctx.shape)
+        grad = torch.ops.aten.max_pool2d_with_indices_backward(
+            grad_out, stand_in, ctx.pooling[0], ctx.pooling[1], ctx.pooling[2], [1, 1], False,
+            indices.long())
+        return grad * positive, None, None, None
+
+
+def relu_max_pool(x, kernel_size, stride, padding):
+    """``F.max_pool2d(F.relu(x), ...)`` that keeps a mask and int32 indices for backward
+    where a backward will run; the plain functions otherwise (inference, tracing,
+    compilation)."""
+    if (torch.is_grad_enabled() and x.requires_grad and not torch.jit.is_tracing()
+            and not torch.compiler.is_compiling()):
+        return _ReluMaxPool.apply(x, kernel_size, stride, padding)
+    return F.max_pool2d(F.relu(x), kernel_size, stride, padding)
 
 
 @contextlib.contextmanager

@@ -19,8 +19,8 @@ a traced model keeps the user's choice, and a model exported with "auto" runs wh
 loaded: the native kernels where they build, else the pure-PyTorch ones.
 
 Eager calls (:func:`run_involution`, :func:`run_fused_involution`) skip the dispatcher: its
-route to a Python kernel, and torch.library's autograd wrapper, cost about 20 us of host time
-per call, and on a GPU host time is what limits RedNet.  They run the same kernels through
+route to a Python kernel and torch.library's autograd wrapper add host time to every call
+(docs/BENCHMARKS.md measures it), and on a GPU host time is what limits RedNet.  They run the same kernels through
 the autograd Functions below, which save the same tensors and call the same backward as the
 registered autograd; without gradients, they call the forward kernel directly.
 """

@@ -138,13 +138,14 @@ def test_recomputation_under_autocast_matches(norm):
 
 
 def _kept_for_backward(module, x):
-    """The output, and the shapes of the tensors kept for backward (parameters aside)."""
+    """The output, and the (shape, dtype) of the tensors kept for backward (parameters
+    aside)."""
     own = {t.data_ptr() for t in list(module.parameters()) + list(module.buffers())}
     kept = []
 
     def pack(t):
         if t.data_ptr() not in own:
-            kept.append(tuple(t.shape))
+            kept.append((tuple(t.shape), t.dtype))
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
@@ -153,33 +154,38 @@ def _kept_for_backward(module, x):
 
 
 @requires_detectron2
-def test_trained_stem_keeps_none_of_its_half_width_tensors():
-    """The stem's involution input and output and the ReLU after it (half the stem's width,
-    at half the image's resolution) are all made again in backward; without recomputation
-    the stem keeps four of them. Same output, gradients and statistics."""
+@pytest.mark.parametrize("norm", ["BN", "FrozenBN"])
+def test_stem_keeps_a_mask_and_indices_instead_of_its_relu_output(norm):
+    """The stem's largest tensor, its last ReLU output (kept by the ReLU and the pooling), is
+    not kept: a boolean mask and int32 pooling indices are. Same output, gradients and
+    statistics."""
     from involution_d2.modeling.backbone.rednet import RedNetStem
 
     def stem(recompute):
         torch.manual_seed(0)
-        module = RedNetStem(3, 16, norm="BN", involution_kernel=3,
+        module = RedNetStem(3, 16, norm=norm, involution_kernel=3,
                             involution_kwargs=dict(group_channels=4)).double().train()
         module.recompute_activations = recompute
         return module
 
-    x = torch.randn(2, 3, 32, 24, dtype=torch.float64)
+    x = torch.randn(2, 3, 32, 24, dtype=torch.float64, requires_grad=True)
     results = {}
     for recompute in (False, True):
         module = stem(recompute)
         out, kept = _kept_for_backward(module, x)
         out.square().sum().backward()
-        half_width = [s for s in kept if len(s) == 4 and s[1] == 8 and s[2:] == (16, 12)]
-        results[recompute] = (out.detach(), [p.grad for p in module.parameters()],
-                              module.state_dict(), half_width)
-    (want_out, want_grads, want_state, plain_kept), (out, grads, state, kept) = (
+        relu_output = [s for s in kept if s == ((2, 16, 16, 12), torch.float64)]
+        results[recompute] = (out.detach(), [x.grad.clone()] + [p.grad for p in module.parameters()],
+                              module.state_dict(), relu_output, kept)
+        x.grad = None
+    (want_out, want_grads, want_state, plain_relu, _), (out, grads, state, relu, kept) = (
         results[False], results[True])
-    assert len(plain_kept) >= 4 and kept == []
-    torch.testing.assert_close(out, want_out, rtol=1e-12, atol=1e-12)
+    # Without: the ReLU output (kept by the ReLU and the pooling) and, where the norm is
+    # trained, its input; with: the norm's input alone.
+    assert (len(plain_relu), len(relu)) == ((3, 1) if norm == "BN" else (2, 0))
+    assert ((2, 16, 16, 12), torch.bool) in kept and ((2, 16, 8, 6), torch.int32) in kept
+    torch.testing.assert_close(out, want_out, rtol=0, atol=0)
     for got, want in zip(grads, want_grads):
-        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
-    for key in want_state:  # the involution's own BatchNorm too: updated once
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    for key in want_state:  # BatchNorm statistics: updated once
         torch.testing.assert_close(state[key], want_state[key], rtol=0, atol=0)

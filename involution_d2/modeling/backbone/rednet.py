@@ -17,7 +17,7 @@ from detectron2.modeling.backbone import BACKBONE_REGISTRY, ResNet
 from ...config import (CLASSIFICATION_STEM_INVOLUTION_KERNEL, DETECTION_STEM_INVOLUTION_KERNEL,
                        involution_kwargs_from_config)
 from ...layers import ConvNormAct, Involution, get_norm
-from ...layers.recompute import checkpointed, recompute_into
+from ...layers.recompute import checkpointed, recompute_into, relu_max_pool
 
 __all__ = ["RedNetStem", "RedNetBottleneck", "RedNet", "build_rednet_backbone",
            "REDNET_DEPTHS", "CLASSIFICATION_STEM_INVOLUTION_KERNEL",
@@ -72,7 +72,7 @@ class RedNetStem(CNNBlockBase):
             if self.with_cp and self.training and _needs_gradients(self, x):
                 return self._checkpointed(x)
             if self.recompute_activations and not torch.jit.is_tracing():
-                return F.max_pool2d(self._recomputing(x), kernel_size=3, stride=2, padding=1)
+                return self._recomputing(x)
         return self._plain(x)
 
     def _plain(self, x):
@@ -90,16 +90,16 @@ class RedNetStem(CNNBlockBase):
 
     @torch.jit.unused
     def _recomputing(self, x):
-        # Kept: the image alone. The involution's input is made again from it (by a
-        # convolution of 3 input channels), and the involution's output (32 channels at half
-        # the image's resolution, which the trained norm after it would keep) by running the
-        # involution again.
-        first = getattr(self, "0")
+        first, last = getattr(self, "0"), getattr(self, "4")  # 3 input channels: cheap again
+        x = recompute_into(getattr(self, "1"), x, first.norm, first.conv)
 
-        def after_first(x):
-            return recompute_into(getattr(self, "4"), x, getattr(self, "2"), getattr(self, "1"))
+        def last_and_pool(x):
+            # The stem's largest tensor is its ReLU output, which ReLU and pooling both keep:
+            # here a mask and the pooling's indices are kept instead.
+            x = last.conv(x)
+            return relu_max_pool(last.norm(x) if last.norm is not None else x, 3, 2, 1)
 
-        return recompute_into(after_first, x, first.norm, first.conv)
+        return recompute_into(last_and_pool, x, getattr(self, "2"))
 
 
 class RedNetBottleneck(CNNBlockBase):
