@@ -85,41 +85,57 @@ class _Recomputed(torch.autograd.Function):
     runs the modules (a BatchNorm updates its statistics once), the backward recomputes."""
 
     @staticmethod
-    def forward(ctx, source, conv_weight, conv_bias, norm_weight, norm_bias, conv, norm):
+    def forward(ctx, source, conv_weight, conv_bias, norm_weight, norm_bias, conv, norm, recipe):
         with torch.no_grad():
             y = conv(source) if conv is not None else source
             out = F.relu(norm(y) if norm is not None else y)
-        ctx.modules = (conv, norm)
+        ctx.modules, ctx.recipe = (conv, norm), recipe
         ctx.autocast = _autocast_state(source)
         ctx.save_for_backward(source, conv_weight, conv_bias, norm_weight, norm_bias)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        saved = ctx.saved_tensors
         needs = ctx.needs_input_grad[:5]
+        # The consumer's backward ran first and made the output again through the recipe,
+        # with its graph: differentiate that one rather than make it a second time.
+        graph, ctx.recipe.graph = ctx.recipe.graph, None
         with torch.enable_grad(), ctx.autocast():
-            leaves = [t.detach().requires_grad_(need) if t is not None else None
-                      for t, need in zip(saved, needs)]
-            out = _make(*ctx.modules, *leaves)
+            if graph is None:  # a second backward (retain_graph), or a consumer that kept none
+                graph = _made_with_graph(ctx.modules, ctx.saved_tensors, needs)
+            leaves, out = graph
             wanted = [t for t, need in zip(leaves, needs) if need and t is not None]
             grads = iter(torch.autograd.grad(out, wanted, grad_out) if wanted else ())
         return tuple(next(grads) if need and t is not None else None
-                     for t, need in zip(leaves, needs)) + (None, None)
+                     for t, need in zip(leaves, needs)) + (None, None, None)
+
+
+def _made_with_graph(modules, inputs, needs):
+    """(leaves, output) of ``_make`` on fresh leaves of ``inputs`` (source and parameters)
+    that require gradients where ``needs`` says."""
+    leaves = [t.detach().requires_grad_(need) if t is not None else None
+              for t, need in zip(inputs, needs)]
+    return leaves, _make(*modules, *leaves)
 
 
 class _Recipe:
-    """What is saved instead of the output: how to make it again (once per backward)."""
+    """What is saved instead of the output: how to make it again (once per backward), with
+    the graph that the backward of :class:`_Recomputed` then differentiates."""
 
-    __slots__ = ("args", "autocast", "value")
+    __slots__ = ("modules", "inputs", "needs", "autocast", "value", "graph")
 
-    def __init__(self, args, autocast):
-        self.args, self.autocast, self.value = args, autocast, None
+    def __init__(self, modules, inputs, autocast):
+        self.needs = [t is not None and t.requires_grad for t in inputs]
+        # Detached: the recipe, held by the graph, must not hold the source's history.
+        self.inputs = [t.detach() if t is not None else None for t in inputs]
+        self.modules, self.autocast = modules, autocast
+        self.value = self.graph = None
 
     def get(self):
         if self.value is None:
-            with torch.no_grad(), self.autocast():
-                self.value = _make(*self.args)
+            with torch.enable_grad(), self.autocast():
+                self.graph = _made_with_graph(self.modules, self.inputs, self.needs)
+            self.value = self.graph[1].detach()
         return self.value
 
 
@@ -146,8 +162,8 @@ def recompute_into(consumer, source, norm, conv=None):
     if not (source.requires_grad or any(p is not None and p.requires_grad for p in params)):
         y = conv(source) if conv is not None else source
         return consumer(F.relu(norm(y)) if norm is not None else F.relu(y))
-    out = _Recomputed.apply(source, *params, conv, norm)
-    recipe = _Recipe((conv, norm, source.detach(), *params), _autocast_state(source))
+    recipe = _Recipe((conv, norm), (source, *params), _autocast_state(source))
+    out = _Recomputed.apply(source, *params, conv, norm, recipe)
     # Whatever saves tensors around this call (a memory counter, an outer recomputation)
     # still sees every tensor but ``out``.
     outer = torch._C._autograd._top_saved_tensors_default_hooks(False)
