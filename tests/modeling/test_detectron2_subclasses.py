@@ -92,7 +92,13 @@ def test_involution_fpn_scripts_with_fpns_constant_fuse_type():
     annotations of its own would hide it), and the scripted FPN equals the eager one."""
     import detectron2.export  # noqa: F401  (FPN's __prepare_scriptable__)
 
+    from detectron2.export.torchscript_patch import freeze_training_mode
+
     fpn = involution_fpn(fuse_type="avg")
+    # Detectron2's export freezes the training flag before it scripts a model, which gives
+    # the class annotations of its own.
+    with freeze_training_mode(fpn):
+        pass
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.jit.script's deprecation
         scripted = torch.jit.script(fpn)

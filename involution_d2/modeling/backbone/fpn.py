@@ -3,6 +3,8 @@ are involutions (the official "Neck: involution"); the 1x1 laterals and the extr
 (max-pool P6, or conv P6/P7 for RetinaNet) stay as in Detectron2."""
 import math
 
+import torch
+
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.backbone import BACKBONE_REGISTRY, FPN
 from detectron2.modeling.backbone.fpn import LastLevelMaxPool, LastLevelP6P7
@@ -26,6 +28,10 @@ class InvolutionFPN(FPN):
     involutions of ``out_channels``, with no norm and no activation after them (the official
     neck).  Everything else is FPN's: arguments, checks, laterals, top block, forward and
     scripting."""
+
+    # FPN's, stated again: TorchScript reads the annotations of the class itself, which
+    # Detectron2's export gives one ("training") the moment it scripts a model holding it.
+    _fuse_type: torch.jit.Final[str]
 
     def __init__(self, bottom_up, in_features, out_channels, norm="", top_block=None,
                  fuse_type="sum", square_pad=0, involution_kwargs=None):
