@@ -184,9 +184,9 @@ def recompute_into(consumer, source, norm, conv=None):
 
 
 class _ReluMaxPool(torch.autograd.Function):
-    """``max_pool2d(relu(x))``, keeping for backward a boolean mask of ``x > 0`` and the
-    pooling's argmax as int32: an eighth and a half of what autograd keeps (the ReLU's output,
-    which both ReLU and pooling keep, and int64 indices)."""
+    """``max_pool2d(relu(x))``, keeping for backward a boolean mask of ``x > 0`` (one byte an
+    element, where autograd keeps the ReLU's output, for both ReLU and pooling) and the
+    pooling's argmax as int32 (half of autograd's int64 indices)."""
 
     @staticmethod
     def forward(ctx, x, kernel_size, stride, padding):
