@@ -24,6 +24,7 @@ with glibc only).
     python3 tools/benchmark_involution.py --fused --device cpu     # fused against unfused
     python3 tools/benchmark_involution.py --device cuda --per-call --shapes det.res4 det.res5
     python3 tools/benchmark_involution.py --host-cost              # CPU; --device cuda too
+    python3 tools/benchmark_involution.py --device cuda --kernels --shapes det.stem det.res2
     python3 tools/benchmark_involution.py --device cuda \
         --official-kernel ../involution/cls/mmcls/models/utils/involution_cuda.py
 
@@ -36,6 +37,11 @@ With --host-cost it times one call on tiny tensors (where the kernel costs nearl
 against a ``torch.add`` on the same tensor: the public function, the backend's forward kernel
 called directly, an Involution layer; and it lists the Python calls of ours in one layer
 forward.
+
+With --kernels (CUDA) it times each variant of the CUDA kernels (the chunked ones and the
+row-blocked ones, which the backend chooses between per shape by measuring) for the forward,
+the input gradient and the weight gradient, launched directly and timed with CUDA events,
+with the speed-up over the chunked kernel and the time over the least-traffic time.
 
 With --fused it compares, per backend, the layer's last two steps run as the fused operator
 (``fused_involution``: span convolution C/4 -> G*K*K and aggregation in one) against the
@@ -77,6 +83,9 @@ def main(argv=None):
     parser.add_argument("--host-cost", action="store_true",
                         help="the host cost of one call on tiny tensors against a torch.add, "
                              "and the calls of ours in one Involution forward")
+    parser.add_argument("--kernels", action="store_true",
+                        help="CUDA: time each kernel variant (chunked, row-blocked) of the "
+                             "forward and both gradients, launched directly, side by side")
     parser.add_argument("--official-kernel", metavar="PATH", default=None,
                         help="also time the official CuPy operator: the path of "
                              "cls/mmcls/models/utils/involution_cuda.py in a clone of "

@@ -1,5 +1,6 @@
 """The "cupy" backend: the CUDA kernels of ``cuda/involution.cuh``, compiled by NVRTC through
-CuPy.
+CuPy (each set of template instantiations as one program of extern "C" kernels, which CuPy's
+disk cache keeps for later processes).
 
 CuPy is imported on first use only, so that the package works with torch alone.  Each
 (kernel, dtype, index width, K, stride, dilation, channels per thread) is compiled once per
@@ -9,11 +10,13 @@ array interface).
 """
 import functools
 import os
+import re
 
 import numpy as np
 import torch
 
 from .backends import Backend, BackendUnavailable, Kernels, register_backend
+from .composite import fused_forward_of
 
 _SOURCE_PATH = os.path.join(os.path.dirname(__file__), "cuda", "involution.cuh")
 THREADS = 256  # INV_THREADS in the CUDA source
@@ -26,6 +29,12 @@ _CTYPES = {
 }
 # The largest number of a group's channels that one thread accumulates in registers.
 _MAX_CHUNK = 16
+# The row-blocked kernels (*_rows): pixels of a row per thread, and at most this many channels
+# (a thread keeps chunk * ROWS_PIXELS sums and a tap row's ROWS_PIXELS * K weights).
+ROWS_PIXELS = 4
+_ROWS_MAX_CHUNK = 8
+VARIANTS = ("chunked", "rows")  # the first is the one used where no measurement can run
+FUSED_VARIANTS = ("fused", "rows", "unfused")
 # Below this many threads, fewer channels per thread buys parallelism on a large GPU.
 MIN_THREADS = 1 << 17
 _INT32_LIMIT = 2**31 - 1
@@ -82,11 +91,10 @@ def _source():
         return f.read()
 
 
-def kernel_name(kind, dtype, index_64bit, k, stride, dilation, chunk=None):
+def kernel_name(kind, dtype, index_64bit, k, stride, dilation, chunk=None, pixels=None):
     args = [_CTYPES[dtype], "long long" if index_64bit else "int", str(k), str(stride),
             str(dilation)]
-    if chunk is not None:
-        args.append(str(chunk))
+    args += [str(v) for v in (chunk, pixels) if v is not None]
     return f"{kind}<{', '.join(args)}>"
 
 
@@ -97,12 +105,49 @@ _STREAMS = {}  # (torch stream handle, device index) -> CuPy stream
 def _function(name, device_index):
     fn = _FUNCTIONS.get((name, device_index))
     if fn is None:
-        cupy = _cupy()
-        with cupy.cuda.Device(device_index):
-            module = cupy.RawModule(code=_source(), options=("--std=c++14",),
-                                    name_expressions=(name,))
-            fn = _FUNCTIONS[(name, device_index)] = module.get_function(name)
+        compile_kernels((name,), device_index)
+        fn = _FUNCTIONS[(name, device_index)]
     return fn
+
+
+def compile_kernels(names, device_index):
+    """Compiles the kernels ``names`` not compiled yet on the device, in one NVRTC program
+    (parsing the source once for all of them), which CuPy keeps in its disk cache: a later
+    process asking for the same kernels loads them from there."""
+    missing = tuple(sorted({n for n in names if (n, device_index) not in _FUNCTIONS}))
+    if not missing:
+        return
+    cupy = _cupy()
+    with cupy.cuda.Device(device_index):
+        module = cupy.RawModule(code=program_source(missing), options=("--std=c++14",))
+        for name in missing:
+            _FUNCTIONS[(name, device_index)] = module.get_function(extern_c_name(name))
+
+
+def extern_c_name(name):
+    """The extern "C" kernel that runs template instantiation ``name``:
+    ``involution_forward<float, int, 7, 1, 1, 16>`` -> ``involution_forward__float_int_7_1_1_16``
+    (what profilers show)."""
+    kind, arguments = name.split("<", 1)
+    return kind + "__" + "_".join(re.findall(r"\w+", arguments))
+
+
+def program_source(names):
+    """The source CuPy compiles for the kernels ``names``: the kernels as device functions,
+    and an extern "C" kernel calling each (CuPy keeps a program compiled without NVRTC name
+    expressions in its disk cache; with them it compiles again in every process)."""
+    lines = ["#define INVOLUTION_EXTERN_C_KERNELS", _source()]
+    for name in names:
+        kind, arguments = name.split("<", 1)
+        ctype, index = arguments.split(", ")[:2]
+        pointers, values = (4, 10) if kind.startswith("involution_fused_forward") else (2, 8)
+        params = ([f"const {ctype}* __restrict__ in{k}" for k in range(pointers)]
+                  + [f"{ctype}* __restrict__ out"] + [f"const {index} v{k}" for k in range(values)])
+        args = [f"in{k}" for k in range(pointers)] + ["out"] + [f"v{k}" for k in range(values)]
+        lines.append(f'extern "C" __global__ void __launch_bounds__({THREADS}) '
+                     f'{extern_c_name(name)}({", ".join(params)}) {{ '
+                     f'{name}({", ".join(args)}); }}')
+    return "\n".join(lines) + "\n"
 
 
 def _stream(device):
@@ -152,11 +197,11 @@ def _needs_64bit(*tensors):
     return any(t.numel() + THREADS * MAX_BLOCKS > _INT32_LIMIT for t in tensors)
 
 
-def _chunk(cg, items_per_chunk):
+def _chunk(cg, items_per_chunk, most=None):
     """Channels per thread: reuse each weight across up to 16 channels of its group, but
     keep enough threads to fill the GPU when the spatial size is small."""
     chunk = 1
-    while chunk * 2 <= min(cg, _MAX_CHUNK):
+    while chunk * 2 <= min(cg, most or _MAX_CHUNK):
         chunk *= 2
     while chunk > 1 and items_per_chunk * (-(-cg // chunk)) < MIN_THREADS:
         chunk //= 2
@@ -169,81 +214,269 @@ def _dims(x, weight, padding):
     return [c, h, w, g, ho, wo, padding]
 
 
-def forward_plan(x, weight, stride, padding, dilation):
-    """The output buffer and the kernel launch (name, items, arguments) that fills it."""
+def forward_launch(variant, x, weight, out, stride, padding, dilation):
+    """The launch (kernel name, items, arguments) of forward kernel ``variant`` that fills
+    ``out``; inputs contiguous."""
     n, c, h, w = x.shape
     g, k, ho, wo = weight.shape[1], weight.shape[2], weight.shape[4], weight.shape[5]
-    out = x.new_empty((n, c, ho, wo))
-    chunk = _chunk(c // g, n * g * ho * wo)
     big = _needs_64bit(x, weight, out)
-    name = kernel_name("involution_forward", x.dtype, big, k, stride, dilation, chunk)
-    total = n * g * (-(-(c // g) // chunk)) * ho * wo
-    return out, [(name, total, [x, weight, out, total] + _dims(x, weight, padding))]
+    if variant == "rows":
+        columns = -(-wo // ROWS_PIXELS)
+        chunk = _chunk(c // g, n * g * ho * columns, _ROWS_MAX_CHUNK)
+        name = kernel_name("involution_forward_rows", x.dtype, big, k, stride, dilation, chunk,
+                           ROWS_PIXELS)
+        total = n * g * (-(-(c // g) // chunk)) * ho * columns
+    else:
+        chunk = _chunk(c // g, n * g * ho * wo)
+        name = kernel_name("involution_forward", x.dtype, big, k, stride, dilation, chunk)
+        total = n * g * (-(-(c // g) // chunk)) * ho * wo
+    return name, total, [x, weight, out, total] + _dims(x, weight, padding)
 
 
-def backward_plan(grad_out, x, weight, stride, padding, dilation, need_x, need_w):
-    """The gradient buffers (None where not needed) and the launches that fill them."""
+def backward_input_launch(variant, grad_out, x, weight, gx, stride, padding, dilation):
+    """The launch of input-gradient kernel ``variant`` that fills ``gx``."""
     n, c, h, w = x.shape
-    g, k, ho, wo = weight.shape[1], weight.shape[2], weight.shape[4], weight.shape[5]
+    g, k = weight.shape[1], weight.shape[2]
     big = _needs_64bit(x, weight, grad_out)
-    dims = _dims(x, weight, padding)
-    gx = gw = None
-    launches = []
-    if need_x:
-        gx = torch.empty_like(x)
+    if variant == "rows":
+        columns = -(-w // ROWS_PIXELS)
+        chunk = _chunk(c // g, n * g * h * columns, _ROWS_MAX_CHUNK)
+        name = kernel_name("involution_backward_input_rows", x.dtype, big, k, stride, dilation,
+                           chunk, ROWS_PIXELS)
+        total = n * g * (-(-(c // g) // chunk)) * h * columns
+    else:
         chunk = _chunk(c // g, n * g * h * w)
         name = kernel_name("involution_backward_input", x.dtype, big, k, stride, dilation, chunk)
         total = n * g * (-(-(c // g) // chunk)) * h * w
-        launches.append((name, total, [grad_out, weight, gx, total] + dims))
-    if need_w:
-        gw = torch.empty_like(weight)
+    return name, total, [grad_out, weight, gx, total] + _dims(x, weight, padding)
+
+
+def backward_weight_launch(variant, grad_out, x, weight, gw, stride, padding, dilation):
+    """The launch of weight-gradient kernel ``variant`` that fills ``gw``."""
+    n = x.shape[0]
+    g, k, ho, wo = weight.shape[1], weight.shape[2], weight.shape[4], weight.shape[5]
+    big = _needs_64bit(x, weight, grad_out)
+    if variant == "rows":
+        name = kernel_name("involution_backward_weight_rows", x.dtype, big, k, stride, dilation,
+                           None, ROWS_PIXELS)
+        total = n * g * k * ho * (-(-wo // ROWS_PIXELS))
+    else:
         name = kernel_name("involution_backward_weight", x.dtype, big, k, stride, dilation)
         total = n * g * ho * wo
-        launches.append((name, total, [grad_out, x, gw, total] + dims))
+    return name, total, [grad_out, x, gw, total] + _dims(x, weight, padding)
+
+
+def variants_for(kind, stride):
+    """The kernels that can compute ``kind`` ("forward", "backward_input",
+    "backward_weight", "fused_forward"): the row-blocked input gradient gathers at stride 1
+    only; the fused operator may also run unfused (the span as cuDNN's convolution, then the
+    aggregation)."""
+    if kind == "fused_forward":
+        return FUSED_VARIANTS
+    return ("chunked",) if kind == "backward_input" and stride != 1 else VARIANTS
+
+
+def forward_plan(x, weight, stride, padding, dilation, variant="chunked"):
+    """The output buffer and the kernel launches that fill it."""
+    n, c = x.shape[:2]
+    out = x.new_empty((n, c, weight.shape[4], weight.shape[5]))
+    return out, [forward_launch(variant, x, weight, out, stride, padding, dilation)]
+
+
+def backward_plan(grad_out, x, weight, stride, padding, dilation, need_x, need_w,
+                  input_variant="chunked", weight_variant="chunked"):
+    """The gradient buffers (None where not needed) and the launches that fill them."""
+    gx = torch.empty_like(x) if need_x else None
+    gw = torch.empty_like(weight) if need_w else None
+    launches = []
+    if need_x:
+        launches.append(backward_input_launch(input_variant, grad_out, x, weight, gx, stride,
+                                              padding, dilation))
+    if need_w:
+        launches.append(backward_weight_launch(weight_variant, grad_out, x, weight, gw, stride,
+                                               padding, dilation))
     return gx, gw, launches
 
 
+# Which kernel runs: "measure" (the default) times every variant on a shape's first call and
+# keeps the fastest for that shape, as cudnn.benchmark does; "chunked" or "rows" force one.
+# The chunked and row-blocked kernels add the same terms in the same order, so that choice
+# does not change results; the fused operator's "unfused" variant generates the kernels with
+# cuDNN's convolution (TF32 where torch allows it), as the unfused layer does.
+KERNEL_CHOICE = os.environ.get("INVOLUTION_CUDA_KERNELS", "measure")
+_CHOSEN = {}  # (kind, dtype, shapes, stride, padding, dilation, device) -> variant
+MEASURE_REPEATS = 3
+
+
+def _choice_key(kind, x, weight, stride, padding, dilation):
+    return (kind, x.dtype, tuple(x.shape), tuple(weight.shape), stride, padding, dilation,
+            x.device.index)
+
+
+def choose_variant(kind, key, runs_of, stride, device):
+    """The kernel variant to run for ``kind`` on the shape that ``key`` names.
+    ``runs_of(variants)`` gives {variant: a function that runs it} (called when measuring)."""
+    variants = variants_for(kind, stride)
+    if KERNEL_CHOICE != "measure":
+        if KERNEL_CHOICE not in VARIANTS:
+            raise ValueError(f"INVOLUTION_CUDA_KERNELS={KERNEL_CHOICE!r}: expected 'measure' "
+                             f"(the default) or one of {', '.join(VARIANTS)}")
+        forced = "fused" if kind == "fused_forward" and KERNEL_CHOICE == "chunked" else \
+            KERNEL_CHOICE
+        return forced if forced in variants else variants[0]
+    if len(variants) == 1:
+        return variants[0]
+    chosen = _CHOSEN.get(key)
+    if chosen is None:
+        if _capturing(device):  # timing cannot run inside a CUDA graph capture
+            return variants[0]
+        chosen = _CHOSEN[key] = fastest(runs_of(variants), device)
+    return chosen
+
+
+def launch_runs(launches, device):
+    """{variant: a function that runs its launch} for {variant: launch}, the kernels compiled
+    together (one NVRTC program)."""
+    compile_kernels([launch[0] for launch in launches.values()], device.index)
+    return {v: functools.partial(_launch, launch, device) for v, launch in launches.items()}
+
+
+def _capturing(device):
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+
+
+def fastest(runs, device):
+    """The key of the fastest of ``runs`` ({variant: function}), each timed over
+    MEASURE_REPEATS runs (CUDA events on the current stream) after one that warms it."""
+    for run in runs.values():
+        run()
+    times = {variant: time_run(run, device) for variant, run in runs.items()}
+    return min(times, key=times.get)
+
+
+def time_run(run, device):
+    stream = torch.cuda.current_stream(device)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record(stream)
+    for _ in range(MEASURE_REPEATS):
+        run()
+    end.record(stream)
+    end.synchronize()
+    return start.elapsed_time(end)
+
+
 def cupy_forward(x, weight, stride, padding, dilation):
-    out, launches = forward_plan(x.contiguous(), weight.contiguous(), stride, padding, dilation)
-    for plan in launches:
-        _launch(plan, x.device)
+    x, weight = x.contiguous(), weight.contiguous()
+    n, c = x.shape[:2]
+    out = x.new_empty((n, c, weight.shape[4], weight.shape[5]))
+
+    def make(variant):
+        return forward_launch(variant, x, weight, out, stride, padding, dilation)
+
+    key = _choice_key("forward", x, weight, stride, padding, dilation)
+    variant = choose_variant("forward", key,
+                             lambda vs: launch_runs({v: make(v) for v in vs}, x.device),
+                             stride, x.device)
+    _launch(make(variant), x.device)
     return out
 
 
 def cupy_backward(grad_out, x, weight, stride, padding, dilation, output_mask):
-    gx, gw, launches = backward_plan(grad_out.contiguous(), x.contiguous(), weight.contiguous(),
-                                     stride, padding, dilation, *output_mask)
-    for plan in launches:
-        _launch(plan, x.device)
+    grad_out, x, weight = grad_out.contiguous(), x.contiguous(), weight.contiguous()
+    need_x, need_w = output_mask
+    gx = gw = None
+    if need_x:
+        gx = torch.empty_like(x)
+
+        def make_input(variant):
+            return backward_input_launch(variant, grad_out, x, weight, gx, stride, padding,
+                                         dilation)
+
+        key = _choice_key("backward_input", x, weight, stride, padding, dilation)
+        variant = choose_variant(
+            "backward_input", key,
+            lambda vs: launch_runs({v: make_input(v) for v in vs}, x.device), stride, x.device)
+        _launch(make_input(variant), x.device)
+    if need_w:
+        gw = torch.empty_like(weight)
+
+        def make_weight(variant):
+            return backward_weight_launch(variant, grad_out, x, weight, gw, stride, padding,
+                                          dilation)
+
+        key = _choice_key("backward_weight", x, weight, stride, padding, dilation)
+        variant = choose_variant(
+            "backward_weight", key,
+            lambda vs: launch_runs({v: make_weight(v) for v in vs}, x.device), stride, x.device)
+        _launch(make_weight(variant), x.device)
     return gx, gw
 
 
-def fused_forward_plan(x, reduced, span_weight, span_bias, groups, kernel_size, stride, padding,
-                       dilation):
-    """The fused operator's output and its launch: each thread generates its pixel's K*K
-    weights in registers from ``reduced`` (N, Cr, Ho, Wo) and the span (G*K*K, Cr), then
-    aggregates.  Inputs contiguous, one dtype; ``span_bias`` may be None."""
+def fused_forward_launch(variant, x, reduced, span, bias, out, groups, kernel_size, stride,
+                         padding, dilation):
+    """The launch of fused kernel ``variant`` ("fused": a thread generates its pixel's K*K
+    weights in registers, then aggregates; "rows": the row-blocked one) that fills ``out``.
+    ``span`` is (G*K*K, Cr); ``bias`` None without one.  Inputs contiguous, one dtype."""
     n, c, h, w = x.shape
     cr, ho, wo = reduced.shape[1], reduced.shape[2], reduced.shape[3]
-    out = x.new_empty((n, c, ho, wo))
-    span = span_weight.reshape(-1, cr)
-    chunk = _chunk(c // groups, n * groups * ho * wo)
     big = _needs_64bit(x, reduced, span, out)
-    name = kernel_name("involution_fused_forward", x.dtype, big, kernel_size, stride, dilation,
-                       chunk)
-    total = n * groups * (-(-(c // groups) // chunk)) * ho * wo
-    bias = span_bias if span_bias is not None else span  # not read without a bias
-    return out, [(name, total, [x, reduced, span, bias, out, total, c, h, w, groups, ho, wo,
-                                padding, cr, int(span_bias is not None)])]
+    if variant == "rows":
+        columns = -(-wo // ROWS_PIXELS)
+        # At stride 1 all 16 channels of a RedNet group, so that a thread generates its
+        # pixels' weights once; strided, the longer input segments leave room for 8 (ptxas:
+        # no spills, tests/ops/test_cuda_kernels.py).
+        chunk = _chunk(c // groups, n * groups * ho * columns,
+                       _MAX_CHUNK if stride == 1 else _ROWS_MAX_CHUNK)
+        name = kernel_name("involution_fused_forward_rows", x.dtype, big, kernel_size, stride,
+                           dilation, chunk, ROWS_PIXELS)
+        total = n * groups * (-(-(c // groups) // chunk)) * ho * columns
+    else:
+        chunk = _chunk(c // groups, n * groups * ho * wo)
+        name = kernel_name("involution_fused_forward", x.dtype, big, kernel_size, stride,
+                           dilation, chunk)
+        total = n * groups * (-(-(c // groups) // chunk)) * ho * wo
+    has_bias = int(bias is not None)
+    bias = bias if bias is not None else span  # not read without a bias
+    return name, total, [x, reduced, span, bias, out, total, c, h, w, groups, ho, wo, padding,
+                         cr, has_bias]
+
+
+def fused_forward_plan(x, reduced, span_weight, span_bias, groups, kernel_size, stride, padding,
+                       dilation, variant="fused"):
+    """The fused operator's output and its launches (``variant`` "fused" or "rows")."""
+    n, c = x.shape[:2]
+    out = x.new_empty((n, c, reduced.shape[2], reduced.shape[3]))
+    span = span_weight.reshape(-1, reduced.shape[1])
+    return out, [fused_forward_launch(variant, x, reduced, span, span_bias, out, groups,
+                                      kernel_size, stride, padding, dilation)]
 
 
 def cupy_fused_forward(x, reduced, span_weight, span_bias, groups, kernel_size, stride, padding,
                        dilation):
-    # Each thread generates its pixel's kernels in registers.
-    out, launches = fused_forward_plan(
-        x.contiguous(), reduced.contiguous(), span_weight.contiguous(),
-        span_bias.contiguous() if span_bias is not None else None, groups, kernel_size, stride,
-        padding, dilation)
-    for plan in launches:
-        _launch(plan, x.device)
+    x, reduced = x.contiguous(), reduced.contiguous()
+    span = span_weight.contiguous().reshape(-1, reduced.shape[1])
+    bias = span_bias.contiguous() if span_bias is not None else None
+    n, c = x.shape[:2]
+    out = x.new_empty((n, c, reduced.shape[2], reduced.shape[3]))
+
+    def make(variant):
+        return fused_forward_launch(variant, x, reduced, span, bias, out, groups, kernel_size,
+                                    stride, padding, dilation)
+
+    def unfused():
+        out.copy_(fused_forward_of(cupy_forward)(x, reduced, span_weight, span_bias, groups,
+                                                 kernel_size, stride, padding, dilation))
+
+    def runs_of(variants):
+        runs = launch_runs({v: make(v) for v in variants if v != "unfused"}, x.device)
+        runs["unfused"] = unfused
+        return runs
+
+    key = ("fused_forward", x.dtype, tuple(x.shape), tuple(reduced.shape), groups, kernel_size,
+           stride, padding, dilation, span_bias is not None, x.device.index)
+    variant = choose_variant("fused_forward", key, runs_of, stride, x.device)
+    if variant == "unfused":
+        return fused_forward_of(cupy_forward)(x, reduced, span_weight, span_bias, groups,
+                                              kernel_size, stride, padding, dilation)
+    _launch(make(variant), x.device)
     return out

@@ -10,6 +10,7 @@
 The same kernels run on a real GPU in tests/ops/test_ops.py (skipped without one).
 """
 import ctypes
+import itertools
 import os
 import re
 import shutil
@@ -52,9 +53,10 @@ def _make_case(case, dtype, seed):
     return x, wt, gout, s, p, d
 
 
-def _plans(min_threads, naive):
-    """Every (case, dtype) with its planned launches, under the chunk heuristic's
-    min_threads (0 gives the largest chunks)."""
+def _plans(min_threads, kernels):
+    """Every (case, dtype) with its planned launches of ``kernels`` ("chunked", "rows" or
+    the benchmark's "naive"), under the chunk heuristic's min_threads (0 gives the largest
+    chunks)."""
     old = cupy_backend.MIN_THREADS
     cupy_backend.MIN_THREADS = min_threads
     try:
@@ -62,12 +64,15 @@ def _plans(min_threads, naive):
         for ci, case in enumerate(CASES):
             for dtype in DTYPES:
                 x, wt, gout, s, p, d = _make_case(case, dtype, ci)
-                if naive:  # the benchmark's baseline kernels
+                if kernels == "naive":  # the benchmark's baseline kernels
                     y, fl = naive_forward_plan(x, wt, s, p, d)
                     gx, gw, bl = naive_backward_plan(gout, x, wt, s, p, d, True, True)
                 else:
-                    y, fl = cupy_backend.forward_plan(x, wt, s, p, d)
-                    gx, gw, bl = cupy_backend.backward_plan(gout, x, wt, s, p, d, True, True)
+                    y, fl = cupy_backend.forward_plan(x, wt, s, p, d, kernels)
+                    gx, gw, bl = cupy_backend.backward_plan(
+                        gout, x, wt, s, p, d, True, True,
+                        cupy_backend.variants_for("backward_input", s)[-1]
+                        if kernels == "rows" else kernels, kernels)
                 out.append(((case, dtype), (x, wt, gout, s, p, d), (y, gx, gw), fl + bl))
         return out
     finally:
@@ -75,9 +80,11 @@ def _plans(min_threads, naive):
 
 
 ALL_PLANS = {
-    ("chunked", 0, False): None,
-    ("default", cupy_backend.MIN_THREADS, False): None,
-    ("naive", 0, True): None,
+    ("chunked", 0, "chunked"): None,
+    ("default", cupy_backend.MIN_THREADS, "chunked"): None,
+    ("rows", 0, "rows"): None,
+    ("rows default", cupy_backend.MIN_THREADS, "rows"): None,
+    ("naive", 0, "naive"): None,
 }
 
 
@@ -118,8 +125,8 @@ def emulator(tmp_path_factory):
     lib = build / "emulation.so"
     include = os.path.dirname(cupy_backend._SOURCE_PATH)
     subprocess.run(
-        [CXX, "-O1", "-std=c++17", "-shared", "-fPIC", "-Wall", "-Wno-unknown-pragmas",
-         "-I", include, str(src), "-o", str(lib)],
+        [CXX, "-O1", "-ffp-contract=off", "-std=c++17", "-shared", "-fPIC", "-Wall",
+         "-Wno-unknown-pragmas", "-I", include, str(src), "-o", str(lib)],
         check=True, capture_output=True, text=True,
     )
     dll = ctypes.CDLL(str(lib))
@@ -159,6 +166,24 @@ def test_emulated_kernels_match_reference(emulator, variant):
     if variant[0] == "chunked":
         # The largest chunks (16 channels per thread) really were exercised.
         assert any(name.endswith(", 16>") for name in chunks_seen)
+    if variant[0] == "rows":
+        kinds = {name.split("<")[0] for name in chunks_seen}
+        assert {"involution_forward_rows", "involution_backward_input_rows",
+                "involution_backward_weight_rows"} <= kinds
+        assert any(name.endswith(", 8, 4>") for name in chunks_seen)
+
+
+def test_emulated_row_kernels_equal_the_chunked_ones(emulator):
+    # The row-blocked kernels add the same terms in the same order: the same numbers (in the
+    # emulation, which contracts no multiply-add; a GPU contracts both alike).
+    plans, run = emulator
+    for rows, chunked in zip(plans[("rows", 0, "rows")], plans[("chunked", 0, "chunked")]):
+        assert rows[0] == chunked[0]
+        for plan in (rows, chunked):
+            for launch in plan[3]:
+                run(launch, grid_cap=5)
+        for got, want, what in zip(rows[2], chunked[2], ("forward", "grad x", "grad w")):
+            assert torch.equal(got, want), f"{what} {rows[0]}"
 
 
 def _fused_plans():
@@ -166,7 +191,7 @@ def _fused_plans():
     plans = []
     old = cupy_backend.MIN_THREADS
     try:
-        for min_threads in (0, old):
+        for min_threads, variant in itertools.product((0, old), ("fused", "rows")):
             cupy_backend.MIN_THREADS = min_threads
             for ci, case in enumerate(CASES):
                 n, c, g, h, w, k, s, d = case
@@ -179,10 +204,9 @@ def _fused_plans():
                         span = (torch.randn(g * k * k, 5, 1, 1, generator=gen) / 3).to(dtype)
                         sb = torch.randn(g * k * k, generator=gen).to(dtype) if bias else None
                         out, launches = cupy_backend.fused_forward_plan(x, r, span, sb, g, k, s,
-                                                                        p, d)
-                        plans.append(((case, dtype, bias, min_threads), (x, r, span, sb, g, k,
-                                                                         s, p, d), out,
-                                      launches))
+                                                                        p, d, variant)
+                        plans.append(((case, dtype, bias, min_threads, variant),
+                                      (x, r, span, sb, g, k, s, p, d), out, launches))
     finally:
         cupy_backend.MIN_THREADS = old
     return plans
@@ -199,7 +223,7 @@ def test_emulated_fused_forward_matches_the_composition(tmp_path):
     src = tmp_path / "fused.cpp"
     src.write_text(_emulation_source(names, pointers=5, values=10))
     lib = tmp_path / "fused.so"
-    subprocess.run([CXX, "-O1", "-std=c++17", "-shared", "-fPIC", "-Wall",
+    subprocess.run([CXX, "-O1", "-ffp-contract=off", "-std=c++17", "-shared", "-fPIC", "-Wall",
                     "-Wno-unknown-pragmas", "-I", os.path.dirname(cupy_backend._SOURCE_PATH),
                     str(src), "-o", str(lib)], check=True, capture_output=True, text=True)
     dll = ctypes.CDLL(str(lib))
@@ -221,82 +245,231 @@ def test_emulated_fused_forward_matches_the_composition(tmp_path):
                                    atol=atol * (1 + want.abs().max().item()),
                                    msg=lambda m: f"fused {key}: {m}")
     assert any(name.endswith(", 16>") for name in names)
+    assert any(name.startswith("involution_fused_forward_rows<") for name in names)
+    # The row-blocked kernel makes the same sums in the same order: the same numbers.
+    outs = {key: out for key, _, out, _ in plans}
+    for (case, dtype, bias, min_threads, variant), out in outs.items():
+        if variant == "rows" and min_threads == 0:
+            assert torch.equal(out, outs[(case, dtype, bias, 0, "fused")]), (case, dtype, bias)
 
 
-def _all_kernel_names():
-    """Every kernel kind in every dtype and index width, at RedNet's K = 7, stride 2 (the
-    emulation above already covers the other sizes; compiling all of them takes minutes)."""
+class _FakeTimer:
+    """Stands in for the GPU in cupy_backend's choice: records compilations and launches,
+    and times each run as ``costs`` says of the kernel it launched."""
+
+    def __init__(self, monkeypatch, costs, capturing=False):
+        self.launched, self.timed, self.compiled = [], [], []
+        self.costs = costs
+        monkeypatch.setattr(cupy_backend, "compile_kernels",
+                            lambda names, index: self.compiled.append(sorted(names)))
+        monkeypatch.setattr(cupy_backend, "_launch", lambda launch, device: self.launched.append(
+            launch[0]))
+        monkeypatch.setattr(cupy_backend, "time_run", self.time)
+        monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: capturing)
+        monkeypatch.setattr(cupy_backend, "_CHOSEN", {})
+
+    def time(self, run, device):
+        run()
+        name = self.launched[-1]
+        self.timed.append(name)
+        return next(cost for kind, cost in self.costs.items() if name.startswith(kind + "<"))
+
+
+def _choose(kind, stride=1):
+    x, wt = torch.zeros(1, 16, 6, 6), torch.zeros(1, 1, 3, 3, 6 // stride, 6 // stride)
+    out = torch.zeros(1, 16, 6 // stride, 6 // stride)
+    device = torch.device("cuda", 0)
+
+    def make(variant):
+        if kind == "forward":
+            return cupy_backend.forward_launch(variant, x, wt, out, stride, 1, 1)
+        return cupy_backend.backward_input_launch(variant, out, x, wt, x, stride, 1, 1)
+
+    key = cupy_backend._choice_key(kind, x, wt, stride, 1, 1)
+    return cupy_backend.choose_variant(
+        kind, key, lambda vs: cupy_backend.launch_runs({v: make(v) for v in vs}, device),
+        stride, device)
+
+
+@pytest.mark.parametrize("faster", ["involution_forward", "involution_forward_rows"])
+def test_the_backend_measures_each_shape_once_and_keeps_the_fastest(monkeypatch, faster):
+    timer = _FakeTimer(monkeypatch, {"involution_forward": 2.0, "involution_forward_rows": 2.0,
+                                     faster: 1.0})
+    monkeypatch.setattr(cupy_backend, "KERNEL_CHOICE", "measure")
+    want = "rows" if faster.endswith("rows") else "chunked"
+    assert _choose("forward") == want
+    # Both variants compiled together (one NVRTC program), each ran once before it was timed.
+    assert len(timer.compiled) == 1 and timer.compiled[0] == sorted(timer.timed)
+    assert len(timer.timed) == 2 and sorted(timer.launched[:2]) == sorted(timer.timed)
+    assert sorted(timer.launched[2:]) == sorted(timer.timed)
+    assert _choose("forward") == want and len(timer.timed) == 2  # kept: not measured again
+
+
+@pytest.mark.parametrize("faster", cupy_backend.FUSED_VARIANTS)
+def test_the_fused_operator_runs_unfused_where_that_measures_faster(monkeypatch, faster):
+    ran = []
+    costs = {"fused": 2.0, "rows": 2.0, "unfused": 2.0, faster: 1.0}
+    monkeypatch.setattr(cupy_backend, "_CHOSEN", {})
+    monkeypatch.setattr(cupy_backend, "KERNEL_CHOICE", "measure")
+    monkeypatch.setattr(cupy_backend, "time_run", lambda run, device: (run(), costs[ran[-1]])[1])
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+
+    def runs_of(variants):
+        return {v: (lambda v=v: ran.append(v)) for v in variants}
+
+    device = torch.device("cuda", 0)
+    assert cupy_backend.choose_variant("fused_forward", "key", runs_of, 2, device) == faster
+    assert sorted(ran) == sorted(cupy_backend.FUSED_VARIANTS * 2)
+    monkeypatch.setattr(cupy_backend, "KERNEL_CHOICE", "chunked")  # forced: no measuring
+    assert cupy_backend.choose_variant("fused_forward", "other", runs_of, 2, device) == "fused"
+
+
+def test_the_backend_measures_nothing_where_one_kernel_applies_or_is_forced(monkeypatch):
+    timer = _FakeTimer(monkeypatch, {"involution_forward": 1.0,
+                                     "involution_forward_rows": 2.0})
+    monkeypatch.setattr(cupy_backend, "KERNEL_CHOICE", "measure")
+    assert _choose("backward_input", stride=2) == "chunked"  # rows gather at stride 1 only
+    monkeypatch.setattr(cupy_backend, "KERNEL_CHOICE", "rows")
+    assert _choose("forward") == "rows"
+    assert _choose("backward_input", stride=2) == "chunked"
+    assert timer.timed == []
+    monkeypatch.setattr(cupy_backend, "KERNEL_CHOICE", "fastest")
+    with pytest.raises(ValueError, match="INVOLUTION_CUDA_KERNELS='fastest'.*'measure'"):
+        _choose("forward")
+
+
+def test_the_backend_does_not_measure_inside_a_cuda_graph_capture(monkeypatch):
+    timer = _FakeTimer(monkeypatch, {"involution_forward": 2.0,
+                                     "involution_forward_rows": 1.0}, capturing=True)
+    monkeypatch.setattr(cupy_backend, "KERNEL_CHOICE", "measure")
+    assert _choose("forward") == "chunked" and timer.timed == []
+    assert cupy_backend._CHOSEN == {}  # measured on the first call outside a capture
+
+
+def _all_kernel_names(dtypes=tuple(DTYPES), widths=(False, True)):
+    """Every kernel kind in every dtype and index width, at RedNet's K = 7, stride 2 (1 for
+    the row-blocked input gradient): the emulation above already covers the other sizes, and
+    compiling all of them would take minutes."""
     names = set()
-    for dtype in DTYPES:
-        for big in (False, True):
+    px = cupy_backend.ROWS_PIXELS
+    for dtype in dtypes:
+        for big in widths:
             for kind, chunk in (("involution_forward", 16), ("involution_forward", 1),
                                 ("involution_backward_input", 16),
                                 ("involution_backward_weight", None),
-                                ("involution_backward_weight_naive", None)):
+                                ("involution_backward_weight_naive", None),
+                                ("involution_fused_forward", 16),
+                                ("involution_fused_forward", 1)):
                 names.add(cupy_backend.kernel_name(kind, dtype, big, 7, 2, 1, chunk))
-            for chunk in (16, 1):
-                names.add(cupy_backend.kernel_name("involution_fused_forward", dtype, big, 7,
-                                                   2, 1, chunk))
+            for kind, stride, chunk in (("involution_forward_rows", 2, 8),
+                                        ("involution_backward_input_rows", 1, 8),
+                                        ("involution_backward_weight_rows", 2, None),
+                                        ("involution_fused_forward_rows", 1, 16),
+                                        ("involution_fused_forward_rows", 2, 8)):
+                names.add(cupy_backend.kernel_name(kind, dtype, big, 7, stride, 1, chunk, px))
     return sorted(names)
 
 
 # Run in a child process: importing cuda.bindings into the test process leaves torch's
 # checkpoint loading broken for the tests that follow ("record size ... does not match").
 _NVRTC_CHECK = """
-import json, sys
+import json, re, sys
 from cuda.bindings import nvrtc
 job = json.load(sys.stdin)
-err, prog = nvrtc.nvrtcCreateProgram(job["source"].encode(), b"involution.cuh", 0, [], [])
+err, prog = nvrtc.nvrtcCreateProgram(job["source"].encode(), b"involution.cu", 0, [], [])
 assert err == nvrtc.nvrtcResult.NVRTC_SUCCESS, err
-for name in job["names"]:
-    (err,) = nvrtc.nvrtcAddNameExpression(prog, name.encode())
-    assert err == nvrtc.nvrtcResult.NVRTC_SUCCESS, name
 opts = [b"--std=c++14", b"--gpu-architecture=compute_90"]
 (err,) = nvrtc.nvrtcCompileProgram(prog, len(opts), opts)
 _, size = nvrtc.nvrtcGetProgramLogSize(prog)
 log = b" " * size
 nvrtc.nvrtcGetProgramLog(prog, log)
 assert err == nvrtc.nvrtcResult.NVRTC_SUCCESS, log.decode(errors="replace")
-for name in job["names"]:
-    err, lowered = nvrtc.nvrtcGetLoweredName(prog, name.encode())
-    assert err == nvrtc.nvrtcResult.NVRTC_SUCCESS and lowered, name
-print("compiled", len(job["names"]))
+_, size = nvrtc.nvrtcGetPTXSize(prog)
+ptx = b" " * size
+nvrtc.nvrtcGetPTX(prog, ptx)
+entries = set(re.findall(r"\\.entry\\s+(\\w+)", ptx.decode(errors="replace")))
+missing = sorted(set(job["kernels"]) - entries)
+assert not missing, missing
+print("compiled", len(job["kernels"]))
 """
 
 
-def test_kernels_compile_with_nvrtc():
+def test_kernels_compile_with_nvrtc(tmp_path):
+    # What the backend hands CuPy: the kernels of ``names`` as extern "C" kernels, compiled
+    # without name expressions; each must come out as a PTX entry of its name.
     import importlib.util
     import json
 
     if importlib.util.find_spec("cuda") is None or importlib.util.find_spec(
             "cuda.bindings") is None:
         pytest.skip("needs NVRTC (cuda-bindings, installed with CUDA torch)")
+    # Every dtype with 32-bit indices, and float32 with 64-bit ones (the index type is one
+    # template argument, the same in every dtype), in two processes at once.
+    names = sorted(set(_all_kernel_names(widths=(False,)))
+                   | set(_all_kernel_names((torch.float32,), (True,))))
+    halves = [names[0::2], names[1::2]]
+    logs = [tmp_path / f"nvrtc{i}.log" for i in range(len(halves))]
+    procs = [subprocess.Popen([sys.executable, "-c", _NVRTC_CHECK], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=log.open("w"), text=True)
+             for log in logs]
+    for proc, half in zip(procs, halves):  # both jobs handed over before either is awaited
+        proc.stdin.write(json.dumps({"source": cupy_backend.program_source(half),
+                                     "kernels": [cupy_backend.extern_c_name(n) for n in half]}))
+        proc.stdin.close()
+    for proc, half, log in zip(procs, halves, logs):
+        out = proc.stdout.read()
+        assert proc.wait(timeout=600) == 0, log.read_text()[-3000:]
+        # (print's separator comes out as a NUL byte in a process that imported cuda.bindings)
+        assert re.fullmatch(r"compiled\W+(\d+)\s*", out)[1] == str(len(half))
+
+
+def test_extern_c_names_are_distinct_identifiers():
     names = _all_kernel_names()
-    job = json.dumps({"source": cupy_backend._source(), "names": names})
-    proc = subprocess.run([sys.executable, "-c", _NVRTC_CHECK], input=job, text=True,
-                          capture_output=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    # (print's separator comes out as a NUL byte in a process that imported cuda.bindings)
-    assert re.fullmatch(r"compiled\W+(\d+)\s*", proc.stdout)[1] == str(len(names))
+    kernels = [cupy_backend.extern_c_name(n) for n in names]
+    assert len(set(kernels)) == len(names)
+    assert all(re.fullmatch(r"[A-Za-z_]\w*", k) for k in kernels)
+    assert cupy_backend.extern_c_name("involution_forward<long long, 7>") == \
+        "involution_forward__long_long_7"
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc (CUDA toolkit)")
-def test_kernels_compile_with_nvcc(tmp_path):
-    lines = ['#include "involution.cuh"']
-    for name in _all_kernel_names():
-        kind, targs = name.split("<", 1)
-        t, i = targs.split(", ")[:2]
-        pointers, values = (4, 10) if kind == "involution_fused_forward" else (2, 8)
-        params = [f"const {t}*"] * pointers + [f"{t}*"] + [i] * values
-        lines.append(f"template __global__ void {name}({', '.join(params)});")
-    src = tmp_path / "instantiate.cu"
-    src.write_text("\n".join(lines) + "\n")
+def test_kernels_compile_with_nvcc_and_the_row_kernels_keep_their_registers(tmp_path):
+    # The program the backend hands CuPy, compiled by nvcc with every warning an error, for
+    # sm_90, in float32 and bfloat16 with 32-bit indices (NVRTC above compiles every dtype
+    # and width); and the plain templates as __global__ kernels (INV_KERNEL's other form).
+    # The row-blocked kernels keep their sums, weights and input segments in registers:
+    # ptxas must report no spills.
+    names = _all_kernel_names((torch.float32, torch.bfloat16), (False,))
+    src = tmp_path / "program.cu"
+    src.write_text(cupy_backend.program_source(names))
     include = os.path.dirname(cupy_backend._SOURCE_PATH)
     proc = subprocess.run(
-        ["nvcc", "-arch=sm_90", "-std=c++14", "-Werror", "all-warnings", "-I", include,
+        ["nvcc", "-arch=sm_90", "-std=c++14", "-Werror", "all-warnings", "-Xptxas", "-v",
          "-c", str(src), "-o", str(tmp_path / "kernels.o")],
         capture_output=True, text=True,
     )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    # ptxas -v: "Compiling entry function '<name>'", then its lines, a spill count among them.
+    reports = {re.match(r"'(\w+)'", part)[1]: int(re.search(r"(\d+) bytes spill stores",
+                                                            part)[1])
+               for part in proc.stderr.split("Compiling entry function ")[1:]}
+    assert sorted(reports) == sorted(cupy_backend.extern_c_name(n) for n in names)
+    rows = {kernel: spilled for kernel, spilled in reports.items() if "_rows__" in kernel}
+    assert len(rows) == 10
+    assert {kernel: spilled for kernel, spilled in rows.items() if spilled} == {}
+
+    templates = tmp_path / "templates.cu"
+    lines = ['#include "involution.cuh"']
+    for name in names[:4]:
+        kind, targs = name.split("<", 1)
+        t, i = targs.split(", ")[:2]
+        pointers, values = (4, 10) if kind.startswith("involution_fused_forward") else (2, 8)
+        params = [f"const {t}*"] * pointers + [f"{t}*"] + [i] * values
+        lines.append(f"template __global__ void {name}({', '.join(params)});")
+    templates.write_text("\n".join(lines) + "\n")
+    proc = subprocess.run(["nvcc", "-arch=sm_90", "-std=c++14", "-Werror", "all-warnings", "-I",
+                           include, "-c", str(templates), "-o", str(tmp_path / "t.o")],
+                          capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-4000:]
 
 

@@ -196,10 +196,31 @@ def test_flop_handle_of_the_fused_op_counts_span_and_aggregation(convention):
     assert analysis.total() == count_flops(layer, (x,), convention).total
 
 
+class _Chosen(dict):
+    """cupy_backend's choices, every shape already measured with ``variant`` fastest."""
+
+    def __init__(self, variant):
+        super().__init__()
+        self.variant = variant
+
+    def get(self, key, default=None):
+        return self.variant
+
+
 @requires_cupy
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("shape", [SHAPES[1], SHAPES[3], SHAPES[5], SHAPES[7]])
-def test_cupy_fused_matches_the_composition(shape, dtype):
+@pytest.mark.parametrize("variant", ["measure", "fused", "rows", "unfused"])
+def test_cupy_fused_matches_the_composition(shape, dtype, variant, monkeypatch):
+    from involution_d2.ops import cupy_backend
+
+    if variant == "measure":
+        monkeypatch.setattr(cupy_backend, "_CHOSEN", {})
+    else:
+        monkeypatch.setattr(cupy_backend, "_CHOSEN", _Chosen(variant))
+    monkeypatch.setattr(cupy_backend, "KERNEL_CHOICE", "measure")
+    # Unfused, the span is cuDNN's convolution: in float32 exact only without TF32.
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     x, r, sw, sb, *conf = make_fused_inputs(shape)
     want = unfused(x, r, sw, sb, *conf)
     got = fused_involution(*(t.to("cuda", dtype) for t in (x, r, sw, sb)), *conf,

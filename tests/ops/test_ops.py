@@ -348,7 +348,11 @@ def test_ops_import_without_detectron2_or_cupy():
 @requires_cupy
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
-def test_cupy_backend_matches_reference(shape, dtype):
+@pytest.mark.parametrize("kernels", ["measure", "chunked", "rows"])
+def test_cupy_backend_matches_reference(shape, dtype, kernels, monkeypatch):
+    from involution_d2.ops import cupy_backend
+
+    monkeypatch.setattr(cupy_backend, "KERNEL_CHOICE", kernels)
     x, wt, s, p, d = make_inputs(shape, dtype=dtype, device="cuda")
     gout = torch.randn(x.shape[0], x.shape[1], wt.shape[4], wt.shape[5], device="cuda").to(dtype)
     got = run_with_grads(x, wt, s, p, d, gout, "cupy")
@@ -361,8 +365,31 @@ def test_cupy_backend_matches_reference(shape, dtype):
 
 
 @requires_cupy
-@pytest.mark.parametrize("naive", [False, True])
-def test_cupy_gradcheck(naive):
+def test_cupy_row_kernels_equal_the_chunked_ones(monkeypatch):
+    # The same terms in the same order: the same numbers, whichever kernel a shape measures
+    # fastest.
+    from involution_d2.ops import cupy_backend
+
+    results = {}
+    for kernels in ("chunked", "rows"):
+        monkeypatch.setattr(cupy_backend, "KERNEL_CHOICE", kernels)
+        for shape in SHAPES:
+            x, wt, s, p, d = make_inputs(shape, device="cuda")
+            gout = torch.randn(x.shape[0], x.shape[1], wt.shape[4], wt.shape[5], device="cuda")
+            results.setdefault(shape, []).append(run_with_grads(x, wt, s, p, d, gout, "cupy"))
+    for shape, (chunked, rows) in results.items():
+        for a, b in zip(chunked, rows):
+            assert torch.equal(a, b), shape
+
+
+@requires_cupy
+@pytest.mark.parametrize("naive", [False, True, "rows"])
+def test_cupy_gradcheck(naive, monkeypatch):
+    from involution_d2.ops import cupy_backend
+
+    if naive == "rows":
+        monkeypatch.setattr(cupy_backend, "KERNEL_CHOICE", "rows")
+        naive = False
     x, wt, s, p, d = make_inputs((2, 32, 2, 7, 6, 3, 2, 1), device="cuda")
     x.requires_grad_()
     wt.requires_grad_()

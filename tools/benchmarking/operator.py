@@ -270,6 +270,94 @@ def report_per_call(args, device, shapes, dtypes, official):
     print_table(rows, header)
 
 
+# The kernels of one kind each variant launches, and the elements that kind must move at
+# least (inputs read once, output written once): x, w, out, grad_out and the gradients.
+KERNEL_KINDS = {
+    "forward": lambda x, w, out: x + w + out,
+    "backward_input": lambda x, w, out: out + w + x,
+    "backward_weight": lambda x, w, out: out + x + w,
+}
+
+
+def kernel_launches(kind, variant, x, wt, gout, buffers, s, p):
+    """The launch of ``kind``'s kernel ``variant`` (cupy_backend's planning, as a call
+    makes it), writing into ``buffers`` (out, grad_x, grad_w)."""
+    from involution_d2.ops import cupy_backend
+
+    out, gx, gw = buffers
+    if kind == "forward":
+        return cupy_backend.forward_launch(variant, x, wt, out, s, p, 1)
+    if kind == "backward_input":
+        return cupy_backend.backward_input_launch(variant, gout, x, wt, gx, s, p, 1)
+    return cupy_backend.backward_weight_launch(variant, gout, x, wt, gw, s, p, 1)
+
+
+def kernel_times(name, dtype, device, repeat, warmup):
+    """{(kind, variant): GPU us per launch}: each CUDA kernel variant of each kind on the
+    shape, launched directly (no host path), timed with CUDA events over ``repeat`` launches
+    after ``warmup`` (which compile it), the variants of a kind alternating round by round."""
+    from involution_d2.ops import cupy_backend
+
+    n, c, h, w, k, s = SHAPES[name]
+    p = (k - 1) // 2
+    ho, wo = output_size(h, k, s, p), output_size(w, k, s, p)
+    gen = torch.Generator(device=device).manual_seed(0)
+    x = torch.randn(n, c, h, w, device=device, dtype=dtype, generator=gen)
+    wt = torch.randn(n, c // 16, k, k, ho, wo, device=device, dtype=dtype, generator=gen)
+    gout = torch.randn(n, c, ho, wo, device=device, dtype=dtype, generator=gen)
+    buffers = (torch.empty_like(gout), torch.empty_like(x), torch.empty_like(wt))
+    results = {}
+    for kind in KERNEL_KINDS:
+        launches = {v: kernel_launches(kind, v, x, wt, gout, buffers, s, p)
+                    for v in cupy_backend.variants_for(kind, s)}
+        for launch in launches.values():
+            for _ in range(max(warmup, 1)):
+                cupy_backend._launch(launch, device)
+        samples = {v: [] for v in launches}
+        for _ in range(repeat):
+            for v, launch in launches.items():
+                start = torch.cuda.Event(enable_timing=True)
+                end = torch.cuda.Event(enable_timing=True)
+                start.record()
+                cupy_backend._launch(launch, device)
+                end.record()
+                end.synchronize()
+                samples[v].append(start.elapsed_time(end) * 1e3)
+        for v, times in samples.items():
+            results[(kind, v)] = sorted(times)[len(times) // 2]
+    return results
+
+
+def report_kernels(args, device, shapes, dtypes):
+    """Per shape and kernel kind, the GPU time of each kernel variant side by side, the
+    ratio against the chunked kernels and the time over the least-traffic time."""
+    if device.type != "cuda":
+        raise SystemExit("--kernels times the CUDA kernels: it needs --device cuda and a GPU")
+    bandwidth = (args.bandwidth * 1e9 if args.bandwidth else device_bandwidth(device))
+    repeat = args.repeat or 20
+    print(f"# kernels: GPU time per launch (CUDA events), median of {repeat} after "
+          f"{max(args.warmup, 1)} warm-up, variants alternating")
+    rows = []
+    for dtype in dtypes:
+        size = torch.empty((), dtype=DTYPES[dtype]).element_size()
+        for name in shapes:
+            print(f"# {name}: {SHAPES[name]}, {dtype}", flush=True)
+            times = kernel_times(name, DTYPES[dtype], device, repeat, args.warmup)
+            n, c, h, w, k, s = SHAPES[name]
+            p = (k - 1) // 2
+            ho, wo = output_size(h, k, s, p), output_size(w, k, s, p)
+            elements = (n * c * h * w, n * (c // 16) * k * k * ho * wo, n * c * ho * wo)
+            for (kind, variant), us in times.items():
+                least = KERNEL_KINDS[kind](*elements) * size / bandwidth * 1e6 \
+                    if bandwidth else None
+                rows.append([name, dtype, kind, variant, f"{us:.1f}",
+                             f"{times[(kind, 'chunked')] / us:.2f}x",
+                             f"{us / least:.1f}" if least else "-"])
+    print()
+    print_table(rows, ["shape", "dtype", "kernel", "variant", "GPU us", "speed-up over chunked",
+                       "x of least-traffic time"])
+
+
 def calls_of_ours(run, *args):
     """The Python functions of this package that one ``run(*args)`` calls, in order."""
     import sys
@@ -497,6 +585,9 @@ def report(args):
         print(f"# load average before the run: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     if args.per_call:
         report_per_call(args, device, shapes, dtypes, official)
+        return
+    if args.kernels:
+        report_kernels(args, device, shapes, dtypes)
         return
     if args.host_cost:
         report_host_cost(args, device)

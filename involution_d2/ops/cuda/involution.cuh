@@ -8,9 +8,12 @@
 // with G groups of Cg = C / G channels.
 //
 // Everything that shapes the loops (element type, index type, K, stride S, dilation D and
-// the number of channels one thread handles) is a template argument: the host side
-// compiles one instantiation per configuration (NVRTC name expressions) and caches it, so
-// the K*K loops are fully unrolled and the accumulators live in registers.
+// the number of channels one thread handles) is a template argument, so the K*K loops are
+// fully unrolled and the accumulators live in registers.  The host side compiles the
+// instantiations it needs with INVOLUTION_EXTERN_C_KERNELS defined, where the templates
+// are device functions, each called by an extern "C" kernel that it appends (a name
+// without C++ mangling: CuPy then needs no NVRTC name expressions, without which it keeps
+// the compiled module in its disk cache for later processes).
 //
 // Unlike the one-thread-per-output-element kernel of the official code, which re-reads
 // every generated weight for each of the Cg channels of its group, a thread here loads a
@@ -24,8 +27,7 @@
 
 #ifdef INVOLUTION_HOST_EMULATION
 #include <cstring>
-#define INV_GLOBAL
-#define INV_LAUNCH_BOUNDS(n)
+#define INV_KERNEL void
 #define INV_INLINE inline
 #define INV_UNROLL
 struct inv_dim3 { unsigned int x; };
@@ -33,8 +35,11 @@ extern inv_dim3 blockIdx, blockDim, threadIdx, gridDim;
 static inline float __uint_as_float(unsigned int u) { float f; std::memcpy(&f, &u, 4); return f; }
 static inline unsigned int __float_as_uint(float f) { unsigned int u; std::memcpy(&u, &f, 4); return u; }
 #else
-#define INV_GLOBAL __global__
-#define INV_LAUNCH_BOUNDS(n) __launch_bounds__(n)
+#ifdef INVOLUTION_EXTERN_C_KERNELS
+#define INV_KERNEL __device__ __forceinline__ void
+#else
+#define INV_KERNEL __global__ void __launch_bounds__(INV_THREADS)
+#endif
 #define INV_INLINE __device__ __forceinline__
 #define INV_UNROLL _Pragma("unroll")
 #endif
@@ -175,7 +180,7 @@ INV_INLINE void aggregate_pixel(const T* __restrict__ x, T* __restrict__ out, co
 // Items: N * G * chunks * Ho * Wo.
 // ---------------------------------------------------------------------------------------
 template <typename T, typename I, int K, int S, int D, int CHUNK>
-INV_GLOBAL void INV_LAUNCH_BOUNDS(INV_THREADS) involution_forward(
+INV_KERNEL involution_forward(
     const T* __restrict__ x, const T* __restrict__ w, T* __restrict__ out, const I total,
     const I C, const I H, const I W, const I G, const I Ho, const I Wo, const I pad) {
   const I HoWo = Ho * Wo;
@@ -198,7 +203,7 @@ INV_GLOBAL void INV_LAUNCH_BOUNDS(INV_THREADS) involution_forward(
 // Items: N * G * chunks * Ho * Wo, as in involution_forward.
 // ---------------------------------------------------------------------------------------
 template <typename T, typename I, int K, int S, int D, int CHUNK>
-INV_GLOBAL void INV_LAUNCH_BOUNDS(INV_THREADS) involution_fused_forward(
+INV_KERNEL involution_fused_forward(
     const T* __restrict__ x, const T* __restrict__ r, const T* __restrict__ span,
     const T* __restrict__ bias, T* __restrict__ out, const I total, const I C, const I H,
     const I W, const I G, const I Ho, const I Wo, const I pad, const I Cr, const I has_bias) {
@@ -239,7 +244,7 @@ INV_GLOBAL void INV_LAUNCH_BOUNDS(INV_THREADS) involution_fused_forward(
 //   with i = (y + pad - a*D) / S and j = (x + pad - b*D) / S when exact and in range.
 // ---------------------------------------------------------------------------------------
 template <typename T, typename I, int K, int S, int D, int CHUNK>
-INV_GLOBAL void INV_LAUNCH_BOUNDS(INV_THREADS) involution_backward_input(
+INV_KERNEL involution_backward_input(
     const T* __restrict__ gout, const T* __restrict__ w, T* __restrict__ gx, const I total,
     const I C, const I H, const I W, const I G, const I Ho, const I Wo, const I pad) {
   typedef typename Elem<T>::acc_t acc_t;
@@ -286,7 +291,7 @@ INV_GLOBAL void INV_LAUNCH_BOUNDS(INV_THREADS) involution_backward_input(
 //   gw[n, g, a, b, i, j] = sum_{c in g} gout[n, c, i, j] * x[n, c, i*S + a*D - pad, ...]
 // ---------------------------------------------------------------------------------------
 template <typename T, typename I, int K, int S, int D>
-INV_GLOBAL void INV_LAUNCH_BOUNDS(INV_THREADS) involution_backward_weight(
+INV_KERNEL involution_backward_weight(
     const T* __restrict__ gout, const T* __restrict__ x, T* __restrict__ gw, const I total,
     const I C, const I H, const I W, const I G, const I Ho, const I Wo, const I pad) {
   typedef typename Elem<T>::acc_t acc_t;
@@ -333,7 +338,7 @@ INV_GLOBAL void INV_LAUNCH_BOUNDS(INV_THREADS) involution_backward_weight(
 // input gradient are the kernels above with CHUNK = 1: one thread per element.)
 // ---------------------------------------------------------------------------------------
 template <typename T, typename I, int K, int S, int D>
-INV_GLOBAL void INV_LAUNCH_BOUNDS(INV_THREADS) involution_backward_weight_naive(
+INV_KERNEL involution_backward_weight_naive(
     const T* __restrict__ gout, const T* __restrict__ x, T* __restrict__ gw, const I total,
     const I C, const I H, const I W, const I G, const I Ho, const I Wo, const I pad) {
   typedef typename Elem<T>::acc_t acc_t;
@@ -358,5 +363,252 @@ INV_GLOBAL void INV_LAUNCH_BOUNDS(INV_THREADS) involution_backward_weight_naive(
                Elem<T>::load(x + (n * C + c) * HW + y * W + xx);
     }
     Elem<T>::store(gw + idx, acc);
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Row-blocked kernels.  The kernels above issue about one load per multiply-add (each input
+// value is read again by each of the K*K threads whose windows cover it), which bounds them
+// by the L1 load rate rather than by memory traffic.  Here a thread handles PX neighbouring
+// pixels of one row: for each tap row it loads the input segment that the PX windows span
+// once, SPAN = (PX - 1)*S + (K - 1)*D + 1 values, into registers and applies them to PX*K
+// taps, so a tap row costs SPAN loads for PX*K multiply-adds (10 for 28 at K = 7, S = 1,
+// PX = 4).  Each sum adds its terms in the same order as the kernels above (taps row by
+// row, channels in order), so the results are the same.  Positions outside the input or
+// the output contribute zeros, as in the unfold definition.  Items are ordered (n, g,
+// chunk, row, column block), the column block fastest.
+// ---------------------------------------------------------------------------------------
+template <typename T, typename I>
+INV_INLINE typename Elem<T>::acc_t load_or_zero(const T* p, const I at, const I size) {
+  return (at >= 0 && at < size) ? Elem<T>::load(p + at) : (typename Elem<T>::acc_t)0;
+}
+
+// Forward: output pixels (i, j0 .. j0 + PX) of CHUNK channels of one group.
+template <typename T, typename I, int K, int S, int D, int CHUNK, int PX>
+INV_KERNEL involution_forward_rows(
+    const T* __restrict__ x, const T* __restrict__ w, T* __restrict__ out, const I total,
+    const I C, const I H, const I W, const I G, const I Ho, const I Wo, const I pad) {
+  typedef typename Elem<T>::acc_t acc_t;
+  constexpr int SPAN = (PX - 1) * S + (K - 1) * D + 1;
+  const I HW = H * W, HoWo = Ho * Wo, blocks = (Wo + PX - 1) / PX;
+  INV_KERNEL_LOOP(idx, total) {
+    const ChunkItem<I, CHUNK> it(idx, Ho, blocks, G, C / G);
+    const I i = it.row, j0 = it.col * PX, x0 = j0 * S - pad;
+    acc_t acc[CHUNK][PX];
+    INV_UNROLL
+    for (int c = 0; c < CHUNK; ++c)
+      INV_UNROLL
+      for (int p = 0; p < PX; ++p) acc[c][p] = 0;
+    const T* wp = w + (it.n * G + it.g) * (K * K) * HoWo + i * Wo;
+    const T* xn = x + (it.n * C + it.c0) * HW;
+    INV_UNROLL
+    for (int a = 0; a < K; ++a) {
+      const I y = i * S + a * D - pad;
+      if (y < 0 || y >= H) continue;
+      acc_t wk[K][PX];  // this tap row's weights of the PX pixels
+      INV_UNROLL
+      for (int b = 0; b < K; ++b)
+        INV_UNROLL
+        for (int p = 0; p < PX; ++p) wk[b][p] = load_or_zero(wp + (a * K + b) * HoWo, j0 + p, Wo);
+      INV_UNROLL
+      for (int c = 0; c < CHUNK; ++c) {
+        if (c >= it.nc) break;
+        const T* xr = xn + c * HW + y * W;
+        acc_t seg[SPAN];
+        INV_UNROLL
+        for (int s = 0; s < SPAN; ++s) seg[s] = load_or_zero(xr, x0 + s, W);
+        INV_UNROLL
+        for (int b = 0; b < K; ++b)
+          INV_UNROLL
+          for (int p = 0; p < PX; ++p) acc[c][p] += wk[b][p] * seg[p * S + b * D];
+      }
+    }
+    T* op = out + (it.n * C + it.c0) * HoWo + i * Wo + j0;
+    INV_UNROLL
+    for (int c = 0; c < CHUNK; ++c)
+      INV_UNROLL
+      for (int p = 0; p < PX; ++p)
+        if (c < it.nc && j0 + p < Wo) Elem<T>::store(op + c * HoWo + p, acc[c][p]);
+  }
+}
+
+// Input gradient at stride 1 (a gather: no atomics): input pixels (y, x0 .. x0 + PX) of
+// CHUNK channels of one group.  Pixel x + p takes tap (a, b) from output pixel
+// (y + pad - a*D, x + p + pad - b*D), so a tap row reads the output-gradient segment
+// [x0 + pad - (K-1)*D, x0 + PX + pad) once.  (Strided layers use involution_backward_input.)
+template <typename T, typename I, int K, int S, int D, int CHUNK, int PX>
+INV_KERNEL involution_backward_input_rows(
+    const T* __restrict__ gout, const T* __restrict__ w, T* __restrict__ gx, const I total,
+    const I C, const I H, const I W, const I G, const I Ho, const I Wo, const I pad) {
+  static_assert(S == 1, "strided layers gather with involution_backward_input");
+  typedef typename Elem<T>::acc_t acc_t;
+  constexpr int SPAN = PX + (K - 1) * D;
+  const I HW = H * W, HoWo = Ho * Wo, blocks = (W + PX - 1) / PX;
+  INV_KERNEL_LOOP(idx, total) {
+    const ChunkItem<I, CHUNK> it(idx, H, blocks, G, C / G);
+    const I y = it.row, x0 = it.col * PX, j0 = x0 + pad - (K - 1) * D;
+    acc_t acc[CHUNK][PX];
+    INV_UNROLL
+    for (int c = 0; c < CHUNK; ++c)
+      INV_UNROLL
+      for (int p = 0; p < PX; ++p) acc[c][p] = 0;
+    const T* wg = w + (it.n * G + it.g) * (K * K) * HoWo;
+    const T* gn = gout + (it.n * C + it.c0) * HoWo;
+    INV_UNROLL
+    for (int a = 0; a < K; ++a) {
+      const I i = y + pad - a * D;
+      if (i < 0 || i >= Ho) continue;
+      acc_t wk[K][PX];
+      INV_UNROLL
+      for (int b = 0; b < K; ++b)
+        INV_UNROLL
+        for (int p = 0; p < PX; ++p)
+          wk[b][p] = load_or_zero(wg + (a * K + b) * HoWo + i * Wo, x0 + p + pad - b * D, Wo);
+      INV_UNROLL
+      for (int c = 0; c < CHUNK; ++c) {
+        if (c >= it.nc) break;
+        const T* gr = gn + c * HoWo + i * Wo;
+        acc_t seg[SPAN];
+        INV_UNROLL
+        for (int s = 0; s < SPAN; ++s) seg[s] = load_or_zero(gr, j0 + s, Wo);
+        INV_UNROLL
+        for (int b = 0; b < K; ++b)
+          INV_UNROLL
+          for (int p = 0; p < PX; ++p) acc[c][p] += wk[b][p] * seg[p + (K - 1 - b) * D];
+      }
+    }
+    T* op = gx + (it.n * C + it.c0) * HW + y * W + x0;
+    INV_UNROLL
+    for (int c = 0; c < CHUNK; ++c)
+      INV_UNROLL
+      for (int p = 0; p < PX; ++p)
+        if (c < it.nc && x0 + p < W) Elem<T>::store(op + c * HW + p, acc[c][p]);
+  }
+}
+
+// Weight gradient: the K weights of tap row a of output pixels (i, j0 .. j0 + PX) of one
+// group, summed over the group's channels: per channel PX output-gradient values and one
+// input segment for PX*K multiply-adds.  Items: N * G * K * Ho * column blocks, ordered
+// (n, g, a, row, column block).
+template <typename T, typename I, int K, int S, int D, int PX>
+INV_KERNEL involution_backward_weight_rows(
+    const T* __restrict__ gout, const T* __restrict__ x, T* __restrict__ gw, const I total,
+    const I C, const I H, const I W, const I G, const I Ho, const I Wo, const I pad) {
+  typedef typename Elem<T>::acc_t acc_t;
+  constexpr int SPAN = (PX - 1) * S + (K - 1) * D + 1;
+  const I Cg = C / G, HW = H * W, HoWo = Ho * Wo, blocks = (Wo + PX - 1) / PX;
+  INV_KERNEL_LOOP(idx, total) {
+    const I j0 = (idx % blocks) * PX;
+    I t = idx / blocks;
+    const I i = t % Ho;
+    t /= Ho;
+    const int a = (int)(t % K);
+    t /= K;
+    const I g = t % G;
+    const I n = t / G;
+    acc_t acc[K][PX];
+    INV_UNROLL
+    for (int b = 0; b < K; ++b)
+      INV_UNROLL
+      for (int p = 0; p < PX; ++p) acc[b][p] = 0;
+    const I y = i * S + a * D - pad, x0 = j0 * S - pad;
+    if (y >= 0 && y < H) {
+      const T* gp = gout + (n * C + g * Cg) * HoWo + i * Wo;
+      const T* xr = x + (n * C + g * Cg) * HW + y * W;
+      for (I c = 0; c < Cg; ++c, gp += HoWo, xr += HW) {
+        acc_t go[PX], seg[SPAN];
+        INV_UNROLL
+        for (int p = 0; p < PX; ++p) go[p] = load_or_zero(gp, j0 + p, Wo);
+        INV_UNROLL
+        for (int s = 0; s < SPAN; ++s) seg[s] = load_or_zero(xr, x0 + s, W);
+        INV_UNROLL
+        for (int b = 0; b < K; ++b)
+          INV_UNROLL
+          for (int p = 0; p < PX; ++p) acc[b][p] += go[p] * seg[p * S + b * D];
+      }
+    }
+    T* op = gw + ((n * G + g) * (K * K) + a * K) * HoWo + i * Wo + j0;
+    INV_UNROLL
+    for (int b = 0; b < K; ++b)
+      INV_UNROLL
+      for (int p = 0; p < PX; ++p)
+        if (j0 + p < Wo) Elem<T>::store(op + b * HoWo + p, acc[b][p]);
+  }
+}
+
+// Fused forward, row-blocked: output pixels (i, j0 .. j0 + PX) of CHUNK channels of one
+// group.  For each tap row a it generates that row's K weights of the PX pixels in
+// registers, each span weight loaded once for PX pixels and each reduced feature once for K
+// taps ((K + PX) loads for K*PX multiply-adds, where involution_fused_forward loads a span
+// weight per multiply-add), rounds them to T as the unfused operator does, and aggregates
+// as involution_forward_rows.  The same sums in the same order as involution_fused_forward.
+template <typename T, typename I, int K, int S, int D, int CHUNK, int PX>
+INV_KERNEL involution_fused_forward_rows(
+    const T* __restrict__ x, const T* __restrict__ r, const T* __restrict__ span,
+    const T* __restrict__ bias, T* __restrict__ out, const I total, const I C, const I H,
+    const I W, const I G, const I Ho, const I Wo, const I pad, const I Cr, const I has_bias) {
+  typedef typename Elem<T>::acc_t acc_t;
+  constexpr int SPAN = (PX - 1) * S + (K - 1) * D + 1;
+  const I HW = H * W, HoWo = Ho * Wo, blocks = (Wo + PX - 1) / PX;
+  INV_KERNEL_LOOP(idx, total) {
+    const ChunkItem<I, CHUNK> it(idx, Ho, blocks, G, C / G);
+    const I i = it.row, j0 = it.col * PX, x0 = j0 * S - pad;
+    acc_t acc[CHUNK][PX];
+    INV_UNROLL
+    for (int c = 0; c < CHUNK; ++c)
+      INV_UNROLL
+      for (int p = 0; p < PX; ++p) acc[c][p] = 0;
+    const T* rn = r + it.n * Cr * HoWo + i * Wo;
+    const T* xn = x + (it.n * C + it.c0) * HW;
+    INV_UNROLL
+    for (int a = 0; a < K; ++a) {
+      const I y = i * S + a * D - pad;
+      if (y < 0 || y >= H) continue;
+      const I tap0 = (it.g * K + a) * K;  // this tap row's first of the G*K*K generated
+      acc_t wk[K][PX];
+      INV_UNROLL
+      for (int b = 0; b < K; ++b) {
+        const acc_t b0 = has_bias ? Elem<T>::load(bias + tap0 + b) : (acc_t)0;
+        INV_UNROLL
+        for (int p = 0; p < PX; ++p) wk[b][p] = b0;
+      }
+      for (I cr = 0; cr < Cr; ++cr) {
+        acc_t rv[PX];
+        INV_UNROLL
+        for (int p = 0; p < PX; ++p) rv[p] = load_or_zero(rn + cr * HoWo, j0 + p, Wo);
+        INV_UNROLL
+        for (int b = 0; b < K; ++b) {
+          const acc_t sv = Elem<T>::load(span + (tap0 + b) * Cr + cr);
+          INV_UNROLL
+          for (int p = 0; p < PX; ++p) wk[b][p] += sv * rv[p];
+        }
+      }
+      INV_UNROLL
+      for (int b = 0; b < K; ++b)
+        INV_UNROLL
+        for (int p = 0; p < PX; ++p) {
+          T rounded;
+          Elem<T>::store(&rounded, wk[b][p]);
+          wk[b][p] = Elem<T>::load(&rounded);
+        }
+      INV_UNROLL
+      for (int c = 0; c < CHUNK; ++c) {
+        if (c >= it.nc) break;
+        const T* xr = xn + c * HW + y * W;
+        acc_t seg[SPAN];
+        INV_UNROLL
+        for (int s = 0; s < SPAN; ++s) seg[s] = load_or_zero(xr, x0 + s, W);
+        INV_UNROLL
+        for (int b = 0; b < K; ++b)
+          INV_UNROLL
+          for (int p = 0; p < PX; ++p) acc[c][p] += wk[b][p] * seg[p * S + b * D];
+      }
+    }
+    T* op = out + (it.n * C + it.c0) * HoWo + i * Wo + j0;
+    INV_UNROLL
+    for (int c = 0; c < CHUNK; ++c)
+      INV_UNROLL
+      for (int p = 0; p < PX; ++p)
+        if (c < it.nc && j0 + p < Wo) Elem<T>::store(op + c * HoWo + p, acc[c][p]);
   }
 }
