@@ -11,6 +11,7 @@ array interface).
 import functools
 import os
 import re
+import time
 
 import numpy as np
 import torch
@@ -118,10 +119,18 @@ def compile_kernels(names, device_index):
     if not missing:
         return
     cupy = _cupy()
+    began = time.perf_counter()
     with cupy.cuda.Device(device_index):
         module = cupy.RawModule(code=program_source(missing), options=("--std=c++14",))
-        for name in missing:
+        for name in missing:  # (the first get_function compiles, or loads from the cache)
             _FUNCTIONS[(name, device_index)] = module.get_function(extern_c_name(name))
+    COMPILED["programs"] += 1
+    COMPILED["kernels"] += len(missing)
+    COMPILED["seconds"] += time.perf_counter() - began
+
+
+# What this process compiled or loaded from CuPy's disk cache (tools/warm_cuda_kernels.py).
+COMPILED = {"programs": 0, "kernels": 0, "seconds": 0.0}
 
 
 def extern_c_name(name):

@@ -519,3 +519,23 @@ def test_operator_benchmark_times_each_layer_of_a_call():
     assert set(rows) == {"involution()", "custom operator", "native kernel", "torch.add (floor)"}
     assert all(v > 0 for v in rows.values())
     assert "# per call: 3 forward calls back to back" in out and "median of" not in out
+
+
+@requires_detectron2
+def test_warm_tool_runs_a_training_step_and_counts_what_it_compiled():
+    # On the CPU (a dry run) nothing is compiled; the line says so in the format the device
+    # check's log is read in.
+    out = run_tool("warm_cuda_kernels.py", "--device", "cpu", "--size", "64", "96",
+                   "--dtypes", "float32")
+    assert re.fullmatch(
+        r"COCO-InstanceSegmentation/mask_rcnn_rednet50_fpn_1x\.yaml torch\.float32: first "
+        r"training step \d+\.\d s; 0 kernels in 0 programs compiled or loaded from CuPy's "
+        r"disk cache in 0\.0 s", out.strip())
+
+
+def test_kernel_timing_needs_a_gpu():
+    cmd = [sys.executable, os.path.join(REPO, "tools", "benchmark_involution.py"), "--device",
+           "cpu", "--kernels"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0 and "--kernels times the CUDA kernels: it needs --device cuda" \
+        in out.stderr
