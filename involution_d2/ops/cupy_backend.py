@@ -337,7 +337,9 @@ def choose_variant(kind, key, runs_of, stride, device):
         return variants[0]
     chosen = _CHOSEN.get(key)
     if chosen is None:
-        if _capturing(device):  # timing cannot run inside a CUDA graph capture
+        # Timing cannot run inside a CUDA graph capture, and a choice by timing could differ
+        # from run to run (the fused operator's unfused variant rounds differently).
+        if _capturing(device) or torch.are_deterministic_algorithms_enabled():
             return variants[0]
         chosen = _CHOSEN[key] = fastest(runs_of(variants), device)
     return chosen

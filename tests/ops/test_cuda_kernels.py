@@ -338,6 +338,14 @@ def test_the_backend_measures_nothing_where_one_kernel_applies_or_is_forced(monk
         _choose("forward")
 
 
+def test_the_backend_does_not_measure_where_determinism_is_asked_for(monkeypatch):
+    timer = _FakeTimer(monkeypatch, {"involution_forward": 2.0,
+                                     "involution_forward_rows": 1.0})
+    monkeypatch.setattr(cupy_backend, "KERNEL_CHOICE", "measure")
+    monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: True)
+    assert _choose("forward") == "chunked" and timer.timed == []
+
+
 def test_the_backend_does_not_measure_inside_a_cuda_graph_capture(monkeypatch):
     timer = _FakeTimer(monkeypatch, {"involution_forward": 2.0,
                                      "involution_forward_rows": 1.0}, capturing=True)
