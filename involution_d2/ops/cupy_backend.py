@@ -35,7 +35,11 @@ _MAX_CHUNK = 16
 ROWS_PIXELS = 4
 _ROWS_MAX_CHUNK = 8
 VARIANTS = ("chunked", "rows")  # the first is the one used where no measurement can run
-FUSED_VARIANTS = ("fused", "rows", "unfused")
+# The fused operator's: the span as cuDNN's convolution then the aggregation, or the
+# row-blocked fused kernel. The chunked fused kernel ("fused", INVOLUTION_CUDA_KERNELS=chunked)
+# is not measured: it lost to the unfused steps on the H200, and its fully unrolled K*K
+# weights take longer to compile than all the other kernels of a training step together.
+FUSED_VARIANTS = ("unfused", "rows")
 # Below this many threads, fewer channels per thread buys parallelism on a large GPU.
 MIN_THREADS = 1 << 17
 _INT32_LIMIT = 2**31 - 1
@@ -330,9 +334,9 @@ def choose_variant(kind, key, runs_of, stride, device):
         if KERNEL_CHOICE not in VARIANTS:
             raise ValueError(f"INVOLUTION_CUDA_KERNELS={KERNEL_CHOICE!r}: expected 'measure' "
                              f"(the default) or one of {', '.join(VARIANTS)}")
-        forced = "fused" if kind == "fused_forward" and KERNEL_CHOICE == "chunked" else \
-            KERNEL_CHOICE
-        return forced if forced in variants else variants[0]
+        if kind == "fused_forward":
+            return "fused" if KERNEL_CHOICE == "chunked" else KERNEL_CHOICE
+        return KERNEL_CHOICE if KERNEL_CHOICE in variants else variants[0]
     if len(variants) == 1:
         return variants[0]
     chosen = _CHOSEN.get(key)

@@ -533,6 +533,28 @@ def test_warm_tool_runs_a_training_step_and_counts_what_it_compiled():
         r"disk cache in 0\.0 s", out.strip())
 
 
+@requires_detectron2
+def test_warm_tool_plans_a_training_steps_kernels_and_times_nvrtc_without_a_gpu():
+    if find_spec("cuda") is None or find_spec("cuda.bindings") is None:
+        pytest.skip("needs NVRTC (cuda-bindings, installed with CUDA torch)")
+    out = run_tool("warm_cuda_kernels.py", "--compile-only", "--size", "64", "96",
+                   "--dtypes", "float32", "bfloat16")
+    lines = out.strip().splitlines()
+    counts = []
+    for line, dtype in zip(lines, ("float32", "bfloat16")):
+        match = re.fullmatch(
+            r"COCO-InstanceSegmentation/mask_rcnn_rednet50_fpn_1x\.yaml torch\." + dtype
+            + r": (\d+) kernels in (\d+) programs; NVRTC compiles them in \d+\.\d s on this "
+            r"CPU", line)
+        assert match, line
+        counts.append((int(match[1]), int(match[2])))
+    assert len(lines) == 2 and counts[0] == counts[1]
+    kernels, programs = counts[0]
+    # Both variants of each kind, for RedNet-50's strided and plain layers (frozen stem and
+    # res2 run no backward), one program per shape and kind.
+    assert 8 <= kernels <= 64 and 4 <= programs <= kernels
+
+
 def test_kernel_timing_needs_a_gpu():
     cmd = [sys.executable, os.path.join(REPO, "tools", "benchmark_involution.py"), "--device",
            "cpu", "--kernels"]

@@ -30,6 +30,7 @@
 #define INV_KERNEL void
 #define INV_INLINE inline
 #define INV_UNROLL
+#define INV_LOOP
 struct inv_dim3 { unsigned int x; };
 extern inv_dim3 blockIdx, blockDim, threadIdx, gridDim;
 static inline float __uint_as_float(unsigned int u) { float f; std::memcpy(&f, &u, 4); return f; }
@@ -42,6 +43,7 @@ static inline unsigned int __float_as_uint(float f) { unsigned int u; std::memcp
 #endif
 #define INV_INLINE __device__ __forceinline__
 #define INV_UNROLL _Pragma("unroll")
+#define INV_LOOP _Pragma("unroll 1")
 #endif
 
 #define INV_THREADS 256
@@ -128,15 +130,19 @@ template <typename I, int CHUNK> struct ChunkItem {
 };
 
 // Where aggregate_pixel finds tap k's weight of the current pixel: in the weight tensor
-// (involution_forward), or in registers (involution_fused_forward).
+// (involution_forward), or in registers (involution_fused_forward).  ROWS_UNROLLED: how many
+// tap rows the loop over them unrolls; registers indexed by the tap need them all, a
+// pointer does not (a loop compiles several times faster and costs a few instructions a row).
 template <typename T, typename I> struct TensorTaps {
+  enum { ROWS_UNROLLED = 1 };
   const T* p;  // the pixel's weight of tap 0
   I stride;    // between taps: Ho * Wo
   INV_INLINE typename Elem<T>::acc_t operator()(int k) const {
     return Elem<T>::load(p + k * stride);
   }
 };
-template <typename A> struct RegisterTaps {
+template <typename A, int K> struct RegisterTaps {
+  enum { ROWS_UNROLLED = K };
   const A* w;
   INV_INLINE A operator()(int k) const { return w[k]; }
 };
@@ -154,7 +160,9 @@ INV_INLINE void aggregate_pixel(const T* __restrict__ x, T* __restrict__ out, co
   INV_UNROLL
   for (int c = 0; c < CHUNK; ++c) acc[c] = 0;
   const T* xn = x + (n * C + c0) * HW;
-  INV_UNROLL
+#ifndef INVOLUTION_HOST_EMULATION
+#pragma unroll(Taps::ROWS_UNROLLED)
+#endif
   for (int a = 0; a < K; ++a) {
     const I y = i * S + a * D - pad;
     if (y < 0 || y >= H) continue;
@@ -231,7 +239,7 @@ INV_KERNEL involution_fused_forward(
       wk[k] = Elem<T>::load(&rounded);
     }
 
-    const RegisterTaps<acc_t> taps = {wk};
+    const RegisterTaps<acc_t, K> taps = {wk};
     aggregate_pixel<T, I, K, S, D, CHUNK>(x, out, taps, n, it.c0, it.nc, i, j, C, H, W, Ho, Wo,
                                           pad);
   }
@@ -259,7 +267,7 @@ INV_KERNEL involution_backward_input(
 
     const T* gn = gout + (n * C + c0) * HoWo;
     const T* wg = w + (n * G + g) * (K * K) * HoWo;
-    INV_UNROLL
+    INV_LOOP
     for (int a = 0; a < K; ++a) {
       const I ty = y + pad - a * D;
       if (ty < 0 || (S > 1 && ty % S != 0)) continue;
@@ -401,7 +409,7 @@ INV_KERNEL involution_forward_rows(
       for (int p = 0; p < PX; ++p) acc[c][p] = 0;
     const T* wp = w + (it.n * G + it.g) * (K * K) * HoWo + i * Wo;
     const T* xn = x + (it.n * C + it.c0) * HW;
-    INV_UNROLL
+    INV_LOOP
     for (int a = 0; a < K; ++a) {
       const I y = i * S + a * D - pad;
       if (y < 0 || y >= H) continue;
@@ -454,7 +462,7 @@ INV_KERNEL involution_backward_input_rows(
       for (int p = 0; p < PX; ++p) acc[c][p] = 0;
     const T* wg = w + (it.n * G + it.g) * (K * K) * HoWo;
     const T* gn = gout + (it.n * C + it.c0) * HoWo;
-    INV_UNROLL
+    INV_LOOP
     for (int a = 0; a < K; ++a) {
       const I i = y + pad - a * D;
       if (i < 0 || i >= Ho) continue;
@@ -560,7 +568,7 @@ INV_KERNEL involution_fused_forward_rows(
       for (int p = 0; p < PX; ++p) acc[c][p] = 0;
     const T* rn = r + it.n * Cr * HoWo + i * Wo;
     const T* xn = x + (it.n * C + it.c0) * HW;
-    INV_UNROLL
+    INV_LOOP
     for (int a = 0; a < K; ++a) {
       const I y = i * S + a * D - pad;
       if (y < 0 || y >= H) continue;
