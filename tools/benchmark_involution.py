@@ -40,8 +40,10 @@ forward.
 
 With --kernels (CUDA) it times each variant of the CUDA kernels (the chunked ones and the
 row-blocked ones, which the backend chooses between per shape by measuring) for the forward,
-the input gradient and the weight gradient, launched directly and timed with CUDA events,
-with the speed-up over the chunked kernel and the time over the least-traffic time.
+the input gradient, the weight gradient and the fused forward (reduced features C/4), launched
+directly and timed with CUDA events, with the speed-up over the first variant and the time
+over the least-traffic time (the fused kernels' least traffic: x and the reduced features
+read, the output written).
 
 With --fused it compares, per backend, the layer's last two steps run as the fused operator
 (``fused_involution``: span convolution C/4 -> G*K*K and aggregation in one) against the
@@ -85,7 +87,8 @@ def main(argv=None):
                              "and the calls of ours in one Involution forward")
     parser.add_argument("--kernels", action="store_true",
                         help="CUDA: time each kernel variant (chunked, row-blocked) of the "
-                             "forward and both gradients, launched directly, side by side")
+                             "forward, both gradients and the fused forward, launched "
+                             "directly, side by side")
     parser.add_argument("--official-kernel", metavar="PATH", default=None,
                         help="also time the official CuPy operator: the path of "
                              "cls/mmcls/models/utils/involution_cuda.py in a clone of "

@@ -270,26 +270,52 @@ def report_per_call(args, device, shapes, dtypes, official):
     print_table(rows, header)
 
 
-# The kernels of one kind each variant launches, and the elements that kind must move at
-# least (inputs read once, output written once): x, w, out, grad_out and the gradients.
+# Per kernel kind: the variants launched directly (the first is the baseline of the ratios),
+# and the elements it must move at least (inputs read once, outputs written once) from the
+# sizes of x, w (generated kernels), out (= grad_out) and r (reduced features).
 KERNEL_KINDS = {
-    "forward": lambda x, w, out: x + w + out,
-    "backward_input": lambda x, w, out: out + w + x,
-    "backward_weight": lambda x, w, out: out + x + w,
+    "forward": (("chunked", "rows"), lambda x, w, out, r: x + w + out),
+    "backward_input": (("chunked", "rows"), lambda x, w, out, r: out + w + x),
+    "backward_weight": (("chunked", "rows"), lambda x, w, out, r: out + x + w),
+    # The fused kernels generate w in registers: x and r in, out written.
+    "fused_forward": (("fused", "rows"), lambda x, w, out, r: x + r + out),
 }
+REDUCTION = 4  # RedNet's reduced features: C / 4 channels
 
 
-def kernel_launches(kind, variant, x, wt, gout, buffers, s, p):
-    """The launch of ``kind``'s kernel ``variant`` (cupy_backend's planning, as a call
-    makes it), writing into ``buffers`` (out, grad_x, grad_w)."""
+def kernel_launches(kind, variant, tensors, s, p):
+    """The launch of ``kind``'s kernel ``variant`` (cupy_backend's planning, as a call makes
+    it) on ``tensors`` (x, w, grad_out, reduced, span, span bias, and the buffers out,
+    grad_x, grad_w that it writes)."""
     from involution_d2.ops import cupy_backend
 
-    out, gx, gw = buffers
+    x, wt, gout, r, span, bias, out, gx, gw = tensors
     if kind == "forward":
         return cupy_backend.forward_launch(variant, x, wt, out, s, p, 1)
     if kind == "backward_input":
         return cupy_backend.backward_input_launch(variant, gout, x, wt, gx, s, p, 1)
-    return cupy_backend.backward_weight_launch(variant, gout, x, wt, gw, s, p, 1)
+    if kind == "backward_weight":
+        return cupy_backend.backward_weight_launch(variant, gout, x, wt, gw, s, p, 1)
+    k = wt.shape[2]
+    return cupy_backend.fused_forward_launch(variant, x, r, span, bias, out, wt.shape[1], k, s,
+                                             p, 1)
+
+
+def kernel_tensors(name, dtype, device):
+    """The inputs and output buffers of every kernel kind at shape ``name``."""
+    n, c, h, w, k, s = SHAPES[name]
+    p = (k - 1) // 2
+    ho, wo = output_size(h, k, s, p), output_size(w, k, s, p)
+    g, cr = c // 16, c // REDUCTION
+    gen = torch.Generator(device=device).manual_seed(0)
+
+    def randn(*size, scale=1.0):
+        return (torch.randn(*size, device=device, generator=gen) * scale).to(dtype)
+
+    x, wt, gout = randn(n, c, h, w), randn(n, g, k, k, ho, wo), randn(n, c, ho, wo)
+    r, span, bias = randn(n, cr, ho, wo), randn(g * k * k, cr, scale=cr ** -0.5), randn(g * k * k)
+    return (x, wt, gout, r, span, bias, torch.empty_like(gout), torch.empty_like(x),
+            torch.empty_like(wt))
 
 
 def kernel_times(name, dtype, device, repeat, warmup):
@@ -298,18 +324,14 @@ def kernel_times(name, dtype, device, repeat, warmup):
     after ``warmup`` (which compile it), the variants of a kind alternating round by round."""
     from involution_d2.ops import cupy_backend
 
-    n, c, h, w, k, s = SHAPES[name]
-    p = (k - 1) // 2
-    ho, wo = output_size(h, k, s, p), output_size(w, k, s, p)
-    gen = torch.Generator(device=device).manual_seed(0)
-    x = torch.randn(n, c, h, w, device=device, dtype=dtype, generator=gen)
-    wt = torch.randn(n, c // 16, k, k, ho, wo, device=device, dtype=dtype, generator=gen)
-    gout = torch.randn(n, c, ho, wo, device=device, dtype=dtype, generator=gen)
-    buffers = (torch.empty_like(gout), torch.empty_like(x), torch.empty_like(wt))
+    s = SHAPES[name][5]
+    p = (SHAPES[name][4] - 1) // 2
+    tensors = kernel_tensors(name, dtype, device)
     results = {}
-    for kind in KERNEL_KINDS:
-        launches = {v: kernel_launches(kind, v, x, wt, gout, buffers, s, p)
-                    for v in cupy_backend.variants_for(kind, s)}
+    for kind, (variants, _) in KERNEL_KINDS.items():
+        if kind == "backward_input":
+            variants = cupy_backend.variants_for(kind, s)
+        launches = {v: kernel_launches(kind, v, tensors, s, p) for v in variants}
         for launch in launches.values():
             for _ in range(max(warmup, 1)):
                 cupy_backend._launch(launch, device)
@@ -346,16 +368,18 @@ def report_kernels(args, device, shapes, dtypes):
             n, c, h, w, k, s = SHAPES[name]
             p = (k - 1) // 2
             ho, wo = output_size(h, k, s, p), output_size(w, k, s, p)
-            elements = (n * c * h * w, n * (c // 16) * k * k * ho * wo, n * c * ho * wo)
+            elements = (n * c * h * w, n * (c // 16) * k * k * ho * wo, n * c * ho * wo,
+                        n * (c // REDUCTION) * ho * wo)
             for (kind, variant), us in times.items():
-                least = KERNEL_KINDS[kind](*elements) * size / bandwidth * 1e6 \
+                variants, least_elements = KERNEL_KINDS[kind]
+                least = least_elements(*elements) * size / bandwidth * 1e6 \
                     if bandwidth else None
                 rows.append([name, dtype, kind, variant, f"{us:.1f}",
-                             f"{times[(kind, 'chunked')] / us:.2f}x",
+                             f"{times[(kind, variants[0])] / us:.2f}x",
                              f"{us / least:.1f}" if least else "-"])
     print()
-    print_table(rows, ["shape", "dtype", "kernel", "variant", "GPU us", "speed-up over chunked",
-                       "x of least-traffic time"])
+    print_table(rows, ["shape", "dtype", "kernel", "variant", "GPU us",
+                       "speed-up over the first variant", "x of least-traffic time"])
 
 
 def calls_of_ours(run, *args):
