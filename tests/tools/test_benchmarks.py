@@ -561,3 +561,25 @@ def test_kernel_timing_needs_a_gpu():
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert out.returncode != 0 and "--kernels times the CUDA kernels: it needs --device cuda" \
         in out.stderr
+
+
+def test_kernel_table_plans_every_kind_into_its_own_buffer():
+    # The --kernels table (CUDA only) launches the backend's own plans: each kind and variant
+    # on its inputs, writing the buffer of its output. Planned here on the CPU.
+    from benchmarking.operator import KERNEL_KINDS, kernel_launches, kernel_tensors
+
+    for shape, stride in (("det.res3.s2", 2), ("det.res3", 1)):
+        tensors = kernel_tensors(shape, torch.float32, torch.device("cpu"))
+        x, wt, gout, r, span, bias, out, gx, gw = tensors
+        written = {"forward": out, "backward_input": gx, "backward_weight": gw,
+                   "fused_forward": out}
+        for kind, (variants, _) in KERNEL_KINDS.items():
+            for variant in variants:
+                if kind == "backward_input" and variant == "rows" and stride != 1:
+                    continue
+                name, total, args = kernel_launches(kind, variant, tensors, stride, 3)
+                assert name.startswith(f"involution_{kind}" + ("_rows<" if variant == "rows"
+                                                                else "<")), name
+                buffer = args[4] if kind == "fused_forward" else args[2]
+                assert buffer is written[kind] and total > 0
+        assert r.shape[1] == x.shape[1] // 4 and span.shape == (wt.shape[1] * 49, r.shape[1])
