@@ -380,50 +380,41 @@ def time_run(run, device):
     return start.elapsed_time(end)
 
 
+def _run_chosen(kind, make, x, weight, stride, padding, dilation):
+    """Launches the variant of ``kind`` chosen for this shape (measured on its first call);
+    ``make(variant)`` gives a variant's launch."""
+    key = _choice_key(kind, x, weight, stride, padding, dilation)
+    variant = choose_variant(kind, key,
+                             lambda vs: launch_runs({v: make(v) for v in vs}, x.device),
+                             stride, x.device)
+    _launch(make(variant), x.device)
+
+
 def cupy_forward(x, weight, stride, padding, dilation):
     x, weight = x.contiguous(), weight.contiguous()
     n, c = x.shape[:2]
     out = x.new_empty((n, c, weight.shape[4], weight.shape[5]))
-
-    def make(variant):
-        return forward_launch(variant, x, weight, out, stride, padding, dilation)
-
-    key = _choice_key("forward", x, weight, stride, padding, dilation)
-    variant = choose_variant("forward", key,
-                             lambda vs: launch_runs({v: make(v) for v in vs}, x.device),
-                             stride, x.device)
-    _launch(make(variant), x.device)
+    _run_chosen("forward",
+                lambda v: forward_launch(v, x, weight, out, stride, padding, dilation),
+                x, weight, stride, padding, dilation)
     return out
 
 
 def cupy_backward(grad_out, x, weight, stride, padding, dilation, output_mask):
     grad_out, x, weight = grad_out.contiguous(), x.contiguous(), weight.contiguous()
     need_x, need_w = output_mask
-    gx = gw = None
+    gx = torch.empty_like(x) if need_x else None
+    gw = torch.empty_like(weight) if need_w else None
     if need_x:
-        gx = torch.empty_like(x)
-
-        def make_input(variant):
-            return backward_input_launch(variant, grad_out, x, weight, gx, stride, padding,
-                                         dilation)
-
-        key = _choice_key("backward_input", x, weight, stride, padding, dilation)
-        variant = choose_variant(
-            "backward_input", key,
-            lambda vs: launch_runs({v: make_input(v) for v in vs}, x.device), stride, x.device)
-        _launch(make_input(variant), x.device)
+        _run_chosen("backward_input",
+                    lambda v: backward_input_launch(v, grad_out, x, weight, gx, stride, padding,
+                                                    dilation),
+                    x, weight, stride, padding, dilation)
     if need_w:
-        gw = torch.empty_like(weight)
-
-        def make_weight(variant):
-            return backward_weight_launch(variant, grad_out, x, weight, gw, stride, padding,
-                                          dilation)
-
-        key = _choice_key("backward_weight", x, weight, stride, padding, dilation)
-        variant = choose_variant(
-            "backward_weight", key,
-            lambda vs: launch_runs({v: make_weight(v) for v in vs}, x.device), stride, x.device)
-        _launch(make_weight(variant), x.device)
+        _run_chosen("backward_weight",
+                    lambda v: backward_weight_launch(v, grad_out, x, weight, gw, stride, padding,
+                                                     dilation),
+                    x, weight, stride, padding, dilation)
     return gx, gw
 
 
@@ -478,9 +469,9 @@ def cupy_fused_forward(x, reduced, span_weight, span_bias, groups, kernel_size, 
         return fused_forward_launch(variant, x, reduced, span, bias, out, groups, kernel_size,
                                     stride, padding, dilation)
 
-    def unfused():
-        out.copy_(fused_forward_of(cupy_forward)(x, reduced, span_weight, span_bias, groups,
-                                                 kernel_size, stride, padding, dilation))
+    def unfused():  # the span as cuDNN's convolution, then the aggregation
+        return fused_forward_of(cupy_forward)(x, reduced, span_weight, span_bias, groups,
+                                              kernel_size, stride, padding, dilation)
 
     def runs_of(variants):
         runs = launch_runs({v: make(v) for v in variants if v != "unfused"}, x.device)
@@ -491,7 +482,6 @@ def cupy_fused_forward(x, reduced, span_weight, span_bias, groups, kernel_size, 
            stride, padding, dilation, span_bias is not None, x.device.index)
     variant = choose_variant("fused_forward", key, runs_of, stride, x.device)
     if variant == "unfused":
-        return fused_forward_of(cupy_forward)(x, reduced, span_weight, span_bias, groups,
-                                              kernel_size, stride, padding, dilation)
+        return unfused()
     _launch(make(variant), x.device)
     return out
