@@ -71,7 +71,7 @@ def planning_on_the_cpu(programs):
     of each program it would compile are appended to ``programs``; each launch fills its
     output with zeros (the step stays finite) and every variant times the same."""
     from involution_d2.ops import backends, cupy_backend
-    from involution_d2.ops.backends import Kernels, complete
+    from involution_d2.ops.backends import complete
 
     compiled = set()
 
@@ -84,15 +84,14 @@ def planning_on_the_cpu(programs):
     def launch(plan, device):
         name, _, args = plan
         compile_kernels([name], None)
-        args[4 if name.startswith("involution_fused_forward") else 2].zero_()
+        args[cupy_backend.input_pointers(name)].zero_()
 
     saved = {k: getattr(cupy_backend, k) for k in ("compile_kernels", "_launch", "time_run")}
     cupy_backend.compile_kernels, cupy_backend._launch = compile_kernels, launch
     cupy_backend.time_run = lambda run, device: (run(), 1.0)[1]
     key = ("auto", "cpu")
     previous = backends._SELECTED.get(key)
-    backends._SELECTED[key] = ("cupy", complete(Kernels(
-        cupy_backend.cupy_forward, cupy_backend.cupy_backward, cupy_backend.cupy_fused_forward)))
+    backends._SELECTED[key] = ("cupy", complete(cupy_backend.KERNELS))
     chosen = dict(cupy_backend._CHOSEN)
     try:
         yield

@@ -26,10 +26,25 @@ def fused_forward_of(forward):
     return fused_forward
 
 
+def span_backward(grad_kernels, reduced, span_weight, need_reduced, need_span, need_bias):
+    """The span convolution's gradients (reduced, span weight, span bias; None where not
+    needed) from the generated kernels' gradient ``grad_kernels`` (N, G, K, K, Ho, Wo):
+    cuDNN's, oneDNN's, as autograd runs it for the unfused layer, TF32 and cudnn settings
+    included."""
+    n, cr, ho, wo = reduced.shape
+    weight = span_weight.reshape(-1, cr, 1, 1)
+    g_reduced, g_weight, g_bias = torch.ops.aten.convolution_backward(
+        grad_kernels.reshape(n, weight.shape[0], ho, wo), reduced, weight,
+        [weight.shape[0]] if need_bias else None, [1, 1], [0, 0], [1, 1], False,
+        [0, 0], 1, [need_reduced, need_span, need_bias])
+    return (g_reduced if need_reduced else None,
+            g_weight.view_as(span_weight) if need_span else None,
+            g_bias if need_bias else None)
+
+
 def fused_backward_of(backward):
     """The fused operator's backward from the aggregation's: regenerate the kernels, run the
-    aggregation's backward, then the span convolution's own backward (cuDNN's, oneDNN's, as
-    autograd runs it for the unfused layer, TF32 and cudnn settings included)."""
+    aggregation's backward, then the span convolution's own backward."""
     def fused_backward(grad_out, x, reduced, span_weight, span_bias, groups, kernel_size,
                        stride, padding, dilation, output_mask):
         need_x, need_reduced, need_span, need_bias = output_mask
@@ -39,16 +54,10 @@ def fused_backward_of(backward):
         gx, gk = backward(grad_out, x, kernels, stride, padding, dilation,
                           [need_x, need_kernels])
         del kernels
-        g_reduced = g_span = g_bias = None
-        if need_kernels:
-            n, cr, ho, wo = reduced.shape
-            weight = span_weight.reshape(-1, cr, 1, 1)
-            g_reduced, g_weight, g_bias = torch.ops.aten.convolution_backward(
-                gk.reshape(n, weight.shape[0], ho, wo), reduced, weight,
-                [weight.shape[0]] if need_bias else None, [1, 1], [0, 0], [1, 1], False,
-                [0, 0], 1, [need_reduced, need_span, need_bias])
-            g_span = g_weight.view_as(span_weight) if need_span else None
-        return gx, g_reduced, g_span, g_bias
+        if not need_kernels:
+            return gx, None, None, None
+        return (gx,) + span_backward(gk, reduced, span_weight, need_reduced, need_span,
+                                     need_bias)
     return fused_backward
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .backends import Backend, BackendUnavailable, Kernels, register_backend
-from .composite import fused_forward_of
+from .composite import fused_backward_of, fused_forward_of, span_backward
 
 _SOURCE_PATH = os.path.join(os.path.dirname(__file__), "cuda", "involution.cuh")
 THREADS = 256  # INV_THREADS in the CUDA source
@@ -83,7 +83,7 @@ def _kernels():
         if isinstance(e, BackendUnavailable):
             raise
         raise BackendUnavailable(f"CuPy cannot reach the GPU ({type(e).__name__}: {e})") from None
-    return Kernels(cupy_forward, cupy_backward, cupy_fused_forward)
+    return KERNELS
 
 
 register_backend(Backend("cupy", ("cuda",), _kernels, "the CuPy CUDA kernels", auto_order=0,
@@ -153,7 +153,8 @@ def program_source(names):
     for name in names:
         kind, arguments = name.split("<", 1)
         ctype, index = arguments.split(", ")[:2]
-        pointers, values = (4, 10) if kind.startswith("involution_fused_forward") else (2, 8)
+        pointers = input_pointers(name)
+        values = 10 if pointers == 4 else 8
         params = ([f"const {ctype}* __restrict__ in{k}" for k in range(pointers)]
                   + [f"{ctype}* __restrict__ out"] + [f"const {index} v{k}" for k in range(values)])
         args = [f"in{k}" for k in range(pointers)] + ["out"] + [f"v{k}" for k in range(values)]
@@ -161,6 +162,12 @@ def program_source(names):
                      f'{extern_c_name(name)}({", ".join(params)}) {{ '
                      f'{name}({", ".join(args)}); }}')
     return "\n".join(lines) + "\n"
+
+
+def input_pointers(name):
+    """How many input tensors kernel ``name`` takes before the one it writes: the fused
+    kernels x (or grad_out), reduced, span and bias; the others two."""
+    return 4 if name.startswith("involution_fused_") else 2
 
 
 def _stream(device):
@@ -281,11 +288,14 @@ def backward_weight_launch(variant, grad_out, x, weight, gw, stride, padding, di
 
 def variants_for(kind, stride):
     """The kernels that can compute ``kind`` ("forward", "backward_input",
-    "backward_weight", "fused_forward"): the row-blocked input gradient gathers at stride 1
-    only; the fused operator may also run unfused (the span as cuDNN's convolution, then the
-    aggregation)."""
+    "backward_weight", "fused_forward", "fused_backward"): the row-blocked input gradients
+    gather at stride 1 only; the fused operator may also run unfused (the span as cuDNN's
+    convolution, then the aggregation, and in backward the aggregation's gradients from the
+    kernels generated again)."""
     if kind == "fused_forward":
         return FUSED_VARIANTS
+    if kind == "fused_backward":
+        return FUSED_VARIANTS if stride == 1 else FUSED_VARIANTS[:1]
     return ("chunked",) if kind == "backward_input" and stride != 1 else VARIANTS
 
 
@@ -485,3 +495,76 @@ def cupy_fused_forward(x, reduced, span_weight, span_bias, groups, kernel_size, 
         return unfused()
     _launch(make(variant), x.device)
     return out
+
+
+def fused_backward_input_launch(grad_out, reduced, span, bias, gx, groups, kernel_size, stride,
+                                padding, dilation):
+    """The launch of the fused input gradient (stride 1: the row-blocked kernel generating
+    each tap row's weights in registers) that fills ``gx``; ``span`` (G*K*K, Cr), ``bias``
+    None without one.  Inputs contiguous, one dtype."""
+    n, c, h, w = gx.shape
+    cr, ho, wo = reduced.shape[1], reduced.shape[2], reduced.shape[3]
+    big = _needs_64bit(gx, reduced, span, grad_out)
+    columns = -(-w // ROWS_PIXELS)
+    # All 16 channels of a RedNet group, so that a thread generates its weights once.
+    chunk = _chunk(c // groups, n * groups * h * columns, _MAX_CHUNK)
+    name = kernel_name("involution_fused_backward_input_rows", gx.dtype, big, kernel_size,
+                       stride, dilation, chunk, ROWS_PIXELS)
+    total = n * groups * (-(-(c // groups) // chunk)) * h * columns
+    has_bias = int(bias is not None)
+    bias = bias if bias is not None else span  # not read without a bias
+    return name, total, [grad_out, reduced, span, bias, gx, total, c, h, w, groups, ho, wo,
+                         padding, cr, has_bias]
+
+
+def cupy_fused_backward(grad_out, x, reduced, span_weight, span_bias, groups, kernel_size,
+                        stride, padding, dilation, output_mask):
+    """The fused operator's backward. "unfused": the kernels generated again by cuDNN's
+    convolution, then the aggregation's gradients; "rows" (stride 1): the input gradient
+    generates its weights in registers, so no generated kernels are written.  The weight
+    gradient needs no kernels: without an input gradient, none are generated either way."""
+    grad_out, x, reduced = grad_out.contiguous(), x.contiguous(), reduced.contiguous()
+    need_x, need_reduced, need_span, need_bias = output_mask
+    need_bias = need_bias and span_bias is not None
+    need_kernels = need_reduced or need_span or need_bias
+    n = x.shape[0]
+    ho, wo = reduced.shape[2], reduced.shape[3]
+    args = (x, reduced, span_weight, span_bias, groups, kernel_size, stride, padding, dilation)
+
+    def unfused():
+        return _UNFUSED_BACKWARD(grad_out, *args, output_mask)
+
+    def without_kernels():
+        gx = None
+        if need_x:
+            gx = torch.empty_like(x)
+            span = span_weight.contiguous().reshape(-1, reduced.shape[1])
+            bias = span_bias.contiguous() if span_bias is not None else None
+            _launch(fused_backward_input_launch(grad_out, reduced, span, bias, gx, groups,
+                                                kernel_size, stride, padding, dilation),
+                    x.device)
+        if not need_kernels:
+            return gx, None, None, None
+        gk = x.new_empty((n, groups, kernel_size, kernel_size, ho, wo))
+        _run_chosen("backward_weight",
+                    lambda v: backward_weight_launch(v, grad_out, x, gk, gk, stride, padding,
+                                                     dilation),
+                    x, gk, stride, padding, dilation)
+        return (gx,) + span_backward(gk, reduced, span_weight, need_reduced, need_span,
+                                     need_bias)
+
+    if not need_x:
+        return without_kernels()
+
+    def runs_of(variants):
+        return {"unfused": unfused, "rows": without_kernels}
+
+    key = ("fused_backward", x.dtype, tuple(x.shape), tuple(reduced.shape), groups,
+           kernel_size, stride, padding, dilation, need_kernels, span_bias is not None,
+           x.device.index)
+    variant = choose_variant("fused_backward", key, runs_of, stride, x.device)
+    return without_kernels() if variant == "rows" else unfused()
+
+
+_UNFUSED_BACKWARD = fused_backward_of(cupy_backward)
+KERNELS = Kernels(cupy_forward, cupy_backward, cupy_fused_forward, cupy_fused_backward)

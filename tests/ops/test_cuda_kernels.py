@@ -88,16 +88,22 @@ ALL_PLANS = {
 }
 
 
-def _emulation_source(names, pointers=3, values=8):
+def _signature(name):
+    """(tensors, integers) that kernel ``name`` takes: its inputs and output, its values."""
+    inputs = cupy_backend.input_pointers(name)
+    return inputs + 1, (10 if inputs == 4 else 8)
+
+
+def _emulation_source(names):
     """C++ launchers running each kernel thread by thread: launch_<i>(pointers, values,
-    grid, block) calls names[i] with ``pointers`` tensors (the last one written) and
-    ``values`` integers."""
+    grid, block) calls names[i] with its tensors (the last one written) and integers."""
     lines = [
         "#define INVOLUTION_HOST_EMULATION",
         '#include "involution.cuh"',
         "inv_dim3 blockIdx, blockDim, threadIdx, gridDim;",
     ]
     for idx, name in enumerate(names):
+        pointers, values = _signature(name)
         t, i = name[name.index("<") + 1:-1].split(", ")[:2]
         args = [f"(const {t}*)p[{k}]" for k in range(pointers - 1)]
         args += [f"({t}*)p[{pointers - 1}]"] + [f"({i})v[{k}]" for k in range(values)]
@@ -113,20 +119,20 @@ def _emulation_source(names, pointers=3, values=8):
     return "\n".join(lines) + "\n"
 
 
-@pytest.fixture(scope="module")
-def emulator(tmp_path_factory):
+def build_emulator(names, build_dir):
+    """The kernels ``names`` compiled as C++ in ``build_dir``: run(launch, grid_cap) runs a
+    planned launch (name, items, arguments) thread by thread on a grid of at most
+    ``grid_cap`` blocks (smaller than needed: the grid-stride loop runs too)."""
     if CXX is None:
         pytest.skip("needs a C++ compiler (g++) for the host emulation of the CUDA kernels")
-    plans = {key: _plans(key[1], key[2]) for key in ALL_PLANS}
-    names = sorted({launch[0] for p in plans.values() for item in p for launch in item[3]})
-    build = tmp_path_factory.mktemp("emulation")
-    src = build / "emulation.cpp"
+    names = sorted(set(names))
+    src = build_dir / "emulation.cpp"
     src.write_text(_emulation_source(names))
-    lib = build / "emulation.so"
-    include = os.path.dirname(cupy_backend._SOURCE_PATH)
+    lib = build_dir / "emulation.so"
     subprocess.run(
         [CXX, "-O1", "-ffp-contract=off", "-std=c++17", "-shared", "-fPIC", "-Wall",
-         "-Wno-unknown-pragmas", "-I", include, str(src), "-o", str(lib)],
+         "-Wno-unknown-pragmas", "-I", os.path.dirname(cupy_backend._SOURCE_PATH), str(src),
+         "-o", str(lib)],
         check=True, capture_output=True, text=True,
     )
     dll = ctypes.CDLL(str(lib))
@@ -136,12 +142,21 @@ def emulator(tmp_path_factory):
         name, total, args = launch
         if total == 0:
             return
-        ptrs = (ctypes.c_void_p * 3)(*[a.data_ptr() for a in args[:3]])
-        vals = (ctypes.c_longlong * 8)(*args[3:])
+        pointers, values = _signature(name)
+        ptrs = (ctypes.c_void_p * pointers)(*[a.data_ptr() for a in args[:pointers]])
+        vals = (ctypes.c_longlong * values)(*args[pointers:])
+        assert len(args) == pointers + values, name
         grid = min(cupy_backend.grid_size(total), grid_cap)
         functions[name](ptrs, vals, ctypes.c_uint(grid), ctypes.c_uint(cupy_backend.THREADS))
 
-    return plans, run
+    return run
+
+
+@pytest.fixture(scope="module")
+def emulator(tmp_path_factory):
+    plans = {key: _plans(key[1], key[2]) for key in ALL_PLANS}
+    names = [launch[0] for p in plans.values() for item in p for launch in item[3]]
+    return plans, build_emulator(names, tmp_path_factory.mktemp("emulation"))
 
 
 @pytest.mark.parametrize("variant", list(ALL_PLANS), ids=[k[0] for k in ALL_PLANS])
@@ -216,24 +231,12 @@ def test_emulated_fused_forward_matches_the_composition(tmp_path):
     # The fused kernel (span convolution in registers, then the aggregation) against the
     # span convolution followed by the unfold reference, every case, dtype, with and
     # without bias, at the largest and the default channel chunks.
-    if CXX is None:
-        pytest.skip("needs a C++ compiler (g++) for the host emulation of the CUDA kernels")
     plans = _fused_plans()
     names = sorted({launch[0] for *_, launches in plans for launch in launches})
-    src = tmp_path / "fused.cpp"
-    src.write_text(_emulation_source(names, pointers=5, values=10))
-    lib = tmp_path / "fused.so"
-    subprocess.run([CXX, "-O1", "-ffp-contract=off", "-std=c++17", "-shared", "-fPIC", "-Wall",
-                    "-Wno-unknown-pragmas", "-I", os.path.dirname(cupy_backend._SOURCE_PATH),
-                    str(src), "-o", str(lib)], check=True, capture_output=True, text=True)
-    dll = ctypes.CDLL(str(lib))
-    functions = {name: getattr(dll, f"launch_{i}") for i, name in enumerate(names)}
+    run = build_emulator(names, tmp_path)
     for key, (x, r, span, sb, g, k, s, p, d), out, launches in plans:
-        for name, total, args in launches:
-            ptrs = (ctypes.c_void_p * 5)(*[a.data_ptr() for a in args[:5]])
-            vals = (ctypes.c_longlong * 10)(*args[5:])
-            grid = min(cupy_backend.grid_size(total), 3)  # the grid-stride loop runs too
-            functions[name](ptrs, vals, ctypes.c_uint(grid), ctypes.c_uint(cupy_backend.THREADS))
+        for launch in launches:
+            run(launch, grid_cap=3)
         n, _, ho, wo = r.shape
         # The generated weights rounded to the dtype, as both operators round them.
         kernels = torch.nn.functional.conv2d(r.double(), span.double(),
@@ -251,6 +254,137 @@ def test_emulated_fused_forward_matches_the_composition(tmp_path):
     for (case, dtype, bias, min_threads, variant), out in outs.items():
         if variant == "rows" and min_threads == 0:
             assert torch.equal(out, outs[(case, dtype, bias, 0, "fused")]), (case, dtype, bias)
+
+
+# Stride-1 cases for the fused input gradient (the row-blocked kernels gather at stride 1).
+FUSED_BACKWARD_CASES = [case for case in CASES if case[6] == 1] + [
+    (1, 24, 1, 7, 10, 5, 1, 1),   # odd sizes, chunk remainder (Cg = 24)
+    (1, 12, 4, 11, 9, 3, 1, 1),   # Cg = 3
+    (2, 32, 2, 9, 13, 7, 1, 1),   # RedNet's K = 7, 16 channels per group
+]
+
+
+def _generated_in_kernel_order(r, span, bias, dtype):
+    """The generated kernels summed as the fused kernels sum them (the bias, then each
+    reduced channel in order, in the accumulation type, products rounded before the sum),
+    rounded to ``dtype``: what the unfused kernels must be given to compute bit for bit
+    what the fused ones compute."""
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    n, cr, ho, wo = r.shape
+    span = span.reshape(-1, cr).to(acc)
+    w = (bias.to(acc) if bias is not None else torch.zeros(span.shape[0], dtype=acc))
+    w = w.view(1, -1, 1, 1).expand(n, -1, ho, wo)
+    for c in range(cr):
+        w = w + span[:, c].view(1, -1, 1, 1) * r[:, c:c + 1].to(acc)
+    return w.to(dtype)
+
+
+def test_emulated_fused_input_gradient_matches_the_composition(tmp_path):
+    # The fused input gradient (each tap row's weights generated in registers) against the
+    # unfold reference's gradient with the kernels generated and rounded, every stride-1 case
+    # and dtype, with and without bias, at the largest and the default channel chunks; and
+    # bit for bit what the unfused row-blocked kernel computes from the same kernels.
+    old = cupy_backend.MIN_THREADS
+    plans = []
+    try:
+        for min_threads in (0, old):
+            cupy_backend.MIN_THREADS = min_threads
+            for ci, case in enumerate(FUSED_BACKWARD_CASES):
+                n, c, g, h, w, k, s, d = case
+                for dtype, bias in itertools.product(DTYPES, (True, False)):
+                    x, wt, gout, s, p, d = _make_case(case, dtype, ci)
+                    gen = torch.Generator().manual_seed(200 + ci)
+                    r = torch.randn(n, 5, *wt.shape[4:], generator=gen).to(dtype)
+                    span = (torch.randn(g * k * k, 5, generator=gen) / 3).to(dtype)
+                    sb = torch.randn(g * k * k, generator=gen).to(dtype) if bias else None
+                    gx, fused_gx = torch.empty_like(x), torch.empty_like(x)
+                    kernels = _generated_in_kernel_order(r, span, sb, dtype).view(wt.shape)
+                    launches = [cupy_backend.fused_backward_input_launch(
+                        gout, r, span, sb, fused_gx, g, k, s, p, d),
+                        cupy_backend.backward_input_launch("rows", gout, x, kernels, gx, s, p, d)]
+                    plans.append(((case, dtype, bias, min_threads), (x, kernels, gout, p, d),
+                                  (fused_gx, gx), launches))
+    finally:
+        cupy_backend.MIN_THREADS = old
+    names = {launch[0] for *_, launches in plans for launch in launches}
+    run = build_emulator(names, tmp_path)
+    for key, (x, kernels, gout, p, d), (fused_gx, gx), launches in plans:
+        for launch in launches:
+            run(launch, grid_cap=3)
+        xr = x.double().requires_grad_()
+        (want,) = torch.autograd.grad(involution_reference(xr, kernels.double(), 1, p, d), xr,
+                                      gout.double())
+        rtol, atol = DTYPES[x.dtype]
+        torch.testing.assert_close(fused_gx.double(), want, rtol=rtol,
+                                   atol=atol * (1 + want.abs().max().item()),
+                                   msg=lambda m: f"fused input gradient {key}: {m}")
+        assert torch.equal(fused_gx, gx), key
+    assert any(n.startswith("involution_fused_backward_input_rows<") and n.endswith(", 16, 4>")
+               for n in names)
+
+
+@pytest.mark.parametrize("variant", ["rows", "unfused"])
+def test_the_backends_fused_backward_by_emulation(tmp_path, monkeypatch, variant):
+    # cupy_backend's whole fused backward (the variant chosen, the kernels planned and
+    # launched, the weight gradient and the span convolution's backward after them) on CPU
+    # tensors, its launches run by the emulation: every gradient against autograd through
+    # the unfused composition, for each set of gradients asked for.
+    cases = [(2, 32, 2, 9, 13, 7, 1, 1), (1, 16, 2, 10, 9, 7, 2, 1), (1, 12, 4, 8, 9, 3, 1, 2)]
+    masks = [(True, True, True, True), (True, False, False, False),
+             (False, True, True, False), (True, True, False, True)]
+    monkeypatch.setattr(cupy_backend, "_CHOSEN", {})
+    monkeypatch.setattr(cupy_backend, "KERNEL_CHOICE", "measure")
+    monkeypatch.setattr(cupy_backend, "compile_kernels", lambda names, index: None)
+    monkeypatch.setattr(cupy_backend, "time_run",
+                        lambda run, device: (run(), 1.0 if ran[-1] == variant else 2.0)[1])
+    ran, planned = [], []
+
+    def record(launch, device):  # first pass: which kernels the calls launch
+        planned.append(launch[0])
+        launch[2][cupy_backend.input_pointers(launch[0])].zero_()
+
+    def inputs(case, bias):
+        n, c, g, h, w, k, s, d = case
+        x, wt, gout, s, p, d = _make_case(case, torch.float64, 7)
+        gen = torch.Generator().manual_seed(300)
+        r = torch.randn(n, 6, *wt.shape[4:], generator=gen, dtype=torch.float64)
+        sw = torch.randn(g * k * k, 6, 1, 1, generator=gen, dtype=torch.float64) / 3
+        sb = torch.randn(g * k * k, generator=gen, dtype=torch.float64) if bias else None
+        return gout, (x, r, sw, sb, g, k, s, p, d)
+
+    def calls():
+        for case, bias, mask in itertools.product(cases, (True, False), masks):
+            gout, args = inputs(case, bias)
+            yield case, bias, mask, gout, args, cupy_backend.cupy_fused_backward(
+                gout, *args, list(mask))
+
+    real_unfused = cupy_backend._UNFUSED_BACKWARD
+    monkeypatch.setattr(cupy_backend, "_UNFUSED_BACKWARD",
+                        lambda *a: (ran.append("unfused"), real_unfused(*a))[1])
+    real_rows = cupy_backend.fused_backward_input_launch
+    monkeypatch.setattr(cupy_backend, "fused_backward_input_launch",
+                        lambda *a: (ran.append("rows"), real_rows(*a))[1])
+    monkeypatch.setattr(cupy_backend, "_launch", record)
+    for _ in calls():
+        pass
+    run = build_emulator(planned, tmp_path)
+    monkeypatch.setattr(cupy_backend, "_launch", lambda launch, device: run(launch, 1 << 20))
+    for case, bias, mask, gout, args, grads in calls():
+        x, r, sw, sb, g, k, s, p, d = args
+        leaves = [t.detach().requires_grad_() for t in (x, r, sw, sb) if t is not None]
+        kernels = torch.nn.functional.conv2d(leaves[1], leaves[2], leaves[3] if bias else None)
+        out = involution_reference(leaves[0], kernels.view(x.shape[0], g, k, k,
+                                                           *kernels.shape[2:]), s, p, d)
+        want = torch.autograd.grad(out, leaves, gout)
+        for i, (got, need) in enumerate(zip(grads, mask)):
+            if need and (i < 3 or bias):
+                torch.testing.assert_close(got, want[i], msg=lambda m: f"{case} {mask} {i}: {m}")
+    # Measured on each stride-1 shape (the faster chosen), never at stride 2 (unfused only).
+    assert cupy_backend._CHOSEN and set(cupy_backend._CHOSEN.values()) >= {variant}
+    fused_keys = [key for key in cupy_backend._CHOSEN if key[0] == "fused_backward"]
+    assert fused_keys and all(key[6] == 1 for key in fused_keys)
+    assert {cupy_backend._CHOSEN[key] for key in fused_keys} == {variant}
+    assert any(name.startswith("involution_fused_backward_input_rows<") for name in planned)
 
 
 class _FakeTimer:
@@ -305,8 +439,9 @@ def test_the_backend_measures_each_shape_once_and_keeps_the_fastest(monkeypatch,
     assert _choose("forward") == want and len(timer.timed) == 2  # kept: not measured again
 
 
+@pytest.mark.parametrize("kind", ["fused_forward", "fused_backward"])
 @pytest.mark.parametrize("faster", cupy_backend.FUSED_VARIANTS)
-def test_the_fused_operator_runs_unfused_where_that_measures_faster(monkeypatch, faster):
+def test_the_fused_operator_runs_unfused_where_that_measures_faster(monkeypatch, faster, kind):
     ran = []
     costs = {"rows": 2.0, "unfused": 2.0, faster: 1.0}
     monkeypatch.setattr(cupy_backend, "_CHOSEN", {})
@@ -318,10 +453,20 @@ def test_the_fused_operator_runs_unfused_where_that_measures_faster(monkeypatch,
         return {v: (lambda v=v: ran.append(v)) for v in variants}
 
     device = torch.device("cuda", 0)
-    assert cupy_backend.choose_variant("fused_forward", "key", runs_of, 2, device) == faster
+    assert cupy_backend.choose_variant(kind, "key", runs_of, 1, device) == faster
     assert sorted(ran) == sorted(cupy_backend.FUSED_VARIANTS * 2)
+    # The fused backward's row-blocked input gradient gathers at stride 1: strided, it runs
+    # unfused, unmeasured.
+    strided = cupy_backend.choose_variant(kind, "strided", runs_of, 2, device)
+    assert strided == (faster if kind == "fused_forward" else "unfused")
+    assert len(ran) == (8 if kind == "fused_forward" else 4)
     monkeypatch.setattr(cupy_backend, "KERNEL_CHOICE", "chunked")  # forced: no measuring
-    assert cupy_backend.choose_variant("fused_forward", "other", runs_of, 2, device) == "fused"
+    assert cupy_backend.choose_variant(kind, "other", runs_of, 1, device) == (
+        "fused" if kind == "fused_forward" else "unfused")
+    monkeypatch.setattr(cupy_backend, "KERNEL_CHOICE", "rows")
+    assert cupy_backend.choose_variant(kind, "other", runs_of, 1, device) == "rows"
+    assert cupy_backend.choose_variant(kind, "other", runs_of, 2, device) == (
+        "rows" if kind == "fused_forward" else "unfused")
 
 
 def test_the_backend_measures_nothing_where_one_kernel_applies_or_is_forced(monkeypatch):
@@ -356,7 +501,7 @@ def test_the_backend_does_not_measure_inside_a_cuda_graph_capture(monkeypatch):
 
 def _all_kernel_names(dtypes=tuple(DTYPES), widths=(False, True)):
     """Every kernel kind in every dtype and index width, at RedNet's K = 7, stride 2 (1 for
-    the row-blocked input gradient): the emulation above already covers the other sizes, and
+    the row-blocked input gradients): the emulation above already covers the other sizes, and
     compiling all of them would take minutes."""
     names = set()
     px = cupy_backend.ROWS_PIXELS
@@ -373,7 +518,8 @@ def _all_kernel_names(dtypes=tuple(DTYPES), widths=(False, True)):
                                         ("involution_backward_input_rows", 1, 8),
                                         ("involution_backward_weight_rows", 2, None),
                                         ("involution_fused_forward_rows", 1, 16),
-                                        ("involution_fused_forward_rows", 2, 8)):
+                                        ("involution_fused_forward_rows", 2, 8),
+                                        ("involution_fused_backward_input_rows", 1, 16)):
                 names.add(cupy_backend.kernel_name(kind, dtype, big, 7, stride, 1, chunk, px))
     return sorted(names)
 
@@ -463,7 +609,7 @@ def test_kernels_compile_with_nvcc_and_the_row_kernels_keep_their_registers(tmp_
                for part in proc.stderr.split("Compiling entry function ")[1:]}
     assert sorted(reports) == sorted(cupy_backend.extern_c_name(n) for n in names)
     rows = {kernel: spilled for kernel, spilled in reports.items() if "_rows__" in kernel}
-    assert len(rows) == 10
+    assert len(rows) == 12
     # (A word or two may spill around the tap-row loop, which is left rolled so that the
     # kernels compile fast; the sums and the weights must not.)
     assert {kernel: spilled for kernel, spilled in rows.items() if spilled > 8} == {}
@@ -473,8 +619,8 @@ def test_kernels_compile_with_nvcc_and_the_row_kernels_keep_their_registers(tmp_
     for name in names[:4]:
         kind, targs = name.split("<", 1)
         t, i = targs.split(", ")[:2]
-        pointers, values = (4, 10) if kind.startswith("involution_fused_forward") else (2, 8)
-        params = [f"const {t}*"] * pointers + [f"{t}*"] + [i] * values
+        pointers, values = _signature(name)
+        params = [f"const {t}*"] * (pointers - 1) + [f"{t}*"] + [i] * values
         lines.append(f"template __global__ void {name}({', '.join(params)});")
     templates.write_text("\n".join(lines) + "\n")
     proc = subprocess.run(["nvcc", "-arch=sm_90", "-std=c++14", "-Werror", "all-warnings", "-I",

@@ -232,6 +232,32 @@ def test_cupy_fused_matches_the_composition(shape, dtype, variant, monkeypatch):
 
 
 @requires_cupy
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [SHAPES[0], SHAPES[2], SHAPES[4], SHAPES[5], SHAPES[7]])
+@pytest.mark.parametrize("variant", ["measure", "rows", "unfused"])
+def test_cupy_fused_gradients_match_the_composition(shape, dtype, variant, monkeypatch):
+    # The fused backward: "rows" generates the input gradient's weights in registers (stride
+    # 1; strided shapes run unfused whatever is chosen), "unfused" generates the kernels by
+    # cuDNN's convolution first.
+    from involution_d2.ops import cupy_backend
+
+    monkeypatch.setattr(cupy_backend, "_CHOSEN", {} if variant == "measure" else _Chosen(variant))
+    monkeypatch.setattr(cupy_backend, "KERNEL_CHOICE", "measure")
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    x, r, sw, sb, *conf = make_fused_inputs(shape)
+    gout = torch.randn(x.shape[0], x.shape[1], *r.shape[2:], dtype=x.dtype)
+    # (the reference from the inputs as the dtype holds them)
+    x, r, sw, sb, gout = (t.to(dtype).double() for t in (x, r, sw, sb, gout))
+    want = with_grads(unfused, (x, r, sw, sb), conf, gout)
+    got = with_grads(fused_involution, tuple(t.to("cuda", dtype) for t in (x, r, sw, sb)), conf,
+                     gout.to("cuda", dtype), backend="cupy")
+    tol = {torch.float64: 1e-10, torch.float32: 1e-5, torch.bfloat16: 5e-2}[dtype]
+    for name, a, b in zip(("out", "x", "reduced", "span_weight", "span_bias"), got, want):
+        torch.testing.assert_close(a.double().cpu(), b, rtol=tol, atol=tol * b.abs().max().item(),
+                                   msg=lambda m: f"{name}: {m}")
+
+
+@requires_cupy
 def test_cupy_fused_gradcheck():
     x, r, sw, sb, *conf = make_fused_inputs((2, 8, 2, 7, 9, 3, 2, 1), reduced_channels=3)
     inputs = tuple(t.to("cuda").requires_grad_() for t in (x, r, sw, sb))

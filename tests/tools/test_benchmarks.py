@@ -567,19 +567,21 @@ def test_kernel_table_plans_every_kind_into_its_own_buffer():
     # The --kernels table (CUDA only) launches the backend's own plans: each kind and variant
     # on its inputs, writing the buffer of its output. Planned here on the CPU.
     from benchmarking.operator import KERNEL_KINDS, kernel_launches, kernel_tensors
+    from involution_d2.ops import cupy_backend
 
     for shape, stride in (("det.res3.s2", 2), ("det.res3", 1)):
         tensors = kernel_tensors(shape, torch.float32, torch.device("cpu"))
         x, wt, gout, r, span, bias, out, gx, gw = tensors
         written = {"forward": out, "backward_input": gx, "backward_weight": gw,
-                   "fused_forward": out}
+                   "fused_forward": out, "fused_backward_input": gx}
+        assert set(KERNEL_KINDS) == set(written)
         for kind, (variants, _) in KERNEL_KINDS.items():
             for variant in variants:
-                if kind == "backward_input" and variant == "rows" and stride != 1:
+                if kind.endswith("backward_input") and variant == "rows" and stride != 1:
                     continue
                 name, total, args = kernel_launches(kind, variant, tensors, stride, 3)
                 assert name.startswith(f"involution_{kind}" + ("_rows<" if variant == "rows"
                                                                 else "<")), name
-                buffer = args[4] if kind == "fused_forward" else args[2]
+                buffer = args[cupy_backend.input_pointers(name)]
                 assert buffer is written[kind] and total > 0
         assert r.shape[1] == x.shape[1] // 4 and span.shape == (wt.shape[1] * 49, r.shape[1])

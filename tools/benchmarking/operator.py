@@ -277,8 +277,9 @@ KERNEL_KINDS = {
     "forward": (("chunked", "rows"), lambda x, w, out, r: x + w + out),
     "backward_input": (("chunked", "rows"), lambda x, w, out, r: out + w + x),
     "backward_weight": (("chunked", "rows"), lambda x, w, out, r: out + x + w),
-    # The fused kernels generate w in registers: x and r in, out written.
+    # The fused kernels generate w in registers: x (grad_out) and r in, out (grad_x) written.
     "fused_forward": (("fused", "rows"), lambda x, w, out, r: x + r + out),
+    "fused_backward_input": (("rows",), lambda x, w, out, r: out + r + x),
 }
 REDUCTION = 4  # RedNet's reduced features: C / 4 channels
 
@@ -296,9 +297,11 @@ def kernel_launches(kind, variant, tensors, s, p):
         return cupy_backend.backward_input_launch(variant, gout, x, wt, gx, s, p, 1)
     if kind == "backward_weight":
         return cupy_backend.backward_weight_launch(variant, gout, x, wt, gw, s, p, 1)
-    k = wt.shape[2]
-    return cupy_backend.fused_forward_launch(variant, x, r, span, bias, out, wt.shape[1], k, s,
-                                             p, 1)
+    if kind == "fused_backward_input":
+        return cupy_backend.fused_backward_input_launch(gout, r, span, bias, gx, wt.shape[1],
+                                                        wt.shape[2], s, p, 1)
+    return cupy_backend.fused_forward_launch(variant, x, r, span, bias, out, wt.shape[1],
+                                             wt.shape[2], s, p, 1)
 
 
 def kernel_tensors(name, dtype, device):
@@ -331,6 +334,8 @@ def kernel_times(name, dtype, device, repeat, warmup):
     for kind, (variants, _) in KERNEL_KINDS.items():
         if kind == "backward_input":
             variants = cupy_backend.variants_for(kind, s)
+        elif kind == "fused_backward_input" and s != 1:
+            continue  # it gathers at stride 1: strided layers run the fused backward unfused
         launches = {v: kernel_launches(kind, v, tensors, s, p) for v in variants}
         for launch in launches.values():
             for _ in range(max(warmup, 1)):

@@ -1,5 +1,5 @@
 // Involution CUDA kernels: forward, input gradient and weight gradient, and the fused
-// forward (the layer's span convolution with the aggregation).
+// forward and input gradient (the layer's span convolution with the aggregation).
 //
 //   out[n, c, i, j] = sum_{a, b < K} w[n, c / Cg, a, b, i, j]
 //                     * x[n, c, i*S + a*D - pad, j*S + b*D - pad]      (zero outside)
@@ -618,5 +618,87 @@ INV_KERNEL involution_fused_forward_rows(
       INV_UNROLL
       for (int p = 0; p < PX; ++p)
         if (c < it.nc && j0 + p < Wo) Elem<T>::store(op + c * HoWo + p, acc[c][p]);
+  }
+}
+
+// Fused input gradient at stride 1, row-blocked: involution_backward_input_rows with each
+// tap row's weights generated from the reduced features in registers, as
+// involution_fused_forward_rows generates them (same sums, rounded to T alike), so the
+// fused operator's backward never writes the generated kernels.  Tap (a, b) of input pixel
+// x0 + p comes from output pixel j0 + p + (K-1-b)*D of row i: a tap row reads the reduced
+// features' segment [j0, j0 + SPAN) once per reduced channel and each span weight once for
+// PX pixels ((SPAN + K) loads for K*PX multiply-adds).  Weights of output pixels outside the
+// output are zero, as the unfused kernel reads them.
+template <typename T, typename I, int K, int S, int D, int CHUNK, int PX>
+INV_KERNEL involution_fused_backward_input_rows(
+    const T* __restrict__ gout, const T* __restrict__ r, const T* __restrict__ span,
+    const T* __restrict__ bias, T* __restrict__ gx, const I total, const I C, const I H,
+    const I W, const I G, const I Ho, const I Wo, const I pad, const I Cr, const I has_bias) {
+  static_assert(S == 1, "strided layers run the fused operator's backward unfused");
+  typedef typename Elem<T>::acc_t acc_t;
+  constexpr int SPAN = PX + (K - 1) * D;
+  const I HW = H * W, HoWo = Ho * Wo, blocks = (W + PX - 1) / PX;
+  INV_KERNEL_LOOP(idx, total) {
+    const ChunkItem<I, CHUNK> it(idx, H, blocks, G, C / G);
+    const I y = it.row, x0 = it.col * PX, j0 = x0 + pad - (K - 1) * D;
+    acc_t acc[CHUNK][PX];
+    INV_UNROLL
+    for (int c = 0; c < CHUNK; ++c)
+      INV_UNROLL
+      for (int p = 0; p < PX; ++p) acc[c][p] = 0;
+    const T* gn = gout + (it.n * C + it.c0) * HoWo;
+    const T* rn = r + it.n * Cr * HoWo;
+    INV_LOOP
+    for (int a = 0; a < K; ++a) {
+      const I i = y + pad - a * D;
+      if (i < 0 || i >= Ho) continue;
+      const I tap0 = (it.g * K + a) * K;  // this tap row's first of the G*K*K generated
+      acc_t wk[K][PX];  // wk[b][p]: output pixel j0 + p + (K-1-b)*D's weight of tap (a, b)
+      INV_UNROLL
+      for (int b = 0; b < K; ++b) {
+        const acc_t b0 = has_bias ? Elem<T>::load(bias + tap0 + b) : (acc_t)0;
+        INV_UNROLL
+        for (int p = 0; p < PX; ++p) wk[b][p] = b0;
+      }
+      const T* ri = rn + i * Wo;
+      for (I cr = 0; cr < Cr; ++cr) {
+        acc_t rseg[SPAN];
+        INV_UNROLL
+        for (int s = 0; s < SPAN; ++s) rseg[s] = load_or_zero(ri + cr * HoWo, j0 + s, Wo);
+        INV_UNROLL
+        for (int b = 0; b < K; ++b) {
+          const acc_t sv = Elem<T>::load(span + (tap0 + b) * Cr + cr);
+          INV_UNROLL
+          for (int p = 0; p < PX; ++p) wk[b][p] += sv * rseg[p + (K - 1 - b) * D];
+        }
+      }
+      INV_UNROLL
+      for (int b = 0; b < K; ++b)
+        INV_UNROLL
+        for (int p = 0; p < PX; ++p) {
+          const I j = j0 + p + (K - 1 - b) * D;
+          T rounded;
+          Elem<T>::store(&rounded, wk[b][p]);
+          wk[b][p] = (j >= 0 && j < Wo) ? Elem<T>::load(&rounded) : (acc_t)0;
+        }
+      INV_UNROLL
+      for (int c = 0; c < CHUNK; ++c) {
+        if (c >= it.nc) break;
+        const T* gr = gn + c * HoWo + i * Wo;
+        acc_t seg[SPAN];
+        INV_UNROLL
+        for (int s = 0; s < SPAN; ++s) seg[s] = load_or_zero(gr, j0 + s, Wo);
+        INV_UNROLL
+        for (int b = 0; b < K; ++b)
+          INV_UNROLL
+          for (int p = 0; p < PX; ++p) acc[c][p] += wk[b][p] * seg[p + (K - 1 - b) * D];
+      }
+    }
+    T* op = gx + (it.n * C + it.c0) * HW + y * W + x0;
+    INV_UNROLL
+    for (int c = 0; c < CHUNK; ++c)
+      INV_UNROLL
+      for (int p = 0; p < PX; ++p)
+        if (c < it.nc && x0 + p < W) Elem<T>::store(op + c * HW + p, acc[c][p]);
   }
 }
