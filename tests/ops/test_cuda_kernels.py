@@ -129,12 +129,13 @@ def build_emulator(names, build_dir):
     src = build_dir / "emulation.cpp"
     src.write_text(_emulation_source(names))
     lib = build_dir / "emulation.so"
-    subprocess.run(
+    proc = subprocess.run(
         [CXX, "-O1", "-ffp-contract=off", "-std=c++17", "-shared", "-fPIC", "-Wall",
          "-Wno-unknown-pragmas", "-I", os.path.dirname(cupy_backend._SOURCE_PATH), str(src),
          "-o", str(lib)],
-        check=True, capture_output=True, text=True,
+        capture_output=True, text=True,
     )
+    assert proc.returncode == 0, proc.stderr[-4000:]
     dll = ctypes.CDLL(str(lib))
     functions = {name: getattr(dll, f"launch_{i}") for i, name in enumerate(names)}
 

@@ -104,6 +104,14 @@ template <> struct Elem<bfloat16_t> {
   }
 };
 
+// The value v rounded to T, as the unfused operator rounds the generated weights it writes.
+template <typename T>
+INV_INLINE typename Elem<T>::acc_t rounded_to(const typename Elem<T>::acc_t v) {
+  T t;
+  Elem<T>::store(&t, v);
+  return Elem<T>::load(&t);
+}
+
 // Grid-stride loop: any grid size covers `total` items.
 #define INV_KERNEL_LOOP(idx, total)                                                  \
   for (I idx = (I)blockIdx.x * (I)blockDim.x + (I)threadIdx.x; idx < (total);      \
@@ -233,11 +241,7 @@ INV_KERNEL involution_fused_forward(
     }
     // The unfused operator rounds the generated weights to T; so does this one.
     INV_UNROLL
-    for (int k = 0; k < K * K; ++k) {
-      T rounded;
-      Elem<T>::store(&rounded, wk[k]);
-      wk[k] = Elem<T>::load(&rounded);
-    }
+    for (int k = 0; k < K * K; ++k) wk[k] = rounded_to<T>(wk[k]);
 
     const RegisterTaps<acc_t, K> taps = {wk};
     aggregate_pixel<T, I, K, S, D, CHUNK>(x, out, taps, n, it.c0, it.nc, i, j, C, H, W, Ho, Wo,
@@ -391,22 +395,77 @@ INV_INLINE typename Elem<T>::acc_t load_or_zero(const T* p, const I at, const I 
   return (at >= 0 && at < size) ? Elem<T>::load(p + at) : (typename Elem<T>::acc_t)0;
 }
 
+template <typename A, int CHUNK, int PX>
+INV_INLINE void set_zero(A (&acc)[CHUNK][PX]) {
+  INV_UNROLL
+  for (int c = 0; c < CHUNK; ++c)
+    INV_UNROLL
+    for (int p = 0; p < PX; ++p) acc[c][p] = 0;
+}
+
+// The generated weights of a tap row before the span's sum: the bias of each of its K taps
+// (from `bias`, the row's first), or zero.
+template <typename T, int K, int PX>
+INV_INLINE void set_to_bias(typename Elem<T>::acc_t (&wk)[K][PX], const T* bias,
+                            const bool has_bias) {
+  INV_UNROLL
+  for (int b = 0; b < K; ++b) {
+    const typename Elem<T>::acc_t b0 = has_bias ? Elem<T>::load(bias + b) : 0;
+    INV_UNROLL
+    for (int p = 0; p < PX; ++p) wk[b][p] = b0;
+  }
+}
+
+// One tap row of the row-blocked aggregations: for each of the first nc of CHUNK channels
+// (rows `stride` apart from `row`), the SPAN values from column `first` loaded once
+// (zero outside [0, width)) and applied to the PX pixels' K taps:
+//   acc[c][p] += wk[b][p] * value[first + p*S + tap*D],  b = 0 .. K-1 in order,
+// with tap = b (the forward: input columns) or K-1-b (FLIP, the input gradient: output
+// columns, which run the other way).
+template <typename T, typename I, int K, int S, int D, int CHUNK, int PX, bool FLIP>
+INV_INLINE void accumulate_tap_row(typename Elem<T>::acc_t (&acc)[CHUNK][PX],
+                                   const typename Elem<T>::acc_t (&wk)[K][PX],
+                                   const T* row, const I stride, const I first, const I width,
+                                   const I nc) {
+  typedef typename Elem<T>::acc_t acc_t;
+  constexpr int SPAN = (PX - 1) * S + (K - 1) * D + 1;
+  INV_UNROLL
+  for (int c = 0; c < CHUNK; ++c) {
+    if (c >= nc) break;
+    acc_t seg[SPAN];
+    INV_UNROLL
+    for (int s = 0; s < SPAN; ++s) seg[s] = load_or_zero(row + c * stride, first + s, width);
+    INV_UNROLL
+    for (int b = 0; b < K; ++b)
+      INV_UNROLL
+      for (int p = 0; p < PX; ++p) acc[c][p] += wk[b][p] * seg[p * S + (FLIP ? K - 1 - b : b) * D];
+  }
+}
+
+// Stores the sums of the first nc channels (rows `stride` apart from `at`, the pixel of
+// column `first`), the columns below `width`.
+template <typename T, typename I, int CHUNK, int PX>
+INV_INLINE void store_row_block(T* at, const typename Elem<T>::acc_t (&acc)[CHUNK][PX],
+                                const I stride, const I nc, const I first, const I width) {
+  INV_UNROLL
+  for (int c = 0; c < CHUNK; ++c)
+    INV_UNROLL
+    for (int p = 0; p < PX; ++p)
+      if (c < nc && first + p < width) Elem<T>::store(at + c * stride + p, acc[c][p]);
+}
+
 // Forward: output pixels (i, j0 .. j0 + PX) of CHUNK channels of one group.
 template <typename T, typename I, int K, int S, int D, int CHUNK, int PX>
 INV_KERNEL involution_forward_rows(
     const T* __restrict__ x, const T* __restrict__ w, T* __restrict__ out, const I total,
     const I C, const I H, const I W, const I G, const I Ho, const I Wo, const I pad) {
   typedef typename Elem<T>::acc_t acc_t;
-  constexpr int SPAN = (PX - 1) * S + (K - 1) * D + 1;
   const I HW = H * W, HoWo = Ho * Wo, blocks = (Wo + PX - 1) / PX;
   INV_KERNEL_LOOP(idx, total) {
     const ChunkItem<I, CHUNK> it(idx, Ho, blocks, G, C / G);
     const I i = it.row, j0 = it.col * PX, x0 = j0 * S - pad;
     acc_t acc[CHUNK][PX];
-    INV_UNROLL
-    for (int c = 0; c < CHUNK; ++c)
-      INV_UNROLL
-      for (int p = 0; p < PX; ++p) acc[c][p] = 0;
+    set_zero(acc);
     const T* wp = w + (it.n * G + it.g) * (K * K) * HoWo + i * Wo;
     const T* xn = x + (it.n * C + it.c0) * HW;
     INV_LOOP
@@ -418,25 +477,10 @@ INV_KERNEL involution_forward_rows(
       for (int b = 0; b < K; ++b)
         INV_UNROLL
         for (int p = 0; p < PX; ++p) wk[b][p] = load_or_zero(wp + (a * K + b) * HoWo, j0 + p, Wo);
-      INV_UNROLL
-      for (int c = 0; c < CHUNK; ++c) {
-        if (c >= it.nc) break;
-        const T* xr = xn + c * HW + y * W;
-        acc_t seg[SPAN];
-        INV_UNROLL
-        for (int s = 0; s < SPAN; ++s) seg[s] = load_or_zero(xr, x0 + s, W);
-        INV_UNROLL
-        for (int b = 0; b < K; ++b)
-          INV_UNROLL
-          for (int p = 0; p < PX; ++p) acc[c][p] += wk[b][p] * seg[p * S + b * D];
-      }
+      accumulate_tap_row<T, I, K, S, D, CHUNK, PX, false>(acc, wk, xn + y * W, HW, x0, W, it.nc);
     }
-    T* op = out + (it.n * C + it.c0) * HoWo + i * Wo + j0;
-    INV_UNROLL
-    for (int c = 0; c < CHUNK; ++c)
-      INV_UNROLL
-      for (int p = 0; p < PX; ++p)
-        if (c < it.nc && j0 + p < Wo) Elem<T>::store(op + c * HoWo + p, acc[c][p]);
+    store_row_block<T, I, CHUNK, PX>(out + (it.n * C + it.c0) * HoWo + i * Wo + j0, acc, HoWo,
+                                     it.nc, j0, Wo);
   }
 }
 
@@ -450,16 +494,12 @@ INV_KERNEL involution_backward_input_rows(
     const I C, const I H, const I W, const I G, const I Ho, const I Wo, const I pad) {
   static_assert(S == 1, "strided layers gather with involution_backward_input");
   typedef typename Elem<T>::acc_t acc_t;
-  constexpr int SPAN = PX + (K - 1) * D;
   const I HW = H * W, HoWo = Ho * Wo, blocks = (W + PX - 1) / PX;
   INV_KERNEL_LOOP(idx, total) {
     const ChunkItem<I, CHUNK> it(idx, H, blocks, G, C / G);
     const I y = it.row, x0 = it.col * PX, j0 = x0 + pad - (K - 1) * D;
     acc_t acc[CHUNK][PX];
-    INV_UNROLL
-    for (int c = 0; c < CHUNK; ++c)
-      INV_UNROLL
-      for (int p = 0; p < PX; ++p) acc[c][p] = 0;
+    set_zero(acc);
     const T* wg = w + (it.n * G + it.g) * (K * K) * HoWo;
     const T* gn = gout + (it.n * C + it.c0) * HoWo;
     INV_LOOP
@@ -472,25 +512,11 @@ INV_KERNEL involution_backward_input_rows(
         INV_UNROLL
         for (int p = 0; p < PX; ++p)
           wk[b][p] = load_or_zero(wg + (a * K + b) * HoWo + i * Wo, x0 + p + pad - b * D, Wo);
-      INV_UNROLL
-      for (int c = 0; c < CHUNK; ++c) {
-        if (c >= it.nc) break;
-        const T* gr = gn + c * HoWo + i * Wo;
-        acc_t seg[SPAN];
-        INV_UNROLL
-        for (int s = 0; s < SPAN; ++s) seg[s] = load_or_zero(gr, j0 + s, Wo);
-        INV_UNROLL
-        for (int b = 0; b < K; ++b)
-          INV_UNROLL
-          for (int p = 0; p < PX; ++p) acc[c][p] += wk[b][p] * seg[p + (K - 1 - b) * D];
-      }
+      accumulate_tap_row<T, I, K, 1, D, CHUNK, PX, true>(acc, wk, gn + i * Wo, HoWo, j0, Wo,
+                                                         it.nc);
     }
-    T* op = gx + (it.n * C + it.c0) * HW + y * W + x0;
-    INV_UNROLL
-    for (int c = 0; c < CHUNK; ++c)
-      INV_UNROLL
-      for (int p = 0; p < PX; ++p)
-        if (c < it.nc && x0 + p < W) Elem<T>::store(op + c * HW + p, acc[c][p]);
+    store_row_block<T, I, CHUNK, PX>(gx + (it.n * C + it.c0) * HW + y * W + x0, acc, HW, it.nc,
+                                     x0, W);
   }
 }
 
@@ -556,16 +582,12 @@ INV_KERNEL involution_fused_forward_rows(
     const T* __restrict__ bias, T* __restrict__ out, const I total, const I C, const I H,
     const I W, const I G, const I Ho, const I Wo, const I pad, const I Cr, const I has_bias) {
   typedef typename Elem<T>::acc_t acc_t;
-  constexpr int SPAN = (PX - 1) * S + (K - 1) * D + 1;
   const I HW = H * W, HoWo = Ho * Wo, blocks = (Wo + PX - 1) / PX;
   INV_KERNEL_LOOP(idx, total) {
     const ChunkItem<I, CHUNK> it(idx, Ho, blocks, G, C / G);
     const I i = it.row, j0 = it.col * PX, x0 = j0 * S - pad;
     acc_t acc[CHUNK][PX];
-    INV_UNROLL
-    for (int c = 0; c < CHUNK; ++c)
-      INV_UNROLL
-      for (int p = 0; p < PX; ++p) acc[c][p] = 0;
+    set_zero(acc);
     const T* rn = r + it.n * Cr * HoWo + i * Wo;
     const T* xn = x + (it.n * C + it.c0) * HW;
     INV_LOOP
@@ -574,12 +596,7 @@ INV_KERNEL involution_fused_forward_rows(
       if (y < 0 || y >= H) continue;
       const I tap0 = (it.g * K + a) * K;  // this tap row's first of the G*K*K generated
       acc_t wk[K][PX];
-      INV_UNROLL
-      for (int b = 0; b < K; ++b) {
-        const acc_t b0 = has_bias ? Elem<T>::load(bias + tap0 + b) : (acc_t)0;
-        INV_UNROLL
-        for (int p = 0; p < PX; ++p) wk[b][p] = b0;
-      }
+      set_to_bias<T, K, PX>(wk, bias + tap0, has_bias);
       for (I cr = 0; cr < Cr; ++cr) {
         acc_t rv[PX];
         INV_UNROLL
@@ -594,30 +611,11 @@ INV_KERNEL involution_fused_forward_rows(
       INV_UNROLL
       for (int b = 0; b < K; ++b)
         INV_UNROLL
-        for (int p = 0; p < PX; ++p) {
-          T rounded;
-          Elem<T>::store(&rounded, wk[b][p]);
-          wk[b][p] = Elem<T>::load(&rounded);
-        }
-      INV_UNROLL
-      for (int c = 0; c < CHUNK; ++c) {
-        if (c >= it.nc) break;
-        const T* xr = xn + c * HW + y * W;
-        acc_t seg[SPAN];
-        INV_UNROLL
-        for (int s = 0; s < SPAN; ++s) seg[s] = load_or_zero(xr, x0 + s, W);
-        INV_UNROLL
-        for (int b = 0; b < K; ++b)
-          INV_UNROLL
-          for (int p = 0; p < PX; ++p) acc[c][p] += wk[b][p] * seg[p * S + b * D];
-      }
+        for (int p = 0; p < PX; ++p) wk[b][p] = rounded_to<T>(wk[b][p]);
+      accumulate_tap_row<T, I, K, S, D, CHUNK, PX, false>(acc, wk, xn + y * W, HW, x0, W, it.nc);
     }
-    T* op = out + (it.n * C + it.c0) * HoWo + i * Wo + j0;
-    INV_UNROLL
-    for (int c = 0; c < CHUNK; ++c)
-      INV_UNROLL
-      for (int p = 0; p < PX; ++p)
-        if (c < it.nc && j0 + p < Wo) Elem<T>::store(op + c * HoWo + p, acc[c][p]);
+    store_row_block<T, I, CHUNK, PX>(out + (it.n * C + it.c0) * HoWo + i * Wo + j0, acc, HoWo,
+                                     it.nc, j0, Wo);
   }
 }
 
@@ -642,10 +640,7 @@ INV_KERNEL involution_fused_backward_input_rows(
     const ChunkItem<I, CHUNK> it(idx, H, blocks, G, C / G);
     const I y = it.row, x0 = it.col * PX, j0 = x0 + pad - (K - 1) * D;
     acc_t acc[CHUNK][PX];
-    INV_UNROLL
-    for (int c = 0; c < CHUNK; ++c)
-      INV_UNROLL
-      for (int p = 0; p < PX; ++p) acc[c][p] = 0;
+    set_zero(acc);
     const T* gn = gout + (it.n * C + it.c0) * HoWo;
     const T* rn = r + it.n * Cr * HoWo;
     INV_LOOP
@@ -654,12 +649,7 @@ INV_KERNEL involution_fused_backward_input_rows(
       if (i < 0 || i >= Ho) continue;
       const I tap0 = (it.g * K + a) * K;  // this tap row's first of the G*K*K generated
       acc_t wk[K][PX];  // wk[b][p]: output pixel j0 + p + (K-1-b)*D's weight of tap (a, b)
-      INV_UNROLL
-      for (int b = 0; b < K; ++b) {
-        const acc_t b0 = has_bias ? Elem<T>::load(bias + tap0 + b) : (acc_t)0;
-        INV_UNROLL
-        for (int p = 0; p < PX; ++p) wk[b][p] = b0;
-      }
+      set_to_bias<T, K, PX>(wk, bias + tap0, has_bias);
       const T* ri = rn + i * Wo;
       for (I cr = 0; cr < Cr; ++cr) {
         acc_t rseg[SPAN];
@@ -677,28 +667,12 @@ INV_KERNEL involution_fused_backward_input_rows(
         INV_UNROLL
         for (int p = 0; p < PX; ++p) {
           const I j = j0 + p + (K - 1 - b) * D;
-          T rounded;
-          Elem<T>::store(&rounded, wk[b][p]);
-          wk[b][p] = (j >= 0 && j < Wo) ? Elem<T>::load(&rounded) : (acc_t)0;
+          wk[b][p] = (j >= 0 && j < Wo) ? rounded_to<T>(wk[b][p]) : (acc_t)0;
         }
-      INV_UNROLL
-      for (int c = 0; c < CHUNK; ++c) {
-        if (c >= it.nc) break;
-        const T* gr = gn + c * HoWo + i * Wo;
-        acc_t seg[SPAN];
-        INV_UNROLL
-        for (int s = 0; s < SPAN; ++s) seg[s] = load_or_zero(gr, j0 + s, Wo);
-        INV_UNROLL
-        for (int b = 0; b < K; ++b)
-          INV_UNROLL
-          for (int p = 0; p < PX; ++p) acc[c][p] += wk[b][p] * seg[p + (K - 1 - b) * D];
-      }
+      accumulate_tap_row<T, I, K, 1, D, CHUNK, PX, true>(acc, wk, gn + i * Wo, HoWo, j0, Wo,
+                                                         it.nc);
     }
-    T* op = gx + (it.n * C + it.c0) * HW + y * W + x0;
-    INV_UNROLL
-    for (int c = 0; c < CHUNK; ++c)
-      INV_UNROLL
-      for (int p = 0; p < PX; ++p)
-        if (c < it.nc && x0 + p < W) Elem<T>::store(op + c * HW + p, acc[c][p]);
+    store_row_block<T, I, CHUNK, PX>(gx + (it.n * C + it.c0) * HW + y * W + x0, acc, HW, it.nc,
+                                     x0, W);
   }
 }
