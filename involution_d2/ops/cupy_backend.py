@@ -96,10 +96,13 @@ def _source():
         return f.read()
 
 
-def kernel_name(kind, dtype, index_64bit, k, stride, dilation, chunk=None, pixels=None):
+def kernel_name(kind, dtype, index_64bit, k, stride, dilation, chunk=None, pixels=None,
+                phase=None):
+    """The template instantiation: ``phase`` is the row-blocked input gradients' Q, the
+    padding modulo the stride."""
     args = [_CTYPES[dtype], "long long" if index_64bit else "int", str(k), str(stride),
             str(dilation)]
-    args += [str(v) for v in (chunk, pixels) if v is not None]
+    args += [str(v) for v in (chunk, pixels, phase) if v is not None]
     return f"{kind}<{', '.join(args)}>"
 
 
@@ -262,7 +265,7 @@ def backward_input_launch(variant, grad_out, x, weight, gx, stride, padding, dil
         columns = -(-w // ROWS_PIXELS)
         chunk = _chunk(c // g, n * g * h * columns, _ROWS_MAX_CHUNK)
         name = kernel_name("involution_backward_input_rows", x.dtype, big, k, stride, dilation,
-                           chunk, ROWS_PIXELS)
+                           chunk, ROWS_PIXELS, padding % stride)
         total = n * g * (-(-(c // g) // chunk)) * h * columns
     else:
         chunk = _chunk(c // g, n * g * h * w)
@@ -289,14 +292,15 @@ def backward_weight_launch(variant, grad_out, x, weight, gw, stride, padding, di
 def variants_for(kind, stride):
     """The kernels that can compute ``kind`` ("forward", "backward_input",
     "backward_weight", "fused_forward", "fused_backward"): the row-blocked input gradients
-    gather at stride 1 only; the fused operator may also run unfused (the span as cuDNN's
-    convolution, then the aggregation, and in backward the aggregation's gradients from the
-    kernels generated again)."""
+    gather at strides that divide ROWS_PIXELS (1, 2, 4); the fused operator may also run
+    unfused (the span as cuDNN's convolution, then the aggregation, and in backward the
+    aggregation's gradients from the kernels generated again)."""
+    gathers = ROWS_PIXELS % stride == 0
     if kind == "fused_forward":
         return FUSED_VARIANTS
     if kind == "fused_backward":
-        return FUSED_VARIANTS if stride == 1 else FUSED_VARIANTS[:1]
-    return ("chunked",) if kind == "backward_input" and stride != 1 else VARIANTS
+        return FUSED_VARIANTS if gathers else FUSED_VARIANTS[:1]
+    return ("chunked",) if kind == "backward_input" and not gathers else VARIANTS
 
 
 def forward_plan(x, weight, stride, padding, dilation, variant="chunked"):
@@ -499,9 +503,9 @@ def cupy_fused_forward(x, reduced, span_weight, span_bias, groups, kernel_size, 
 
 def fused_backward_input_launch(grad_out, reduced, span, bias, gx, groups, kernel_size, stride,
                                 padding, dilation):
-    """The launch of the fused input gradient (stride 1: the row-blocked kernel generating
-    each tap row's weights in registers) that fills ``gx``; ``span`` (G*K*K, Cr), ``bias``
-    None without one.  Inputs contiguous, one dtype."""
+    """The launch of the fused input gradient (the row-blocked kernel generating each tap
+    row's weights in registers; strides that divide ROWS_PIXELS) that fills ``gx``; ``span``
+    (G*K*K, Cr), ``bias`` None without one.  Inputs contiguous, one dtype."""
     n, c, h, w = gx.shape
     cr, ho, wo = reduced.shape[1], reduced.shape[2], reduced.shape[3]
     big = _needs_64bit(gx, reduced, span, grad_out)
@@ -509,7 +513,7 @@ def fused_backward_input_launch(grad_out, reduced, span, bias, gx, groups, kerne
     # All 16 channels of a RedNet group, so that a thread generates its weights once.
     chunk = _chunk(c // groups, n * groups * h * columns, _MAX_CHUNK)
     name = kernel_name("involution_fused_backward_input_rows", gx.dtype, big, kernel_size,
-                       stride, dilation, chunk, ROWS_PIXELS)
+                       stride, dilation, chunk, ROWS_PIXELS, padding % stride)
     total = n * groups * (-(-(c // groups) // chunk)) * h * columns
     has_bias = int(bias is not None)
     bias = bias if bias is not None else span  # not read without a bias
@@ -520,8 +524,8 @@ def fused_backward_input_launch(grad_out, reduced, span, bias, gx, groups, kerne
 def cupy_fused_backward(grad_out, x, reduced, span_weight, span_bias, groups, kernel_size,
                         stride, padding, dilation, output_mask):
     """The fused operator's backward. "unfused": the kernels generated again by cuDNN's
-    convolution, then the aggregation's gradients; "rows" (stride 1): the input gradient
-    generates its weights in registers, so no generated kernels are written.  The weight
+    convolution, then the aggregation's gradients; "rows" (strides 1, 2, 4): the input
+    gradient generates its weights in registers, so no generated kernels are written.  The weight
     gradient needs no kernels: without an input gradient, none are generated either way."""
     grad_out, x, reduced = grad_out.contiguous(), x.contiguous(), reduced.contiguous()
     need_x, need_reduced, need_span, need_bias = output_mask

@@ -257,11 +257,15 @@ def test_emulated_fused_forward_matches_the_composition(tmp_path):
             assert torch.equal(out, outs[(case, dtype, bias, 0, "fused")]), (case, dtype, bias)
 
 
-# Stride-1 cases for the fused input gradient (the row-blocked kernels gather at stride 1).
-FUSED_BACKWARD_CASES = [case for case in CASES if case[6] == 1] + [
+# The fused input gradient's cases: the row-blocked kernels gather at strides dividing 4.
+FUSED_BACKWARD_CASES = [case for case in CASES if 4 % case[6] == 0] + [
     (1, 24, 1, 7, 10, 5, 1, 1),   # odd sizes, chunk remainder (Cg = 24)
     (1, 12, 4, 11, 9, 3, 1, 1),   # Cg = 3
     (2, 32, 2, 9, 13, 7, 1, 1),   # RedNet's K = 7, 16 channels per group
+    (1, 32, 2, 14, 15, 7, 2, 1),  # RedNet's strided blocks (padding 3: Q = 1)
+    (1, 16, 2, 9, 11, 4, 2, 1),   # even K: padding 1 (Q = 1)
+    (1, 8, 1, 12, 13, 3, 4, 1),   # stride 4, padding 1
+    (1, 8, 2, 11, 10, 3, 2, 2),   # dilation 2: padding 2 (Q = 0)
 ]
 
 
@@ -282,8 +286,8 @@ def _generated_in_kernel_order(r, span, bias, dtype):
 
 def test_emulated_fused_input_gradient_matches_the_composition(tmp_path):
     # The fused input gradient (each tap row's weights generated in registers) against the
-    # unfold reference's gradient with the kernels generated and rounded, every stride-1 case
-    # and dtype, with and without bias, at the largest and the default channel chunks; and
+    # unfold reference's gradient with the kernels generated and rounded, at strides 1, 2
+    # and 4, every dtype, with and without bias, at the largest and the default channel chunks; and
     # bit for bit what the unfused row-blocked kernel computes from the same kernels.
     old = cupy_backend.MIN_THREADS
     plans = []
@@ -303,24 +307,26 @@ def test_emulated_fused_input_gradient_matches_the_composition(tmp_path):
                     launches = [cupy_backend.fused_backward_input_launch(
                         gout, r, span, sb, fused_gx, g, k, s, p, d),
                         cupy_backend.backward_input_launch("rows", gout, x, kernels, gx, s, p, d)]
-                    plans.append(((case, dtype, bias, min_threads), (x, kernels, gout, p, d),
+                    plans.append(((case, dtype, bias, min_threads), (x, kernels, gout, s, p, d),
                                   (fused_gx, gx), launches))
     finally:
         cupy_backend.MIN_THREADS = old
     names = {launch[0] for *_, launches in plans for launch in launches}
     run = build_emulator(names, tmp_path)
-    for key, (x, kernels, gout, p, d), (fused_gx, gx), launches in plans:
+    for key, (x, kernels, gout, s, p, d), (fused_gx, gx), launches in plans:
         for launch in launches:
             run(launch, grid_cap=3)
         xr = x.double().requires_grad_()
-        (want,) = torch.autograd.grad(involution_reference(xr, kernels.double(), 1, p, d), xr,
+        (want,) = torch.autograd.grad(involution_reference(xr, kernels.double(), s, p, d), xr,
                                       gout.double())
         rtol, atol = DTYPES[x.dtype]
         torch.testing.assert_close(fused_gx.double(), want, rtol=rtol,
                                    atol=atol * (1 + want.abs().max().item()),
                                    msg=lambda m: f"fused input gradient {key}: {m}")
         assert torch.equal(fused_gx, gx), key
-    assert any(n.startswith("involution_fused_backward_input_rows<") and n.endswith(", 16, 4>")
+    assert any(n.startswith("involution_fused_backward_input_rows<") and n.endswith(", 16, 4, 0>")
+               for n in names)
+    assert any(n.startswith("involution_fused_backward_input_rows<") and n.endswith(", 2, 1, 16, 4, 1>")
                for n in names)
 
 
@@ -330,7 +336,8 @@ def test_the_backends_fused_backward_by_emulation(tmp_path, monkeypatch, variant
     # launched, the weight gradient and the span convolution's backward after them) on CPU
     # tensors, its launches run by the emulation: every gradient against autograd through
     # the unfused composition, for each set of gradients asked for.
-    cases = [(2, 32, 2, 9, 13, 7, 1, 1), (1, 16, 2, 10, 9, 7, 2, 1), (1, 12, 4, 8, 9, 3, 1, 2)]
+    cases = [(2, 32, 2, 9, 13, 7, 1, 1), (1, 16, 2, 10, 9, 7, 2, 1), (1, 12, 4, 8, 9, 3, 1, 2),
+             (1, 8, 2, 11, 10, 3, 3, 1)]
     masks = [(True, True, True, True), (True, False, False, False),
              (False, True, True, False), (True, True, False, True)]
     monkeypatch.setattr(cupy_backend, "_CHOSEN", {})
@@ -380,10 +387,11 @@ def test_the_backends_fused_backward_by_emulation(tmp_path, monkeypatch, variant
         for i, (got, need) in enumerate(zip(grads, mask)):
             if need and (i < 3 or bias):
                 torch.testing.assert_close(got, want[i], msg=lambda m: f"{case} {mask} {i}: {m}")
-    # Measured on each stride-1 shape (the faster chosen), never at stride 2 (unfused only).
+    # Measured on each shape at strides 1 and 2 (the faster chosen), never at stride 3
+    # (unfused only: the row-blocked gather needs a stride that divides its 4 pixels).
     assert cupy_backend._CHOSEN and set(cupy_backend._CHOSEN.values()) >= {variant}
     fused_keys = [key for key in cupy_backend._CHOSEN if key[0] == "fused_backward"]
-    assert fused_keys and all(key[6] == 1 for key in fused_keys)
+    assert sorted({key[6] for key in fused_keys}) == [1, 2]
     assert {cupy_backend._CHOSEN[key] for key in fused_keys} == {variant}
     assert any(name.startswith("involution_fused_backward_input_rows<") for name in planned)
 
@@ -456,17 +464,19 @@ def test_the_fused_operator_runs_unfused_where_that_measures_faster(monkeypatch,
     device = torch.device("cuda", 0)
     assert cupy_backend.choose_variant(kind, "key", runs_of, 1, device) == faster
     assert sorted(ran) == sorted(cupy_backend.FUSED_VARIANTS * 2)
-    # The fused backward's row-blocked input gradient gathers at stride 1: strided, it runs
-    # unfused, unmeasured.
-    strided = cupy_backend.choose_variant(kind, "strided", runs_of, 2, device)
+    # The fused backward's row-blocked input gradient gathers at strides that divide its 4
+    # pixels: at stride 3 it runs unfused, unmeasured; at stride 2 it is measured.
+    strided = cupy_backend.choose_variant(kind, "stride 3", runs_of, 3, device)
     assert strided == (faster if kind == "fused_forward" else "unfused")
     assert len(ran) == (8 if kind == "fused_forward" else 4)
+    assert cupy_backend.choose_variant(kind, "stride 2", runs_of, 2, device) == faster
     monkeypatch.setattr(cupy_backend, "KERNEL_CHOICE", "chunked")  # forced: no measuring
     assert cupy_backend.choose_variant(kind, "other", runs_of, 1, device) == (
         "fused" if kind == "fused_forward" else "unfused")
     monkeypatch.setattr(cupy_backend, "KERNEL_CHOICE", "rows")
     assert cupy_backend.choose_variant(kind, "other", runs_of, 1, device) == "rows"
-    assert cupy_backend.choose_variant(kind, "other", runs_of, 2, device) == (
+    assert cupy_backend.choose_variant(kind, "other", runs_of, 2, device) == "rows"
+    assert cupy_backend.choose_variant(kind, "other", runs_of, 3, device) == (
         "rows" if kind == "fused_forward" else "unfused")
 
 
@@ -474,10 +484,12 @@ def test_the_backend_measures_nothing_where_one_kernel_applies_or_is_forced(monk
     timer = _FakeTimer(monkeypatch, {"involution_forward": 1.0,
                                      "involution_forward_rows": 2.0})
     monkeypatch.setattr(cupy_backend, "KERNEL_CHOICE", "measure")
-    assert _choose("backward_input", stride=2) == "chunked"  # rows gather at stride 1 only
+    # The row-blocked input gradient gathers at strides that divide its 4 pixels.
+    assert _choose("backward_input", stride=3) == "chunked"
     monkeypatch.setattr(cupy_backend, "KERNEL_CHOICE", "rows")
     assert _choose("forward") == "rows"
-    assert _choose("backward_input", stride=2) == "chunked"
+    assert _choose("backward_input", stride=2) == "rows"
+    assert _choose("backward_input", stride=3) == "chunked"
     assert timer.timed == []
     monkeypatch.setattr(cupy_backend, "KERNEL_CHOICE", "fastest")
     with pytest.raises(ValueError, match="INVOLUTION_CUDA_KERNELS='fastest'.*'measure'"):
@@ -516,12 +528,15 @@ def _all_kernel_names(dtypes=tuple(DTYPES), widths=(False, True)):
                                 ("involution_fused_forward", 1)):
                 names.add(cupy_backend.kernel_name(kind, dtype, big, 7, 2, 1, chunk))
             for kind, stride, chunk in (("involution_forward_rows", 2, 8),
-                                        ("involution_backward_input_rows", 1, 8),
                                         ("involution_backward_weight_rows", 2, None),
                                         ("involution_fused_forward_rows", 1, 16),
-                                        ("involution_fused_forward_rows", 2, 8),
-                                        ("involution_fused_backward_input_rows", 1, 16)):
+                                        ("involution_fused_forward_rows", 2, 8)):
                 names.add(cupy_backend.kernel_name(kind, dtype, big, 7, stride, 1, chunk, px))
+            for kind, chunk in (("involution_backward_input_rows", 8),
+                                ("involution_fused_backward_input_rows", 16)):
+                for stride in (1, 2):  # padding 3: phase 0 at stride 1, 1 at stride 2
+                    names.add(cupy_backend.kernel_name(kind, dtype, big, 7, stride, 1, chunk, px,
+                                                       3 % stride))
     return sorted(names)
 
 
@@ -610,7 +625,7 @@ def test_kernels_compile_with_nvcc_and_the_row_kernels_keep_their_registers(tmp_
                for part in proc.stderr.split("Compiling entry function ")[1:]}
     assert sorted(reports) == sorted(cupy_backend.extern_c_name(n) for n in names)
     rows = {kernel: spilled for kernel, spilled in reports.items() if "_rows__" in kernel}
-    assert len(rows) == 12
+    assert len(rows) == 16
     # (A word or two may spill around the tap-row loop, which is left rolled so that the
     # kernels compile fast; the sums and the weights must not.)
     assert {kernel: spilled for kernel, spilled in rows.items() if spilled > 8} == {}

@@ -334,8 +334,9 @@ def kernel_times(name, dtype, device, repeat, warmup):
     for kind, (variants, _) in KERNEL_KINDS.items():
         if kind == "backward_input":
             variants = cupy_backend.variants_for(kind, s)
-        elif kind == "fused_backward_input" and s != 1:
-            continue  # it gathers at stride 1: strided layers run the fused backward unfused
+        elif kind == "fused_backward_input" and "rows" not in cupy_backend.variants_for(
+                "fused_backward", s):
+            continue  # it gathers at strides dividing its pixels: others run unfused
         launches = {v: kernel_launches(kind, v, tensors, s, p) for v in variants}
         for launch in launches.values():
             for _ in range(max(warmup, 1)):

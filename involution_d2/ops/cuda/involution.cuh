@@ -29,6 +29,7 @@
 #include <cstring>
 #define INV_KERNEL void
 #define INV_INLINE inline
+#define INV_CONSTEXPR constexpr
 #define INV_UNROLL
 #define INV_LOOP
 struct inv_dim3 { unsigned int x; };
@@ -42,6 +43,7 @@ static inline unsigned int __float_as_uint(float f) { unsigned int u; std::memcp
 #define INV_KERNEL __global__ void __launch_bounds__(INV_THREADS)
 #endif
 #define INV_INLINE __device__ __forceinline__
+#define INV_CONSTEXPR __host__ __device__ constexpr
 #define INV_UNROLL _Pragma("unroll")
 #define INV_LOOP _Pragma("unroll 1")
 #endif
@@ -416,13 +418,11 @@ INV_INLINE void set_to_bias(typename Elem<T>::acc_t (&wk)[K][PX], const T* bias,
   }
 }
 
-// One tap row of the row-blocked aggregations: for each of the first nc of CHUNK channels
-// (rows `stride` apart from `row`), the SPAN values from column `first` loaded once
-// (zero outside [0, width)) and applied to the PX pixels' K taps:
-//   acc[c][p] += wk[b][p] * value[first + p*S + tap*D],  b = 0 .. K-1 in order,
-// with tap = b (the forward: input columns) or K-1-b (FLIP, the input gradient: output
-// columns, which run the other way).
-template <typename T, typename I, int K, int S, int D, int CHUNK, int PX, bool FLIP>
+// One tap row of the row-blocked forward: for each of the first nc of CHUNK channels (rows
+// `stride` apart from `row`), the SPAN input values from column `first` loaded once (zero
+// outside [0, width)) and applied to the PX pixels' K taps, b in order:
+//   acc[c][p] += wk[b][p] * value[first + p*S + b*D].
+template <typename T, typename I, int K, int S, int D, int CHUNK, int PX>
 INV_INLINE void accumulate_tap_row(typename Elem<T>::acc_t (&acc)[CHUNK][PX],
                                    const typename Elem<T>::acc_t (&wk)[K][PX],
                                    const T* row, const I stride, const I first, const I width,
@@ -438,7 +438,46 @@ INV_INLINE void accumulate_tap_row(typename Elem<T>::acc_t (&acc)[CHUNK][PX],
     INV_UNROLL
     for (int b = 0; b < K; ++b)
       INV_UNROLL
-      for (int p = 0; p < PX; ++p) acc[c][p] += wk[b][p] * seg[p * S + (FLIP ? K - 1 - b : b) * D];
+      for (int p = 0; p < PX; ++p) acc[c][p] += wk[b][p] * seg[p * S + b * D];
+  }
+}
+
+// The input gradient's gather, row-blocked, at any stride S that divides PX.  Input pixel
+// x0 + p takes tap (a, b) from output column (x0 + p + pad - b*D) / S when that divides
+// exactly.  With x0 a multiple of S, whether it does and where the column lies relative to
+// j0 = (x0 + pad - Q) / S depend only on p, b and Q = pad mod S, known when the kernel is
+// compiled: the pairs that do not divide are dropped then (at S = 2 half of them), and a
+// tap row reads the output columns [j0 + LO, j0 + LO + SPAN) once per channel.
+INV_CONSTEXPR int floor_div(int a, int b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
+template <int K, int S, int D, int PX, int Q> struct InputGather {
+  static constexpr int LO = floor_div(Q - (K - 1) * D, S);
+  static constexpr int SPAN = floor_div(PX - 1 + Q, S) - LO + 1;
+  // Does input pixel p take tap b from this tap row, and from which of the SPAN columns?
+  static INV_CONSTEXPR bool takes(int p, int b) { return (p + Q - b * D - LO * S) % S == 0; }
+  static INV_CONSTEXPR int column(int p, int b) { return (p + Q - b * D - LO * S) / S; }
+};
+
+// One tap row of the row-blocked input gradient: for each of the first nc of CHUNK channels
+// (rows `stride` apart from `row`, output row i), the SPAN output-gradient values from
+// column `first` (= j0 + LO) loaded once and applied to the taps the PX pixels take, b in
+// order (the order of the chunked kernel, which skips the others).
+template <typename T, typename I, int K, int S, int D, int CHUNK, int PX, int Q>
+INV_INLINE void gather_tap_row(typename Elem<T>::acc_t (&acc)[CHUNK][PX],
+                               const typename Elem<T>::acc_t (&wk)[K][PX], const T* row,
+                               const I stride, const I first, const I width, const I nc) {
+  typedef typename Elem<T>::acc_t acc_t;
+  typedef InputGather<K, S, D, PX, Q> G;
+  INV_UNROLL
+  for (int c = 0; c < CHUNK; ++c) {
+    if (c >= nc) break;
+    acc_t seg[G::SPAN];
+    INV_UNROLL
+    for (int s = 0; s < G::SPAN; ++s) seg[s] = load_or_zero(row + c * stride, first + s, width);
+    INV_UNROLL
+    for (int b = 0; b < K; ++b)
+      INV_UNROLL
+      for (int p = 0; p < PX; ++p)
+        if (G::takes(p, b)) acc[c][p] += wk[b][p] * seg[G::column(p, b)];
   }
 }
 
@@ -477,43 +516,45 @@ INV_KERNEL involution_forward_rows(
       for (int b = 0; b < K; ++b)
         INV_UNROLL
         for (int p = 0; p < PX; ++p) wk[b][p] = load_or_zero(wp + (a * K + b) * HoWo, j0 + p, Wo);
-      accumulate_tap_row<T, I, K, S, D, CHUNK, PX, false>(acc, wk, xn + y * W, HW, x0, W, it.nc);
+      accumulate_tap_row<T, I, K, S, D, CHUNK, PX>(acc, wk, xn + y * W, HW, x0, W, it.nc);
     }
     store_row_block<T, I, CHUNK, PX>(out + (it.n * C + it.c0) * HoWo + i * Wo + j0, acc, HoWo,
                                      it.nc, j0, Wo);
   }
 }
 
-// Input gradient at stride 1 (a gather: no atomics): input pixels (y, x0 .. x0 + PX) of
-// CHUNK channels of one group.  Pixel x + p takes tap (a, b) from output pixel
-// (y + pad - a*D, x + p + pad - b*D), so a tap row reads the output-gradient segment
-// [x0 + pad - (K-1)*D, x0 + PX + pad) once.  (Strided layers use involution_backward_input.)
-template <typename T, typename I, int K, int S, int D, int CHUNK, int PX>
+// Input gradient (a gather: no atomics): input pixels (y, x0 .. x0 + PX) of CHUNK channels
+// of one group, at a stride S that divides PX, Q = pad mod S (InputGather).  Output row
+// i = (y + pad - a*D) / S where that divides exactly.
+template <typename T, typename I, int K, int S, int D, int CHUNK, int PX, int Q>
 INV_KERNEL involution_backward_input_rows(
     const T* __restrict__ gout, const T* __restrict__ w, T* __restrict__ gx, const I total,
     const I C, const I H, const I W, const I G, const I Ho, const I Wo, const I pad) {
-  static_assert(S == 1, "strided layers gather with involution_backward_input");
+  static_assert(PX % S == 0 && Q >= 0 && Q < S, "a row block starts at a multiple of S");
   typedef typename Elem<T>::acc_t acc_t;
+  typedef InputGather<K, S, D, PX, Q> Gather;
   const I HW = H * W, HoWo = Ho * Wo, blocks = (W + PX - 1) / PX;
   INV_KERNEL_LOOP(idx, total) {
     const ChunkItem<I, CHUNK> it(idx, H, blocks, G, C / G);
-    const I y = it.row, x0 = it.col * PX, j0 = x0 + pad - (K - 1) * D;
+    const I y = it.row, x0 = it.col * PX, first = (x0 + pad - Q) / S + Gather::LO;
     acc_t acc[CHUNK][PX];
     set_zero(acc);
     const T* wg = w + (it.n * G + it.g) * (K * K) * HoWo;
     const T* gn = gout + (it.n * C + it.c0) * HoWo;
     INV_LOOP
     for (int a = 0; a < K; ++a) {
-      const I i = y + pad - a * D;
-      if (i < 0 || i >= Ho) continue;
+      const I ti = y + pad - a * D;
+      if (ti < 0 || (S > 1 && ti % S != 0) || ti / S >= Ho) continue;
+      const I i = ti / S;
       acc_t wk[K][PX];
       INV_UNROLL
       for (int b = 0; b < K; ++b)
         INV_UNROLL
         for (int p = 0; p < PX; ++p)
-          wk[b][p] = load_or_zero(wg + (a * K + b) * HoWo + i * Wo, x0 + p + pad - b * D, Wo);
-      accumulate_tap_row<T, I, K, 1, D, CHUNK, PX, true>(acc, wk, gn + i * Wo, HoWo, j0, Wo,
-                                                         it.nc);
+          wk[b][p] = Gather::takes(p, b) ? load_or_zero(wg + (a * K + b) * HoWo + i * Wo,
+                                                        first + Gather::column(p, b), Wo)
+                                         : (acc_t)0;
+      gather_tap_row<T, I, K, S, D, CHUNK, PX, Q>(acc, wk, gn + i * Wo, HoWo, first, Wo, it.nc);
     }
     store_row_block<T, I, CHUNK, PX>(gx + (it.n * C + it.c0) * HW + y * W + x0, acc, HW, it.nc,
                                      x0, W);
@@ -612,65 +653,67 @@ INV_KERNEL involution_fused_forward_rows(
       for (int b = 0; b < K; ++b)
         INV_UNROLL
         for (int p = 0; p < PX; ++p) wk[b][p] = rounded_to<T>(wk[b][p]);
-      accumulate_tap_row<T, I, K, S, D, CHUNK, PX, false>(acc, wk, xn + y * W, HW, x0, W, it.nc);
+      accumulate_tap_row<T, I, K, S, D, CHUNK, PX>(acc, wk, xn + y * W, HW, x0, W, it.nc);
     }
     store_row_block<T, I, CHUNK, PX>(out + (it.n * C + it.c0) * HoWo + i * Wo + j0, acc, HoWo,
                                      it.nc, j0, Wo);
   }
 }
 
-// Fused input gradient at stride 1, row-blocked: involution_backward_input_rows with each
-// tap row's weights generated from the reduced features in registers, as
-// involution_fused_forward_rows generates them (same sums, rounded to T alike), so the
-// fused operator's backward never writes the generated kernels.  Tap (a, b) of input pixel
-// x0 + p comes from output pixel j0 + p + (K-1-b)*D of row i: a tap row reads the reduced
-// features' segment [j0, j0 + SPAN) once per reduced channel and each span weight once for
-// PX pixels ((SPAN + K) loads for K*PX multiply-adds).  Weights of output pixels outside the
-// output are zero, as the unfused kernel reads them.
-template <typename T, typename I, int K, int S, int D, int CHUNK, int PX>
+// Fused input gradient, row-blocked: involution_backward_input_rows with each tap row's
+// weights generated from the reduced features in registers, as involution_fused_forward_rows
+// generates them (same sums, rounded to T alike), so the fused operator's backward never
+// writes the generated kernels.  The weights that a tap row needs belong to the output
+// columns [first, first + SPAN) that its output-gradient segment covers: per reduced
+// channel, that segment of the reduced features and the K span weights are loaded once
+// (SPAN + K loads for the multiply-adds of the pairs taken).  Weights of output pixels
+// outside the output are zero, as the unfused kernel reads them.
+template <typename T, typename I, int K, int S, int D, int CHUNK, int PX, int Q>
 INV_KERNEL involution_fused_backward_input_rows(
     const T* __restrict__ gout, const T* __restrict__ r, const T* __restrict__ span,
     const T* __restrict__ bias, T* __restrict__ gx, const I total, const I C, const I H,
     const I W, const I G, const I Ho, const I Wo, const I pad, const I Cr, const I has_bias) {
-  static_assert(S == 1, "strided layers run the fused operator's backward unfused");
+  static_assert(PX % S == 0 && Q >= 0 && Q < S, "a row block starts at a multiple of S");
   typedef typename Elem<T>::acc_t acc_t;
-  constexpr int SPAN = PX + (K - 1) * D;
+  typedef InputGather<K, S, D, PX, Q> Gather;
   const I HW = H * W, HoWo = Ho * Wo, blocks = (W + PX - 1) / PX;
   INV_KERNEL_LOOP(idx, total) {
     const ChunkItem<I, CHUNK> it(idx, H, blocks, G, C / G);
-    const I y = it.row, x0 = it.col * PX, j0 = x0 + pad - (K - 1) * D;
+    const I y = it.row, x0 = it.col * PX, first = (x0 + pad - Q) / S + Gather::LO;
     acc_t acc[CHUNK][PX];
     set_zero(acc);
     const T* gn = gout + (it.n * C + it.c0) * HoWo;
     const T* rn = r + it.n * Cr * HoWo;
     INV_LOOP
     for (int a = 0; a < K; ++a) {
-      const I i = y + pad - a * D;
-      if (i < 0 || i >= Ho) continue;
+      const I ti = y + pad - a * D;
+      if (ti < 0 || (S > 1 && ti % S != 0) || ti / S >= Ho) continue;
+      const I i = ti / S;
       const I tap0 = (it.g * K + a) * K;  // this tap row's first of the G*K*K generated
-      acc_t wk[K][PX];  // wk[b][p]: output pixel j0 + p + (K-1-b)*D's weight of tap (a, b)
+      acc_t wk[K][PX];  // wk[b][p]: the weight of tap (a, b) that input pixel x0 + p takes
       set_to_bias<T, K, PX>(wk, bias + tap0, has_bias);
       const T* ri = rn + i * Wo;
       for (I cr = 0; cr < Cr; ++cr) {
-        acc_t rseg[SPAN];
+        acc_t rseg[Gather::SPAN];
         INV_UNROLL
-        for (int s = 0; s < SPAN; ++s) rseg[s] = load_or_zero(ri + cr * HoWo, j0 + s, Wo);
+        for (int s = 0; s < Gather::SPAN; ++s) rseg[s] = load_or_zero(ri + cr * HoWo, first + s, Wo);
         INV_UNROLL
         for (int b = 0; b < K; ++b) {
           const acc_t sv = Elem<T>::load(span + (tap0 + b) * Cr + cr);
           INV_UNROLL
-          for (int p = 0; p < PX; ++p) wk[b][p] += sv * rseg[p + (K - 1 - b) * D];
+          for (int p = 0; p < PX; ++p)
+            if (Gather::takes(p, b)) wk[b][p] += sv * rseg[Gather::column(p, b)];
         }
       }
       INV_UNROLL
       for (int b = 0; b < K; ++b)
         INV_UNROLL
         for (int p = 0; p < PX; ++p) {
-          const I j = j0 + p + (K - 1 - b) * D;
-          wk[b][p] = (j >= 0 && j < Wo) ? rounded_to<T>(wk[b][p]) : (acc_t)0;
+          const I j = first + Gather::column(p, b);
+          wk[b][p] = (Gather::takes(p, b) && j >= 0 && j < Wo) ? rounded_to<T>(wk[b][p])
+                                                              : (acc_t)0;
         }
-      accumulate_tap_row<T, I, K, 1, D, CHUNK, PX, true>(acc, wk, gn + i * Wo, HoWo, j0, Wo,
-                                                         it.nc);
+      gather_tap_row<T, I, K, S, D, CHUNK, PX, Q>(acc, wk, gn + i * Wo, HoWo, first, Wo, it.nc);
     }
     store_row_block<T, I, CHUNK, PX>(gx + (it.n * C + it.c0) * HW + y * W + x0, acc, HW, it.nc,
                                      x0, W);
