@@ -96,13 +96,12 @@ def _source():
         return f.read()
 
 
-def kernel_name(kind, dtype, index_64bit, k, stride, dilation, chunk=None, pixels=None,
-                phase=None):
-    """The template instantiation: ``phase`` is the row-blocked input gradients' Q, the
-    padding modulo the stride."""
+def kernel_name(kind, dtype, index_64bit, k, stride, dilation, *rest):
+    """The template instantiation; ``rest``: the kernel's further template arguments (channels
+    per thread, pixels, ..., as the kernel declares them; None left out)."""
     args = [_CTYPES[dtype], "long long" if index_64bit else "int", str(k), str(stride),
             str(dilation)]
-    args += [str(v) for v in (chunk, pixels, phase) if v is not None]
+    args += [str(v) for v in rest if v is not None]
     return f"{kind}<{', '.join(args)}>"
 
 
@@ -231,6 +230,34 @@ def _chunk(cg, items_per_chunk, most=None):
     return chunk
 
 
+def rows_packing(step, widths, tensors):
+    """VEC of a row-blocked kernel: elements per vector load and store, 4 or 2 where every
+    row it touches starts on such a boundary (``widths``, the row lengths, and the
+    ``tensors``' addresses) and each thread's first column moves by a multiple of it
+    (``step``), else 1."""
+    for vec in (4, 2):
+        if step % vec == 0 and all(w % vec == 0 for w in widths) and all(
+                t.data_ptr() % (vec * t.element_size()) == 0 for t in tensors):
+            return vec
+    return 1
+
+
+def _window_packing(padding, widths, tensors):
+    """VEC and PHASE of the kernels whose input segments start at column PX*S*col - pad
+    (the forward, the weight gradient, the fused forward)."""
+    vec = rows_packing(ROWS_PIXELS, widths, tensors)
+    return vec, -padding % vec
+
+
+def _gather_packing(k, stride, dilation, padding, widths, tensors):
+    """Q, VEC and PHASE of the row-blocked input gradients: the output-gradient segments
+    start at column (PX*col + pad - Q) / S + LO (InputGather in the CUDA source)."""
+    q = padding % stride
+    lo = (q - (k - 1) * dilation) // stride
+    vec = rows_packing(ROWS_PIXELS // stride, widths, tensors)
+    return q, vec, ((padding - q) // stride + lo) % vec
+
+
 def _dims(x, weight, padding):
     _, c, h, w = x.shape
     g, ho, wo = weight.shape[1], weight.shape[4], weight.shape[5]
@@ -247,7 +274,8 @@ def forward_launch(variant, x, weight, out, stride, padding, dilation):
         columns = -(-wo // ROWS_PIXELS)
         chunk = _chunk(c // g, n * g * ho * columns, _ROWS_MAX_CHUNK)
         name = kernel_name("involution_forward_rows", x.dtype, big, k, stride, dilation, chunk,
-                           ROWS_PIXELS)
+                           ROWS_PIXELS,
+                           *_window_packing(padding, (w, wo), (x, weight, out)))
         total = n * g * (-(-(c // g) // chunk)) * ho * columns
     else:
         chunk = _chunk(c // g, n * g * ho * wo)
@@ -265,7 +293,9 @@ def backward_input_launch(variant, grad_out, x, weight, gx, stride, padding, dil
         columns = -(-w // ROWS_PIXELS)
         chunk = _chunk(c // g, n * g * h * columns, _ROWS_MAX_CHUNK)
         name = kernel_name("involution_backward_input_rows", x.dtype, big, k, stride, dilation,
-                           chunk, ROWS_PIXELS, padding % stride)
+                           chunk, ROWS_PIXELS,
+                           *_gather_packing(k, stride, dilation, padding, (w, weight.shape[5]),
+                                            (grad_out, weight, gx)))
         total = n * g * (-(-(c // g) // chunk)) * h * columns
     else:
         chunk = _chunk(c // g, n * g * h * w)
@@ -281,7 +311,8 @@ def backward_weight_launch(variant, grad_out, x, weight, gw, stride, padding, di
     big = _needs_64bit(x, weight, grad_out)
     if variant == "rows":
         name = kernel_name("involution_backward_weight_rows", x.dtype, big, k, stride, dilation,
-                           None, ROWS_PIXELS)
+                           None, ROWS_PIXELS,
+                           *_window_packing(padding, (x.shape[3], wo), (grad_out, x, gw)))
         total = n * g * k * ho * (-(-wo // ROWS_PIXELS))
     else:
         name = kernel_name("involution_backward_weight", x.dtype, big, k, stride, dilation)
@@ -448,7 +479,8 @@ def fused_forward_launch(variant, x, reduced, span, bias, out, groups, kernel_si
         chunk = _chunk(c // groups, n * groups * ho * columns,
                        _MAX_CHUNK if stride == 1 else _ROWS_MAX_CHUNK)
         name = kernel_name("involution_fused_forward_rows", x.dtype, big, kernel_size, stride,
-                           dilation, chunk, ROWS_PIXELS)
+                           dilation, chunk, ROWS_PIXELS,
+                           *_window_packing(padding, (w, wo), (x, reduced, out)))
         total = n * groups * (-(-(c // groups) // chunk)) * ho * columns
     else:
         chunk = _chunk(c // groups, n * groups * ho * wo)
@@ -513,7 +545,9 @@ def fused_backward_input_launch(grad_out, reduced, span, bias, gx, groups, kerne
     # All 16 channels of a RedNet group, so that a thread generates its weights once.
     chunk = _chunk(c // groups, n * groups * h * columns, _MAX_CHUNK)
     name = kernel_name("involution_fused_backward_input_rows", gx.dtype, big, kernel_size,
-                       stride, dilation, chunk, ROWS_PIXELS, padding % stride)
+                       stride, dilation, chunk, ROWS_PIXELS,
+                       *_gather_packing(kernel_size, stride, dilation, padding, (w, wo),
+                                        (grad_out, reduced, gx)))
     total = n * groups * (-(-(c // groups) // chunk)) * h * columns
     has_bias = int(bias is not None)
     bias = bias if bias is not None else span  # not read without a bias

@@ -33,6 +33,10 @@ CASES = [
     (2, 16, 2, 8, 6, 7, 1, 2),    # dilation 2, Cg = 8
     (1, 12, 4, 11, 9, 3, 3, 1),   # stride 3, Cg = 3
     (1, 8, 2, 10, 10, 7, 2, 2),
+    # Rows whose lengths divide by 4 or 2: the row-blocked kernels load and store in packs.
+    (2, 32, 2, 9, 16, 3, 1, 1),   # packs of 4 everywhere
+    (1, 16, 2, 10, 16, 7, 2, 1),  # packs of 4; the strided gather, of 2
+    (1, 8, 2, 8, 14, 5, 1, 1),    # packs of 2
 ]
 DTYPES = {
     torch.float64: (1e-12, 1e-12),
@@ -101,6 +105,8 @@ def _emulation_source(names):
         "#define INVOLUTION_HOST_EMULATION",
         '#include "involution.cuh"',
         "inv_dim3 blockIdx, blockDim, threadIdx, gridDim;",
+        "long long inv_misaligned_accesses = 0;",
+        'extern "C" long long misaligned_accesses() { return inv_misaligned_accesses; }',
     ]
     for idx, name in enumerate(names):
         pointers, values = _signature(name)
@@ -149,7 +155,10 @@ def build_emulator(names, build_dir):
         assert len(args) == pointers + values, name
         grid = min(cupy_backend.grid_size(total), grid_cap)
         functions[name](ptrs, vals, ctypes.c_uint(grid), ctypes.c_uint(cupy_backend.THREADS))
+        # A vector access off its alignment faults on a GPU: the emulation counts them.
+        assert dll.misaligned_accesses() == 0, f"{name}: vector accesses off their alignment"
 
+    dll.misaligned_accesses.restype = ctypes.c_longlong
     return run
 
 
@@ -186,7 +195,10 @@ def test_emulated_kernels_match_reference(emulator, variant):
         kinds = {name.split("<")[0] for name in chunks_seen}
         assert {"involution_forward_rows", "involution_backward_input_rows",
                 "involution_backward_weight_rows"} <= kinds
-        assert any(name.endswith(", 8, 4>") for name in chunks_seen)
+        assert any(re.search(r", 8, 4(, \d+)+>$", name) for name in chunks_seen)
+        # Every pack width was planned (VEC: the last template argument but one).
+        assert {int(re.search(r", (\d+), \d+>$", name)[1]) for name in chunks_seen
+                if "_rows<" in name} == {1, 2, 4}
 
 
 def test_emulated_row_kernels_equal_the_chunked_ones(emulator):
@@ -266,6 +278,7 @@ FUSED_BACKWARD_CASES = [case for case in CASES if 4 % case[6] == 0] + [
     (1, 16, 2, 9, 11, 4, 2, 1),   # even K: padding 1 (Q = 1)
     (1, 8, 1, 12, 13, 3, 4, 1),   # stride 4, padding 1
     (1, 8, 2, 11, 10, 3, 2, 2),   # dilation 2: padding 2 (Q = 0)
+    (1, 32, 2, 6, 16, 7, 1, 1),   # packs of 4
 ]
 
 
@@ -324,10 +337,37 @@ def test_emulated_fused_input_gradient_matches_the_composition(tmp_path):
                                    atol=atol * (1 + want.abs().max().item()),
                                    msg=lambda m: f"fused input gradient {key}: {m}")
         assert torch.equal(fused_gx, gx), key
-    assert any(n.startswith("involution_fused_backward_input_rows<") and n.endswith(", 16, 4, 0>")
-               for n in names)
-    assert any(n.startswith("involution_fused_backward_input_rows<") and n.endswith(", 2, 1, 16, 4, 1>")
-               for n in names)
+    fused = [n for n in names if n.startswith("involution_fused_backward_input_rows<")]
+    # 16 channels a thread at strides 1 and 2 (Q = 1), packs of 4 and 2 (VEC, one but last).
+    assert any(", 1, 1, 16, 4, 0, " in n for n in fused)
+    assert any(", 2, 1, 16, 4, 1, " in n for n in fused)
+    assert {int(re.search(r", (\d+), \d+>$", n)[1]) for n in fused} == {1, 2, 4}
+
+
+def test_row_kernels_use_packs_only_where_every_row_starts_on_one(tmp_path):
+    # A tensor whose data starts one element past an allocation (a contiguous view of a
+    # larger buffer) or whose rows are 14 long: smaller packs or none, and the kernels still
+    # right, with no access off its alignment (the emulation counts them).
+    def shifted(t):  # the same values, one element into a buffer
+        buf = torch.empty(t.numel() + 1, dtype=t.dtype)
+        view = buf[1:].view(t.shape)
+        view.copy_(t)
+        return view
+
+    x, wt, gout, s, p, d = _make_case((1, 16, 2, 8, 16, 3, 1, 1), torch.float32, 5)
+    cases = {"aligned": (x, wt, 4), "x shifted": (shifted(x), wt, 1),
+             "rows of 14": (x[..., :14].contiguous(), wt[..., :14].contiguous(), 2)}
+    launches, outputs = [], {}
+    for what, (xi, wi, vec) in cases.items():
+        out, plan = cupy_backend.forward_plan(xi, wi, s, p, d, "rows")
+        assert re.search(r", (\d+), \d+>$", plan[0][0])[1] == str(vec), (what, plan[0][0])
+        launches += plan
+        outputs[what] = (xi, wi, out)
+    run = build_emulator([launch[0] for launch in launches], tmp_path)
+    for launch in launches:
+        run(launch, grid_cap=2)
+    for what, (xi, wi, out) in outputs.items():
+        torch.testing.assert_close(out, involution_reference(xi, wi, s, p, d), msg=what)
 
 
 @pytest.mark.parametrize("variant", ["rows", "unfused"])
@@ -527,16 +567,19 @@ def _all_kernel_names(dtypes=tuple(DTYPES), widths=(False, True)):
                                 ("involution_fused_forward", 16),
                                 ("involution_fused_forward", 1)):
                 names.add(cupy_backend.kernel_name(kind, dtype, big, 7, 2, 1, chunk))
+            # Padding 3, rows whose lengths divide by 4: packs of 4, segments starting at
+            # phase 1 (the gathers at stride 2: Q = 1, packs of 2, phase 0).
             for kind, stride, chunk in (("involution_forward_rows", 2, 8),
                                         ("involution_backward_weight_rows", 2, None),
                                         ("involution_fused_forward_rows", 1, 16),
                                         ("involution_fused_forward_rows", 2, 8)):
-                names.add(cupy_backend.kernel_name(kind, dtype, big, 7, stride, 1, chunk, px))
+                names.add(cupy_backend.kernel_name(kind, dtype, big, 7, stride, 1, chunk, px, 4,
+                                                   1))
             for kind, chunk in (("involution_backward_input_rows", 8),
                                 ("involution_fused_backward_input_rows", 16)):
-                for stride in (1, 2):  # padding 3: phase 0 at stride 1, 1 at stride 2
+                for stride, packing in ((1, (0, 4, 1)), (2, (1, 2, 0)), (1, (0, 1, 0))):
                     names.add(cupy_backend.kernel_name(kind, dtype, big, 7, stride, 1, chunk, px,
-                                                       3 % stride))
+                                                       *packing))
     return sorted(names)
 
 
@@ -625,7 +668,7 @@ def test_kernels_compile_with_nvcc_and_the_row_kernels_keep_their_registers(tmp_
                for part in proc.stderr.split("Compiling entry function ")[1:]}
     assert sorted(reports) == sorted(cupy_backend.extern_c_name(n) for n in names)
     rows = {kernel: spilled for kernel, spilled in reports.items() if "_rows__" in kernel}
-    assert len(rows) == 16
+    assert len(rows) == 20
     # (A word or two may spill around the tap-row loop, which is left rolled so that the
     # kernels compile fast; the sums and the weights must not.)
     assert {kernel: spilled for kernel, spilled in rows.items() if spilled > 8} == {}

@@ -34,6 +34,7 @@
 #define INV_LOOP
 struct inv_dim3 { unsigned int x; };
 extern inv_dim3 blockIdx, blockDim, threadIdx, gridDim;
+extern long long inv_misaligned_accesses;  // vector accesses off their alignment (tests: none)
 static inline float __uint_as_float(unsigned int u) { float f; std::memcpy(&f, &u, 4); return f; }
 static inline unsigned int __float_as_uint(float f) { unsigned int u; std::memcpy(&u, &f, 4); return u; }
 #else
@@ -397,6 +398,58 @@ INV_INLINE typename Elem<T>::acc_t load_or_zero(const T* p, const I at, const I 
   return (at >= 0 && at < size) ? Elem<T>::load(p + at) : (typename Elem<T>::acc_t)0;
 }
 
+// Vector accesses.  A row block's loads are strided across a warp (thread t reads column
+// PX*t + s), so a scalar load instruction of the warp touches PX times the cache lines that
+// it uses; loaded as aligned packs of VEC neighbouring elements (16 bytes of float at
+// VEC = 4), a warp's instruction covers contiguous memory and the kernel issues VEC times
+// fewer of them.  The host picks VEC (4, 2 or 1) so that every row the kernel touches starts
+// on a pack boundary and each thread's first column moves by a multiple of VEC.
+template <typename T, int VEC> struct alignas(sizeof(T) * VEC) Pack { T e[VEC]; };
+
+template <typename T, int VEC>
+INV_INLINE Pack<T, VEC> load_pack(const T* p) {
+#ifdef INVOLUTION_HOST_EMULATION
+  if ((unsigned long long)(const void*)p % sizeof(Pack<T, VEC>) != 0) ++inv_misaligned_accesses;
+  Pack<T, VEC> v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+#else
+  return *reinterpret_cast<const Pack<T, VEC>*>(p);
+#endif
+}
+
+template <typename T, int VEC>
+INV_INLINE void store_pack(T* p, const Pack<T, VEC>& v) {
+#ifdef INVOLUTION_HOST_EMULATION
+  if ((unsigned long long)(void*)p % sizeof(Pack<T, VEC>) != 0) ++inv_misaligned_accesses;
+  std::memcpy(p, &v, sizeof v);
+#else
+  *reinterpret_cast<Pack<T, VEC>*>(p) = v;
+#endif
+}
+
+// seg[s] = row[first + s] for s < N, zero outside [0, width); `row` starts on a pack
+// boundary, `width` is a multiple of VEC and first = PHASE (mod VEC), so each pack covering
+// the segment lies wholly inside the row or wholly outside it: loaded whole (the elements
+// before and after the segment read and dropped), or zero.
+template <typename T, typename I, int N, int VEC, int PHASE>
+INV_INLINE void load_segment(typename Elem<T>::acc_t (&seg)[N], const T* row, const I first,
+                             const I width) {
+  constexpr int PACKS = (PHASE + N + VEC - 1) / VEC;
+  const I start = first - PHASE;  // a multiple of VEC
+  INV_UNROLL
+  for (int k = 0; k < PACKS; ++k) {
+    const I at = start + k * VEC;
+    Pack<T, VEC> v = Pack<T, VEC>();  // all bits zero: +0 in every dtype
+    if (at >= 0 && at < width) v = load_pack<T, VEC>(row + at);
+    INV_UNROLL
+    for (int e = 0; e < VEC; ++e) {
+      const int s = k * VEC + e - PHASE;
+      if (s >= 0 && s < N) seg[s] = Elem<T>::load(&v.e[e]);
+    }
+  }
+}
+
 template <typename A, int CHUNK, int PX>
 INV_INLINE void set_zero(A (&acc)[CHUNK][PX]) {
   INV_UNROLL
@@ -422,7 +475,7 @@ INV_INLINE void set_to_bias(typename Elem<T>::acc_t (&wk)[K][PX], const T* bias,
 // `stride` apart from `row`), the SPAN input values from column `first` loaded once (zero
 // outside [0, width)) and applied to the PX pixels' K taps, b in order:
 //   acc[c][p] += wk[b][p] * value[first + p*S + b*D].
-template <typename T, typename I, int K, int S, int D, int CHUNK, int PX>
+template <typename T, typename I, int K, int S, int D, int CHUNK, int PX, int VEC, int PHASE>
 INV_INLINE void accumulate_tap_row(typename Elem<T>::acc_t (&acc)[CHUNK][PX],
                                    const typename Elem<T>::acc_t (&wk)[K][PX],
                                    const T* row, const I stride, const I first, const I width,
@@ -433,8 +486,7 @@ INV_INLINE void accumulate_tap_row(typename Elem<T>::acc_t (&acc)[CHUNK][PX],
   for (int c = 0; c < CHUNK; ++c) {
     if (c >= nc) break;
     acc_t seg[SPAN];
-    INV_UNROLL
-    for (int s = 0; s < SPAN; ++s) seg[s] = load_or_zero(row + c * stride, first + s, width);
+    load_segment<T, I, SPAN, VEC, PHASE>(seg, row + c * stride, first, width);
     INV_UNROLL
     for (int b = 0; b < K; ++b)
       INV_UNROLL
@@ -455,13 +507,47 @@ template <int K, int S, int D, int PX, int Q> struct InputGather {
   // Does input pixel p take tap b from this tap row, and from which of the SPAN columns?
   static INV_CONSTEXPR bool takes(int p, int b) { return (p + Q - b * D - LO * S) % S == 0; }
   static INV_CONSTEXPR int column(int p, int b) { return (p + Q - b * D - LO * S) / S; }
+  // The first pixel that takes tap b; the others are every S-th after it, from the
+  // columns that follow its column.
+  static INV_CONSTEXPR int first_pixel(int b) { return takes(0, b) ? 0 : first_pixel_from(1, b); }
+  static INV_CONSTEXPR int first_pixel_from(int p, int b) {
+    return p >= S || takes(p, b) ? p : first_pixel_from(p + 1, b);
+  }
+};
+
+// wk[b][p] for the taps b >= B of a tap row: the PX/S weights of tap b that the pixels take
+// lie in consecutive output columns of plane b, loaded as one segment (zero where a pixel
+// takes no weight of tap b).
+template <typename T, typename I, int K, int S, int D, int PX, int Q, int VEC, int PHASE,
+          int B = 0>
+struct GatherTapWeights {
+  static INV_INLINE void load(typename Elem<T>::acc_t (&wk)[K][PX], const T* plane0,
+                              const I plane_stride, const I first, const I width) {
+    typedef InputGather<K, S, D, PX, Q> G;
+    constexpr int P0 = G::first_pixel(B), C0 = G::column(P0, B);
+    typename Elem<T>::acc_t run[PX / S];
+    load_segment<T, I, PX / S, VEC, (PHASE + C0) % VEC>(run, plane0 + B * plane_stride,
+                                                        first + C0, width);
+    INV_UNROLL
+    for (int p = 0; p < PX; ++p) wk[B][p] = 0;
+    INV_UNROLL
+    for (int m = 0; m < PX / S; ++m) wk[B][P0 + m * S] = run[m];
+    GatherTapWeights<T, I, K, S, D, PX, Q, VEC, PHASE, B + 1>::load(wk, plane0, plane_stride,
+                                                                   first, width);
+  }
+};
+template <typename T, typename I, int K, int S, int D, int PX, int Q, int VEC, int PHASE>
+struct GatherTapWeights<T, I, K, S, D, PX, Q, VEC, PHASE, K> {
+  static INV_INLINE void load(typename Elem<T>::acc_t (&)[K][PX], const T*, const I, const I,
+                              const I) {}
 };
 
 // One tap row of the row-blocked input gradient: for each of the first nc of CHUNK channels
 // (rows `stride` apart from `row`, output row i), the SPAN output-gradient values from
 // column `first` (= j0 + LO) loaded once and applied to the taps the PX pixels take, b in
 // order (the order of the chunked kernel, which skips the others).
-template <typename T, typename I, int K, int S, int D, int CHUNK, int PX, int Q>
+template <typename T, typename I, int K, int S, int D, int CHUNK, int PX, int Q, int VEC,
+          int PHASE>
 INV_INLINE void gather_tap_row(typename Elem<T>::acc_t (&acc)[CHUNK][PX],
                                const typename Elem<T>::acc_t (&wk)[K][PX], const T* row,
                                const I stride, const I first, const I width, const I nc) {
@@ -471,8 +557,7 @@ INV_INLINE void gather_tap_row(typename Elem<T>::acc_t (&acc)[CHUNK][PX],
   for (int c = 0; c < CHUNK; ++c) {
     if (c >= nc) break;
     acc_t seg[G::SPAN];
-    INV_UNROLL
-    for (int s = 0; s < G::SPAN; ++s) seg[s] = load_or_zero(row + c * stride, first + s, width);
+    load_segment<T, I, G::SPAN, VEC, PHASE>(seg, row + c * stride, first, width);
     INV_UNROLL
     for (int b = 0; b < K; ++b)
       INV_UNROLL
@@ -482,22 +567,32 @@ INV_INLINE void gather_tap_row(typename Elem<T>::acc_t (&acc)[CHUNK][PX],
 }
 
 // Stores the sums of the first nc channels (rows `stride` apart from `at`, the pixel of
-// column `first`), the columns below `width`.
-template <typename T, typename I, int CHUNK, int PX>
+// column `first`, a multiple of VEC; `at`'s rows start on pack boundaries and `width` is a
+// multiple of VEC), in packs, those below `width`.
+template <typename T, typename I, int CHUNK, int PX, int VEC>
 INV_INLINE void store_row_block(T* at, const typename Elem<T>::acc_t (&acc)[CHUNK][PX],
                                 const I stride, const I nc, const I first, const I width) {
   INV_UNROLL
-  for (int c = 0; c < CHUNK; ++c)
+  for (int c = 0; c < CHUNK; ++c) {
+    if (c >= nc) break;
     INV_UNROLL
-    for (int p = 0; p < PX; ++p)
-      if (c < nc && first + p < width) Elem<T>::store(at + c * stride + p, acc[c][p]);
+    for (int k = 0; k < PX / VEC; ++k) {
+      if (first + k * VEC >= width) break;
+      Pack<T, VEC> v;
+      INV_UNROLL
+      for (int e = 0; e < VEC; ++e) Elem<T>::store(&v.e[e], acc[c][k * VEC + e]);
+      store_pack<T, VEC>(at + c * stride + k * VEC, v);
+    }
+  }
 }
 
-// Forward: output pixels (i, j0 .. j0 + PX) of CHUNK channels of one group.
-template <typename T, typename I, int K, int S, int D, int CHUNK, int PX>
+// Forward: output pixels (i, j0 .. j0 + PX) of CHUNK channels of one group.  Packs of VEC
+// (which divides PX); PHASE = -pad mod VEC, where each input segment starts.
+template <typename T, typename I, int K, int S, int D, int CHUNK, int PX, int VEC, int PHASE>
 INV_KERNEL involution_forward_rows(
     const T* __restrict__ x, const T* __restrict__ w, T* __restrict__ out, const I total,
     const I C, const I H, const I W, const I G, const I Ho, const I Wo, const I pad) {
+  static_assert(PX % VEC == 0 && PHASE >= 0 && PHASE < VEC, "blocks start on packs");
   typedef typename Elem<T>::acc_t acc_t;
   const I HW = H * W, HoWo = Ho * Wo, blocks = (Wo + PX - 1) / PX;
   INV_KERNEL_LOOP(idx, total) {
@@ -514,23 +609,26 @@ INV_KERNEL involution_forward_rows(
       acc_t wk[K][PX];  // this tap row's weights of the PX pixels
       INV_UNROLL
       for (int b = 0; b < K; ++b)
-        INV_UNROLL
-        for (int p = 0; p < PX; ++p) wk[b][p] = load_or_zero(wp + (a * K + b) * HoWo, j0 + p, Wo);
-      accumulate_tap_row<T, I, K, S, D, CHUNK, PX>(acc, wk, xn + y * W, HW, x0, W, it.nc);
+        load_segment<T, I, PX, VEC, 0>(wk[b], wp + (a * K + b) * HoWo, j0, Wo);
+      accumulate_tap_row<T, I, K, S, D, CHUNK, PX, VEC, PHASE>(acc, wk, xn + y * W, HW, x0, W,
+                                                              it.nc);
     }
-    store_row_block<T, I, CHUNK, PX>(out + (it.n * C + it.c0) * HoWo + i * Wo + j0, acc, HoWo,
+    store_row_block<T, I, CHUNK, PX, VEC>(out + (it.n * C + it.c0) * HoWo + i * Wo + j0, acc, HoWo,
                                      it.nc, j0, Wo);
   }
 }
 
 // Input gradient (a gather: no atomics): input pixels (y, x0 .. x0 + PX) of CHUNK channels
 // of one group, at a stride S that divides PX, Q = pad mod S (InputGather).  Output row
-// i = (y + pad - a*D) / S where that divides exactly.
-template <typename T, typename I, int K, int S, int D, int CHUNK, int PX, int Q>
+// i = (y + pad - a*D) / S where that divides exactly.  Packs of VEC (which divides PX / S);
+// PHASE: where the output-gradient segments start, mod VEC.
+template <typename T, typename I, int K, int S, int D, int CHUNK, int PX, int Q, int VEC,
+          int PHASE>
 INV_KERNEL involution_backward_input_rows(
     const T* __restrict__ gout, const T* __restrict__ w, T* __restrict__ gx, const I total,
     const I C, const I H, const I W, const I G, const I Ho, const I Wo, const I pad) {
   static_assert(PX % S == 0 && Q >= 0 && Q < S, "a row block starts at a multiple of S");
+  static_assert((PX / S) % VEC == 0 && PHASE >= 0 && PHASE < VEC, "segments move by packs");
   typedef typename Elem<T>::acc_t acc_t;
   typedef InputGather<K, S, D, PX, Q> Gather;
   const I HW = H * W, HoWo = Ho * Wo, blocks = (W + PX - 1) / PX;
@@ -547,16 +645,12 @@ INV_KERNEL involution_backward_input_rows(
       if (ti < 0 || (S > 1 && ti % S != 0) || ti / S >= Ho) continue;
       const I i = ti / S;
       acc_t wk[K][PX];
-      INV_UNROLL
-      for (int b = 0; b < K; ++b)
-        INV_UNROLL
-        for (int p = 0; p < PX; ++p)
-          wk[b][p] = Gather::takes(p, b) ? load_or_zero(wg + (a * K + b) * HoWo + i * Wo,
-                                                        first + Gather::column(p, b), Wo)
-                                         : (acc_t)0;
-      gather_tap_row<T, I, K, S, D, CHUNK, PX, Q>(acc, wk, gn + i * Wo, HoWo, first, Wo, it.nc);
+      GatherTapWeights<T, I, K, S, D, PX, Q, VEC, PHASE>::load(wk, wg + a * K * HoWo + i * Wo,
+                                                               HoWo, first, Wo);
+      gather_tap_row<T, I, K, S, D, CHUNK, PX, Q, VEC, PHASE>(acc, wk, gn + i * Wo, HoWo, first,
+                                                              Wo, it.nc);
     }
-    store_row_block<T, I, CHUNK, PX>(gx + (it.n * C + it.c0) * HW + y * W + x0, acc, HW, it.nc,
+    store_row_block<T, I, CHUNK, PX, VEC>(gx + (it.n * C + it.c0) * HW + y * W + x0, acc, HW, it.nc,
                                      x0, W);
   }
 }
@@ -564,11 +658,12 @@ INV_KERNEL involution_backward_input_rows(
 // Weight gradient: the K weights of tap row a of output pixels (i, j0 .. j0 + PX) of one
 // group, summed over the group's channels: per channel PX output-gradient values and one
 // input segment for PX*K multiply-adds.  Items: N * G * K * Ho * column blocks, ordered
-// (n, g, a, row, column block).
-template <typename T, typename I, int K, int S, int D, int PX>
+// (n, g, a, row, column block).  Packs of VEC (which divides PX); PHASE = -pad mod VEC.
+template <typename T, typename I, int K, int S, int D, int PX, int VEC, int PHASE>
 INV_KERNEL involution_backward_weight_rows(
     const T* __restrict__ gout, const T* __restrict__ x, T* __restrict__ gw, const I total,
     const I C, const I H, const I W, const I G, const I Ho, const I Wo, const I pad) {
+  static_assert(PX % VEC == 0 && PHASE >= 0 && PHASE < VEC, "blocks start on packs");
   typedef typename Elem<T>::acc_t acc_t;
   constexpr int SPAN = (PX - 1) * S + (K - 1) * D + 1;
   const I Cg = C / G, HW = H * W, HoWo = Ho * Wo, blocks = (Wo + PX - 1) / PX;
@@ -582,32 +677,23 @@ INV_KERNEL involution_backward_weight_rows(
     const I g = t % G;
     const I n = t / G;
     acc_t acc[K][PX];
-    INV_UNROLL
-    for (int b = 0; b < K; ++b)
-      INV_UNROLL
-      for (int p = 0; p < PX; ++p) acc[b][p] = 0;
+    set_zero(acc);
     const I y = i * S + a * D - pad, x0 = j0 * S - pad;
     if (y >= 0 && y < H) {
       const T* gp = gout + (n * C + g * Cg) * HoWo + i * Wo;
       const T* xr = x + (n * C + g * Cg) * HW + y * W;
       for (I c = 0; c < Cg; ++c, gp += HoWo, xr += HW) {
         acc_t go[PX], seg[SPAN];
-        INV_UNROLL
-        for (int p = 0; p < PX; ++p) go[p] = load_or_zero(gp, j0 + p, Wo);
-        INV_UNROLL
-        for (int s = 0; s < SPAN; ++s) seg[s] = load_or_zero(xr, x0 + s, W);
+        load_segment<T, I, PX, VEC, 0>(go, gp, j0, Wo);
+        load_segment<T, I, SPAN, VEC, PHASE>(seg, xr, x0, W);
         INV_UNROLL
         for (int b = 0; b < K; ++b)
           INV_UNROLL
           for (int p = 0; p < PX; ++p) acc[b][p] += go[p] * seg[p * S + b * D];
       }
     }
-    T* op = gw + ((n * G + g) * (K * K) + a * K) * HoWo + i * Wo + j0;
-    INV_UNROLL
-    for (int b = 0; b < K; ++b)
-      INV_UNROLL
-      for (int p = 0; p < PX; ++p)
-        if (j0 + p < Wo) Elem<T>::store(op + b * HoWo + p, acc[b][p]);
+    store_row_block<T, I, K, PX, VEC>(gw + ((n * G + g) * (K * K) + a * K) * HoWo + i * Wo + j0,
+                                      acc, HoWo, (I)K, j0, Wo);
   }
 }
 
@@ -617,11 +703,13 @@ INV_KERNEL involution_backward_weight_rows(
 // taps ((K + PX) loads for K*PX multiply-adds, where involution_fused_forward loads a span
 // weight per multiply-add), rounds them to T as the unfused operator does, and aggregates
 // as involution_forward_rows.  The same sums in the same order as involution_fused_forward.
-template <typename T, typename I, int K, int S, int D, int CHUNK, int PX>
+// Packs of VEC (which divides PX); PHASE = -pad mod VEC.
+template <typename T, typename I, int K, int S, int D, int CHUNK, int PX, int VEC, int PHASE>
 INV_KERNEL involution_fused_forward_rows(
     const T* __restrict__ x, const T* __restrict__ r, const T* __restrict__ span,
     const T* __restrict__ bias, T* __restrict__ out, const I total, const I C, const I H,
     const I W, const I G, const I Ho, const I Wo, const I pad, const I Cr, const I has_bias) {
+  static_assert(PX % VEC == 0 && PHASE >= 0 && PHASE < VEC, "blocks start on packs");
   typedef typename Elem<T>::acc_t acc_t;
   const I HW = H * W, HoWo = Ho * Wo, blocks = (Wo + PX - 1) / PX;
   INV_KERNEL_LOOP(idx, total) {
@@ -640,8 +728,7 @@ INV_KERNEL involution_fused_forward_rows(
       set_to_bias<T, K, PX>(wk, bias + tap0, has_bias);
       for (I cr = 0; cr < Cr; ++cr) {
         acc_t rv[PX];
-        INV_UNROLL
-        for (int p = 0; p < PX; ++p) rv[p] = load_or_zero(rn + cr * HoWo, j0 + p, Wo);
+        load_segment<T, I, PX, VEC, 0>(rv, rn + cr * HoWo, j0, Wo);
         INV_UNROLL
         for (int b = 0; b < K; ++b) {
           const acc_t sv = Elem<T>::load(span + (tap0 + b) * Cr + cr);
@@ -653,9 +740,10 @@ INV_KERNEL involution_fused_forward_rows(
       for (int b = 0; b < K; ++b)
         INV_UNROLL
         for (int p = 0; p < PX; ++p) wk[b][p] = rounded_to<T>(wk[b][p]);
-      accumulate_tap_row<T, I, K, S, D, CHUNK, PX>(acc, wk, xn + y * W, HW, x0, W, it.nc);
+      accumulate_tap_row<T, I, K, S, D, CHUNK, PX, VEC, PHASE>(acc, wk, xn + y * W, HW, x0, W,
+                                                              it.nc);
     }
-    store_row_block<T, I, CHUNK, PX>(out + (it.n * C + it.c0) * HoWo + i * Wo + j0, acc, HoWo,
+    store_row_block<T, I, CHUNK, PX, VEC>(out + (it.n * C + it.c0) * HoWo + i * Wo + j0, acc, HoWo,
                                      it.nc, j0, Wo);
   }
 }
@@ -667,13 +755,16 @@ INV_KERNEL involution_fused_forward_rows(
 // columns [first, first + SPAN) that its output-gradient segment covers: per reduced
 // channel, that segment of the reduced features and the K span weights are loaded once
 // (SPAN + K loads for the multiply-adds of the pairs taken).  Weights of output pixels
-// outside the output are zero, as the unfused kernel reads them.
-template <typename T, typename I, int K, int S, int D, int CHUNK, int PX, int Q>
+// outside the output are zero, as the unfused kernel reads them.  VEC and PHASE as in
+// involution_backward_input_rows.
+template <typename T, typename I, int K, int S, int D, int CHUNK, int PX, int Q, int VEC,
+          int PHASE>
 INV_KERNEL involution_fused_backward_input_rows(
     const T* __restrict__ gout, const T* __restrict__ r, const T* __restrict__ span,
     const T* __restrict__ bias, T* __restrict__ gx, const I total, const I C, const I H,
     const I W, const I G, const I Ho, const I Wo, const I pad, const I Cr, const I has_bias) {
   static_assert(PX % S == 0 && Q >= 0 && Q < S, "a row block starts at a multiple of S");
+  static_assert((PX / S) % VEC == 0 && PHASE >= 0 && PHASE < VEC, "segments move by packs");
   typedef typename Elem<T>::acc_t acc_t;
   typedef InputGather<K, S, D, PX, Q> Gather;
   const I HW = H * W, HoWo = Ho * Wo, blocks = (W + PX - 1) / PX;
@@ -695,8 +786,7 @@ INV_KERNEL involution_fused_backward_input_rows(
       const T* ri = rn + i * Wo;
       for (I cr = 0; cr < Cr; ++cr) {
         acc_t rseg[Gather::SPAN];
-        INV_UNROLL
-        for (int s = 0; s < Gather::SPAN; ++s) rseg[s] = load_or_zero(ri + cr * HoWo, first + s, Wo);
+        load_segment<T, I, Gather::SPAN, VEC, PHASE>(rseg, ri + cr * HoWo, first, Wo);
         INV_UNROLL
         for (int b = 0; b < K; ++b) {
           const acc_t sv = Elem<T>::load(span + (tap0 + b) * Cr + cr);
@@ -713,9 +803,10 @@ INV_KERNEL involution_fused_backward_input_rows(
           wk[b][p] = (Gather::takes(p, b) && j >= 0 && j < Wo) ? rounded_to<T>(wk[b][p])
                                                               : (acc_t)0;
         }
-      gather_tap_row<T, I, K, S, D, CHUNK, PX, Q>(acc, wk, gn + i * Wo, HoWo, first, Wo, it.nc);
+      gather_tap_row<T, I, K, S, D, CHUNK, PX, Q, VEC, PHASE>(acc, wk, gn + i * Wo, HoWo, first,
+                                                              Wo, it.nc);
     }
-    store_row_block<T, I, CHUNK, PX>(gx + (it.n * C + it.c0) * HW + y * W + x0, acc, HW, it.nc,
+    store_row_block<T, I, CHUNK, PX, VEC>(gx + (it.n * C + it.c0) * HW + y * W + x0, acc, HW, it.nc,
                                      x0, W);
   }
 }
