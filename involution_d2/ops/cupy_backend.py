@@ -9,6 +9,7 @@ stream.  Pointers are passed as 64-bit integers, which also covers bfloat16 (whi
 array interface).
 """
 import functools
+import math
 import os
 import re
 import time
@@ -356,19 +357,36 @@ def backward_plan(grad_out, x, weight, stride, padding, dilation, need_x, need_w
     return gx, gw, launches
 
 
-# Which kernel runs: "measure" (the default) times every variant on a shape's first call and
-# keeps the fastest for that shape, as cudnn.benchmark does; "chunked" or "rows" force one.
-# The chunked and row-blocked kernels add the same terms in the same order, so that choice
-# does not change results; the fused operator's "unfused" variant generates the kernels with
-# cuDNN's convolution (TF32 where torch allows it), as the unfused layer does.
+# Which kernel runs: "measure" (the default) times every variant on the first call of a
+# layer's configuration at about a size and keeps the fastest, as cudnn.benchmark does;
+# "chunked" or "rows" force one. The chunked and row-blocked kernels add the same terms in
+# the same order, so that choice does not change results; the fused operator's "unfused"
+# variant generates the kernels with cuDNN's convolution (TF32 where torch allows it), as
+# the unfused layer does.
 KERNEL_CHOICE = os.environ.get("INVOLUTION_CUDA_KERNELS", "measure")
-_CHOSEN = {}  # (kind, dtype, shapes, stride, padding, dilation, device) -> variant
+_CHOSEN = {}  # (kind, dtype, channels, groups, K, stride, ..., size bucket, device) -> variant
 MEASURE_REPEATS = 3
 
 
+def size_bucket(pixels):
+    """The size class of a call with ``pixels`` input pixels (N*H*W), half an octave wide.
+    Detectron2 trains on batches of many sizes (multi-scale resizing, each batch padded to
+    its largest image), and which kernel is faster changes with the size only gradually: the
+    calls of one size class share one measurement rather than each size measuring anew."""
+    return round(2 * math.log2(max(pixels, 1)))
+
+
 def _choice_key(kind, x, weight, stride, padding, dilation):
-    return (kind, x.dtype, tuple(x.shape), tuple(weight.shape), stride, padding, dilation,
-            x.device.index)
+    n, c, h, w = x.shape
+    return (kind, x.dtype, c, weight.shape[1], weight.shape[2], stride, padding, dilation,
+            size_bucket(n * h * w), x.device.index)
+
+
+def _fused_choice_key(kind, x, reduced, span_bias, groups, kernel_size, stride, padding,
+                      dilation, *more):
+    n, c, h, w = x.shape
+    return (kind, x.dtype, c, reduced.shape[1], groups, kernel_size, stride, padding, dilation,
+            span_bias is not None, size_bucket(n * h * w), x.device.index) + more
 
 
 def choose_variant(kind, key, runs_of, stride, device):
@@ -524,8 +542,8 @@ def cupy_fused_forward(x, reduced, span_weight, span_bias, groups, kernel_size, 
         runs["unfused"] = unfused
         return runs
 
-    key = ("fused_forward", x.dtype, tuple(x.shape), tuple(reduced.shape), groups, kernel_size,
-           stride, padding, dilation, span_bias is not None, x.device.index)
+    key = _fused_choice_key("fused_forward", x, reduced, span_bias, groups, kernel_size, stride,
+                            padding, dilation)
     variant = choose_variant("fused_forward", key, runs_of, stride, x.device)
     if variant == "unfused":
         return unfused()
@@ -597,9 +615,8 @@ def cupy_fused_backward(grad_out, x, reduced, span_weight, span_bias, groups, ke
     def runs_of(variants):
         return {"unfused": unfused, "rows": without_kernels}
 
-    key = ("fused_backward", x.dtype, tuple(x.shape), tuple(reduced.shape), groups,
-           kernel_size, stride, padding, dilation, need_kernels, span_bias is not None,
-           x.device.index)
+    key = _fused_choice_key("fused_backward", x, reduced, span_bias, groups, kernel_size, stride,
+                            padding, dilation, need_kernels)
     variant = choose_variant("fused_backward", key, runs_of, stride, x.device)
     return without_kernels() if variant == "rows" else unfused()
 

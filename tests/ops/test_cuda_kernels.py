@@ -458,9 +458,10 @@ class _FakeTimer:
         return next(cost for kind, cost in self.costs.items() if name.startswith(kind + "<"))
 
 
-def _choose(kind, stride=1):
-    x, wt = torch.zeros(1, 16, 6, 6), torch.zeros(1, 1, 3, 3, 6 // stride, 6 // stride)
-    out = torch.zeros(1, 16, 6 // stride, 6 // stride)
+def _choose(kind, stride=1, height=6, width=6):
+    ho, wo = height // stride, width // stride
+    x, wt = torch.zeros(1, 16, height, width), torch.zeros(1, 1, 3, 3, ho, wo)
+    out = torch.zeros(1, 16, ho, wo)
     device = torch.device("cuda", 0)
 
     def make(variant):
@@ -486,6 +487,12 @@ def test_the_backend_measures_each_shape_once_and_keeps_the_fastest(monkeypatch,
     assert len(timer.timed) == 2 and sorted(timer.launched[:2]) == sorted(timer.timed)
     assert sorted(timer.launched[2:]) == sorted(timer.timed)
     assert _choose("forward") == want and len(timer.timed) == 2  # kept: not measured again
+    # Sizes within the same half octave share the measurement (Detectron2's batches come in
+    # many sizes); a size an octave away is measured anew.
+    assert _choose("forward", height=5, width=7) == want and len(timer.timed) == 2
+    assert _choose("forward", height=12, width=6) == want and len(timer.timed) == 4
+    assert cupy_backend.size_bucket(36) == cupy_backend.size_bucket(35) != \
+        cupy_backend.size_bucket(72)
 
 
 @pytest.mark.parametrize("kind", ["fused_forward", "fused_backward"])
