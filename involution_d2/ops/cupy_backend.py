@@ -148,6 +148,14 @@ def extern_c_name(name):
     return kind + "__" + "_".join(re.findall(r"\w+", arguments))
 
 
+def launch_bounds(name):
+    """The kernel's __launch_bounds__: the row-blocked kernels keep many sums in registers,
+    and left alone ptxas gives some of them up to 150-200 a thread, which leaves room for one
+    block of 256 threads an SM (8 warps to hide the memory's latency); asking for two blocks
+    caps them at 128, which all of them fit without spilling (tests/ops/test_cuda_kernels.py)."""
+    return f"{THREADS}, 2" if "_rows<" in name else f"{THREADS}"
+
+
 def program_source(names):
     """The source CuPy compiles for the kernels ``names``: the kernels as device functions,
     and an extern "C" kernel calling each (CuPy keeps a program compiled without NVRTC name
@@ -161,7 +169,7 @@ def program_source(names):
         params = ([f"const {ctype}* __restrict__ in{k}" for k in range(pointers)]
                   + [f"{ctype}* __restrict__ out"] + [f"const {index} v{k}" for k in range(values)])
         args = [f"in{k}" for k in range(pointers)] + ["out"] + [f"v{k}" for k in range(values)]
-        lines.append(f'extern "C" __global__ void __launch_bounds__({THREADS}) '
+        lines.append(f'extern "C" __global__ void __launch_bounds__({launch_bounds(name)}) '
                      f'{extern_c_name(name)}({", ".join(params)}) {{ '
                      f'{name}({", ".join(args)}); }}')
     return "\n".join(lines) + "\n"
@@ -560,12 +568,14 @@ def fused_backward_input_launch(grad_out, reduced, span, bias, gx, groups, kerne
     cr, ho, wo = reduced.shape[1], reduced.shape[2], reduced.shape[3]
     big = _needs_64bit(gx, reduced, span, grad_out)
     columns = -(-w // ROWS_PIXELS)
-    # All 16 channels of a RedNet group, so that a thread generates its weights once.
-    chunk = _chunk(c // groups, n * groups * h * columns, _MAX_CHUNK)
+    packing = _gather_packing(kernel_size, stride, dilation, padding, (w, wo),
+                              (grad_out, reduced, gx))
+    # All 16 channels of a RedNet group, so that a thread generates its weights once; without
+    # packs, 8 (16 would spill in bfloat16 within the registers of two blocks an SM).
+    chunk = _chunk(c // groups, n * groups * h * columns,
+                   _MAX_CHUNK if packing[1] > 1 else _ROWS_MAX_CHUNK)
     name = kernel_name("involution_fused_backward_input_rows", gx.dtype, big, kernel_size,
-                       stride, dilation, chunk, ROWS_PIXELS,
-                       *_gather_packing(kernel_size, stride, dilation, padding, (w, wo),
-                                        (grad_out, reduced, gx)))
+                       stride, dilation, chunk, ROWS_PIXELS, *packing)
     total = n * groups * (-(-(c // groups) // chunk)) * h * columns
     has_bias = int(bias is not None)
     bias = bias if bias is not None else span  # not read without a bias

@@ -279,6 +279,7 @@ FUSED_BACKWARD_CASES = [case for case in CASES if 4 % case[6] == 0] + [
     (1, 8, 1, 12, 13, 3, 4, 1),   # stride 4, padding 1
     (1, 8, 2, 11, 10, 3, 2, 2),   # dilation 2: padding 2 (Q = 0)
     (1, 32, 2, 6, 16, 7, 1, 1),   # packs of 4
+    (1, 32, 2, 12, 16, 7, 2, 1),  # packs of 2 at stride 2
 ]
 
 
@@ -338,9 +339,10 @@ def test_emulated_fused_input_gradient_matches_the_composition(tmp_path):
                                    msg=lambda m: f"fused input gradient {key}: {m}")
         assert torch.equal(fused_gx, gx), key
     fused = [n for n in names if n.startswith("involution_fused_backward_input_rows<")]
-    # 16 channels a thread at strides 1 and 2 (Q = 1), packs of 4 and 2 (VEC, one but last).
-    assert any(", 1, 1, 16, 4, 0, " in n for n in fused)
-    assert any(", 2, 1, 16, 4, 1, " in n for n in fused)
+    # 16 channels a thread with packs, at strides 1 and 2 (Q = 1: packs of 2), 8 without.
+    assert any(", 1, 1, 16, 4, 0, 4, 1>" in n for n in fused)
+    assert any(", 2, 1, 16, 4, 1, 2, 0>" in n for n in fused)
+    assert any(", 1, 1, 8, 4, 0, 1, 0>" in n for n in fused)
     assert {int(re.search(r", (\d+), \d+>$", n)[1]) for n in fused} == {1, 2, 4}
 
 
@@ -580,13 +582,15 @@ def _all_kernel_names(dtypes=tuple(DTYPES), widths=(False, True)):
                                         ("involution_backward_weight_rows", 2, None),
                                         ("involution_fused_forward_rows", 1, 16),
                                         ("involution_fused_forward_rows", 2, 8)):
-                names.add(cupy_backend.kernel_name(kind, dtype, big, 7, stride, 1, chunk, px, 4,
-                                                   1))
+                for vec, phase in ((4, 1), (1, 0)):
+                    names.add(cupy_backend.kernel_name(kind, dtype, big, 7, stride, 1, chunk, px,
+                                                       vec, phase))
             for kind, chunk in (("involution_backward_input_rows", 8),
                                 ("involution_fused_backward_input_rows", 16)):
                 for stride, packing in ((1, (0, 4, 1)), (2, (1, 2, 0)), (1, (0, 1, 0))):
-                    names.add(cupy_backend.kernel_name(kind, dtype, big, 7, stride, 1, chunk, px,
-                                                       *packing))
+                    names.add(cupy_backend.kernel_name(
+                        kind, dtype, big, 7, stride, 1, 8 if packing[1] == 1 else chunk, px,
+                        *packing))
     return sorted(names)
 
 
@@ -675,7 +679,7 @@ def test_kernels_compile_with_nvcc_and_the_row_kernels_keep_their_registers(tmp_
                for part in proc.stderr.split("Compiling entry function ")[1:]}
     assert sorted(reports) == sorted(cupy_backend.extern_c_name(n) for n in names)
     rows = {kernel: spilled for kernel, spilled in reports.items() if "_rows__" in kernel}
-    assert len(rows) == 20
+    assert len(rows) == 28
     # (A word or two may spill around the tap-row loop, which is left rolled so that the
     # kernels compile fast; the sums and the weights must not.)
     assert {kernel: spilled for kernel, spilled in rows.items() if spilled > 8} == {}
