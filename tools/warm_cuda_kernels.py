@@ -4,8 +4,9 @@
 On a GPU: one training step (forward and backward, batch 1 at 800x1216 by default) of the
 config in each dtype (float32; bfloat16 autocast). The "cupy" backend compiles the kernels
 each layer needs on first use (one NVRTC program per layer and size, both kernel variants,
-which it then times to keep the faster), and CuPy keeps them in its disk cache (~/.cupy/kernel_cache,
-or $CUPY_CACHE_DIR), so a second run of this tool, or any later process, loads them instead.
+which it then times to keep the faster), and CuPy keeps them in its disk cache
+(~/.cupy/kernel_cache, or $CUPY_CACHE_DIR), so a second run of this tool, or any later
+process, loads them instead.
 Prints the step's wall time, and the programs, kernels and seconds spent compiling or loading.
 
 With --compile-only (no GPU needed): the same step runs on the CPU with the "cupy" backend's

@@ -587,8 +587,9 @@ def cupy_fused_backward(grad_out, x, reduced, span_weight, span_bias, groups, ke
                         stride, padding, dilation, output_mask):
     """The fused operator's backward. "unfused": the kernels generated again by cuDNN's
     convolution, then the aggregation's gradients; "rows" (strides 1, 2, 4): the input
-    gradient generates its weights in registers, so no generated kernels are written.  The weight
-    gradient needs no kernels: without an input gradient, none are generated either way."""
+    gradient generates its weights in registers, so no generated kernels are written.  The
+    weight gradient needs no kernels: without an input gradient, none are generated either
+    way."""
     grad_out, x, reduced = grad_out.contiguous(), x.contiguous(), reduced.contiguous()
     need_x, need_reduced, need_span, need_bias = output_mask
     need_bias = need_bias and span_bias is not None

@@ -301,8 +301,9 @@ def _generated_in_kernel_order(r, span, bias, dtype):
 def test_emulated_fused_input_gradient_matches_the_composition(tmp_path):
     # The fused input gradient (each tap row's weights generated in registers) against the
     # unfold reference's gradient with the kernels generated and rounded, at strides 1, 2
-    # and 4, every dtype, with and without bias, at the largest and the default channel chunks; and
-    # bit for bit what the unfused row-blocked kernel computes from the same kernels.
+    # and 4, every dtype, with and without bias, at the largest and the default channel
+    # chunks; and bit for bit what the unfused row-blocked kernel computes from the same
+    # kernels.
     old = cupy_backend.MIN_THREADS
     plans = []
     try:
