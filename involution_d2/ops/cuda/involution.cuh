@@ -387,11 +387,12 @@ INV_KERNEL involution_backward_weight_naive(
 // by the L1 load rate rather than by memory traffic.  Here a thread handles PX neighbouring
 // pixels of one row: for each tap row it loads the input segment that the PX windows span
 // once, SPAN = (PX - 1)*S + (K - 1)*D + 1 values, into registers and applies them to PX*K
-// taps, so a tap row costs SPAN loads for PX*K multiply-adds (10 for 28 at K = 7, S = 1,
-// PX = 4).  Each sum adds its terms in the same order as the kernels above (taps row by
-// row, channels in order), so the results are the same.  Positions outside the input or
-// the output contribute zeros, as in the unfold definition.  Items are ordered (n, g,
-// chunk, row, column block), the column block fastest.
+// taps, so a tap row costs SPAN values for PX*K multiply-adds (10 for 28 at K = 7, S = 1,
+// PX = 4), loaded in aligned packs of VEC elements (see load_segment).  Each sum adds its
+// terms in the same order as the kernels above (taps row by row, channels in order), so the
+// results are the same.  Positions outside the input or the output contribute zeros, as in
+// the unfold definition.  Items are ordered (n, g, chunk, row, column block), the column
+// block fastest.
 // ---------------------------------------------------------------------------------------
 template <typename T, typename I>
 INV_INLINE typename Elem<T>::acc_t load_or_zero(const T* p, const I at, const I size) {
