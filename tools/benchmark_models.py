@@ -59,8 +59,8 @@ def main(argv=None):
     parser.add_argument("--memory-variants", action="store_true",
                         help="each RedNet model three times: without recomputation, with the "
                              "default recomputation of norm+ReLU outputs, and with with_cp "
-                             "(each block checkpointed); the last column compares each with "
-                             "the first")
+                             "(the blocks checkpointed, two at a time); the last column compares "
+                             "each with the first")
     parser.add_argument("--saved-only", action="store_true",
                         help="only count the bytes one training forward saves for backward "
                              "(exact, seconds per model; no timing)")

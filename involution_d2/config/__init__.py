@@ -28,7 +28,7 @@ def add_involution_config(cfg):
     cfg.MODEL.REDNET.STEM_INVOLUTION_KERNEL = DETECTION_STEM_INVOLUTION_KERNEL
     # Training memory (RedNet's arguments of the same names say more): recompute cheap
     # norm+ReLU outputs in backward (same results), and the official with_cp, checkpointing
-    # each residual block (less memory, slower).
+    # the residual blocks (less memory, slower).
     cfg.MODEL.REDNET.RECOMPUTE_ACTIVATIONS = True
     cfg.MODEL.REDNET.WITH_CP = False
 

@@ -220,10 +220,11 @@ def relu_max_pool(x, kernel_size, stride, padding):
 
 
 @contextlib.contextmanager
-def _statistics_kept(module):
-    """BatchNorm running statistics (and counters) as they were on entry: a recomputation
-    must not update them a second time."""
-    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+def _statistics_kept(modules):
+    """BatchNorm running statistics (and counters) of ``modules`` as they were on entry: a
+    recomputation must not update them a second time."""
+    norms = [m for module in modules for m in module.modules()
+             if isinstance(m, nn.modules.batchnorm._BatchNorm)
              and m.training and m.track_running_stats]
     kept = [(m, m.running_mean.clone(), m.running_var.clone(),
              m.num_batches_tracked.clone()) for m in norms]
@@ -237,9 +238,15 @@ def _statistics_kept(module):
                 m.num_batches_tracked.copy_(count)
 
 
-def checkpointed(run, module, *inputs):
+def checkpointed(run, modules, *inputs):
     """``run(*inputs)`` keeping only ``inputs`` for backward, which runs it again
-    (``torch.utils.checkpoint``, non-reentrant); the BatchNorms of ``module`` update their
-    running statistics in the forward only."""
+    (``torch.utils.checkpoint``, non-reentrant); the BatchNorms of ``modules`` (a module or a
+    sequence of them), which ``run`` calls, update their running statistics in the forward
+    only."""
+    if torch.compiler.is_compiling():
+        # torch.compile takes no context_fn; its recomputation (the partitioner's) leaves the
+        # running statistics' updates in the forward graph.
+        return checkpoint(run, *inputs, use_reentrant=False)
+    modules = [modules] if isinstance(modules, nn.Module) else list(modules)
     return checkpoint(run, *inputs, use_reentrant=False,
-                      context_fn=lambda: (contextlib.nullcontext(), _statistics_kept(module)))
+                      context_fn=lambda: (contextlib.nullcontext(), _statistics_kept(modules)))

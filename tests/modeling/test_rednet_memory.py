@@ -1,5 +1,5 @@
 """Training memory of RedNet: norm+ReLU outputs recomputed in backward (default) and the
-official with_cp (each block checkpointed) give the same outputs, gradients and BatchNorm
+official with_cp (the blocks checkpointed, two at a time) give the same outputs, gradients and BatchNorm
 statistics as the plain network, and keep fewer bytes for backward (counted exactly)."""
 import pytest
 import torch
@@ -30,7 +30,8 @@ def train_step(model, x):
 
 
 VARIANTS = {"recomputed": dict(recompute_activations=True),
-            "with_cp": dict(recompute_activations=False, with_cp=True)}
+            "with_cp": dict(recompute_activations=False, with_cp=True),
+            "with_cp_recomputed": dict(recompute_activations=True, with_cp=True)}
 
 
 @requires_detectron2
@@ -51,6 +52,41 @@ def test_same_results_fewer_bytes(norm, variant):
     for key in want_state:
         torch.testing.assert_close(state[key], want_state[key], rtol=0, atol=0)
     assert saved_bytes < (0.85 if norm == "BN" or variant == "with_cp" else 0.9) * want_bytes
+
+
+@requires_detectron2
+@pytest.mark.parametrize("norm", ["BN", "FrozenBN"])
+def test_with_cp_keeps_the_image_and_every_other_blocks_input(norm):
+    """with_cp checkpoints the stem and each stage's blocks two at a time: a training forward
+    keeps the image and the inputs of blocks 0, 2, 4... of each stage, and nothing else."""
+    from involution_d2.modeling.backbone.rednet import CHECKPOINT_SEGMENT_BLOCKS
+
+    model = small_rednet(norm, with_cp=True).train()
+    resident = {t.untyped_storage().data_ptr()
+                for t in list(model.parameters()) + list(model.buffers())}
+    x = torch.randn(2, 3, 64, 48, dtype=torch.float64, requires_grad=True)
+    want = {x.untyped_storage().data_ptr()}
+    hooks = []
+    for name in model.stage_names:
+        for index, block in enumerate(getattr(model, name)):
+            if index % CHECKPOINT_SEGMENT_BLOCKS == 0:
+                hooks.append(block.conv1.register_forward_pre_hook(  # the block's input
+                    lambda module, args: want.add(args[0].untyped_storage().data_ptr())))
+    kept = set()
+
+    def pack(t):
+        if t.untyped_storage().data_ptr() not in resident:
+            kept.add(t.untyped_storage().data_ptr())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = model(x)["res5"]
+    for hook in hooks:
+        hook.remove()
+    assert CHECKPOINT_SEGMENT_BLOCKS == 2 and len(want) == 1 + 1 + 1 + 2 + 1  # depth 26
+    assert kept == want
+    out.square().sum().backward()  # the backward runs the segments again
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
 
 
 @requires_detectron2
@@ -189,3 +225,28 @@ def test_stem_keeps_a_mask_and_indices_instead_of_its_relu_output(norm):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
     for key in want_state:  # BatchNorm statistics: updated once
         torch.testing.assert_close(state[key], want_state[key], rtol=0, atol=0)
+
+
+@requires_detectron2
+def test_with_cp_trains_under_torch_compile():
+    """torch.compile traces the checkpoints (its partitioner recomputes in backward; the
+    running statistics are updated in the forward graph only): same outputs, gradients and
+    BatchNorm statistics as the plain network in eager mode. aot_eager is inductor's
+    autograd path without its code generation."""
+    plain = small_rednet("BN", recompute_activations=False)
+    checkpointed = small_rednet("BN", with_cp=True)
+    checkpointed.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 3, 64, 48, dtype=torch.float64)
+    want_out, want_grads, want_state, _ = train_step(plain, x)
+    compiled = torch.compile(checkpointed, backend="aot_eager")
+    checkpointed.train()
+    xi = x.clone().requires_grad_()
+    out = compiled(xi)["res5"]
+    out.square().sum().backward()
+    torch.testing.assert_close(out.detach(), want_out, rtol=1e-12, atol=1e-12)
+    grads = [xi.grad] + [p.grad for p in checkpointed.parameters()]
+    for got, want in zip(grads, want_grads):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    state = checkpointed.state_dict()
+    for key in want_state:
+        torch.testing.assert_close(state[key], want_state[key], rtol=1e-12, atol=1e-12)

@@ -44,7 +44,7 @@ def rednet(out_features, depth=50):
         stem_involution_kernel=DETECTION_STEM_INVOLUTION_KERNEL,
         involution_kwargs=involution_kwargs(),
         # Training memory: cheap norm+ReLU outputs recomputed in backward (same results);
-        # with_cp=True checkpoints each residual block (the official option: less memory,
+        # with_cp=True checkpoints the residual blocks (the official option: less memory,
         # slower).
         recompute_activations=True,
         with_cp=False,

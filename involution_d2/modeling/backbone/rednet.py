@@ -5,6 +5,8 @@ The stages are Detectron2's :class:`ResNet` (so ``res2``..``res5``, ``output_sha
 with the official submodule names, so that an OpenMMLab checkpoint maps by prefix alone:
 ``backbone.stem.`` -> ``stem.``, ``backbone.layer{k}.`` -> ``res{k+1}.``.
 """
+import functools
+
 import fvcore.nn.weight_init as weight_init
 import torch
 import torch.nn.functional as F
@@ -20,7 +22,7 @@ from ...layers import ConvNormAct, Involution, get_norm
 from ...layers.recompute import checkpointed, recompute_into, relu_max_pool
 
 __all__ = ["RedNetStem", "RedNetBottleneck", "RedNet", "build_rednet_backbone",
-           "REDNET_DEPTHS", "CLASSIFICATION_STEM_INVOLUTION_KERNEL",
+           "REDNET_DEPTHS", "CHECKPOINT_SEGMENT_BLOCKS", "CLASSIFICATION_STEM_INVOLUTION_KERNEL",
            "DETECTION_STEM_INVOLUTION_KERNEL"]
 
 # Blocks per stage of each RedNet depth.
@@ -31,6 +33,21 @@ REDNET_DEPTHS = {
     101: (3, 4, 23, 3),
     152: (3, 8, 36, 3),
 }
+
+
+# Residual blocks per checkpoint with ``with_cp``: two keep half the blocks' inputs (each
+# block is recomputed once, as when checkpointed alone), for two blocks' activations at once
+# in backward.
+CHECKPOINT_SEGMENT_BLOCKS = 2
+
+
+@torch.jit.unused
+def _run_plain(blocks, x):
+    # The blocks' plain path: a checkpoint or a recomputation inside a checkpoint would only
+    # run them once more.
+    for block in blocks:
+        x = block._plain(x)
+    return x
 
 
 @torch.jit.unused
@@ -145,6 +162,9 @@ class RedNetBottleneck(CNNBlockBase):
                 return self._checkpointed(x)
             if self.recompute_activations and not torch.jit.is_tracing():
                 return self._finish(self._residual_recomputing(x), x)
+        return self._plain(x)
+
+    def _plain(self, x):
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
         return self._finish(self.bn3(self.conv3(out)), x)
@@ -157,11 +177,7 @@ class RedNetBottleneck(CNNBlockBase):
 
     @torch.jit.unused
     def _checkpointed(self, x):
-        def plain(x):
-            out = self.relu(self.bn1(self.conv1(x)))
-            out = self.relu(self.bn2(self.conv2(out)))
-            return self._finish(self.bn3(self.conv3(out)), x)
-        return checkpointed(plain, self, x)
+        return checkpointed(self._plain, self, x)
 
     @torch.jit.unused
     def _residual_recomputing(self, x):
@@ -203,9 +219,12 @@ class RedNet(ResNet):
                 involutions' inputs in the stem and the strided blocks, their reduced
                 features, and where the norm keeps its input anyway (BN, GN) every block's
                 (``involution_d2.layers.recompute``). Same outputs and gradients.
-            with_cp (bool): the official option: checkpoint each residual block (keep its
-                input only, run it again in backward), and here the stem too, trading speed
-                for memory. BatchNorm statistics are updated once.
+            with_cp (bool): the official option: checkpoint the residual blocks (run them
+                again in backward, keeping their inputs only), and here the stem too, trading
+                speed for memory. The blocks of a stage are checkpointed two at a time
+                (:data:`CHECKPOINT_SEGMENT_BLOCKS`): each still runs once more in backward,
+                as when checkpointed alone, but only every other block's input is kept.
+                BatchNorm statistics are updated once.
         """
         if depth not in REDNET_DEPTHS:
             raise ValueError(f"RedNet depth must be one of {sorted(REDNET_DEPTHS)}, got {depth}")
@@ -227,11 +246,50 @@ class RedNet(ResNet):
         super().__init__(stem, stages, num_classes=num_classes, out_features=out_features,
                          freeze_at=freeze_at)
         self.depth = depth
+        self.with_cp = with_cp
         for module in self.modules():
             if isinstance(module, (RedNetStem, RedNetBottleneck, Involution)):
                 module.recompute_activations = recompute_activations
             if isinstance(module, (RedNetStem, RedNetBottleneck)):
                 module.with_cp = with_cp
+
+    def forward(self, x):
+        """Detectron2's ``ResNet.forward``, except that in training with ``with_cp`` each
+        stage runs its blocks checkpointed in segments (``_checkpointed_stage``)."""
+        assert x.dim() == 4, f"RedNet takes an input of shape (N, C, H, W). Got {x.shape} instead!"
+        outputs = {}
+        x = self.stem(x)
+        if "stem" in self._out_features:
+            outputs["stem"] = x
+        for name, stage in zip(self.stage_names, self.stages):
+            if not torch.jit.is_scripting() and self.with_cp and self.training:
+                x = self._checkpointed_stage(name, x)
+            else:
+                x = stage(x)
+            if name in self._out_features:
+                outputs[name] = x
+        if self.num_classes is not None:
+            x = self.avgpool(x)
+            x = torch.flatten(x, 1)
+            x = self.linear(x)
+            if "linear" in self._out_features:
+                outputs["linear"] = x
+        return outputs
+
+    @torch.jit.unused
+    def _checkpointed_stage(self, name: str, x):
+        # A checkpoint keeps its input only; in segments of blocks, the inner blocks' inputs
+        # (the previous blocks' outputs) are made again in backward with the rest of the
+        # segment's activations instead of being kept, at no extra compute.
+        blocks = list(getattr(self, name))
+        for start in range(0, len(blocks), CHECKPOINT_SEGMENT_BLOCKS):
+            segment = blocks[start:start + CHECKPOINT_SEGMENT_BLOCKS]
+            if any(_needs_gradients(block, x) for block in segment):
+                x = checkpointed(functools.partial(_run_plain, segment), segment, x)
+            else:  # frozen: nothing is kept for backward
+                for block in segment:
+                    x = block(x)
+        return x
 
     @classmethod
     def from_config(cls, cfg, input_shape=None):
