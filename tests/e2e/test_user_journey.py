@@ -105,15 +105,17 @@ def test_lazy_config_trains_and_evaluates(cache, tmp_path):
 def test_two_processes_equal_one_with_the_same_total_batch(cache, tmp_path):
     """Detectron2's launcher on CPU (gloo): 2 processes x 2 images == 1 process x 4 images.
     The semantic demo's loss is a mean over equally many pixels per image and GroupNorm
-    does not depend on the batch; dropout and random flips are off."""
+    does not depend on the batch; dropout and random flips are off. The 2 processes train
+    with MODEL.REDNET.WITH_CP (same results): checkpointed blocks under DDP."""
     common = ["SOLVER.IMS_PER_BATCH", "4", "SOLVER.MAX_ITER", "3", "SEED", "7",
               "INPUT.RANDOM_FLIP", "none", "MODEL.SEM_SEG_HEAD.DROPOUT", "0.0",
               "TEST.EVAL_PERIOD", "0", "DATASETS.TEST", "()", "DATALOADER.NUM_WORKERS", "0"]
     outs = {}
     for procs in (1, 2):
         outs[procs] = str(tmp_path / f"procs{procs}")
+        with_cp = ["MODEL.REDNET.WITH_CP", "True"] if procs == 2 else []
         run("train_net.py", "--config-file", SEG_DEMO, "--num-gpus", str(procs),
-            *common, "OUTPUT_DIR", outs[procs], cache=cache)
+            *common, *with_cp, "OUTPUT_DIR", outs[procs], cache=cache)
     # The logged loss (of the last iteration: it depends on two updates of the weights).
     losses = [[m["total_loss"] for m in metrics(outs[p]) if "total_loss" in m] for p in (1, 2)]
     assert losses[0] and losses[0] == pytest.approx(losses[1], rel=1e-4)
