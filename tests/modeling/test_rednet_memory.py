@@ -1,6 +1,7 @@
 """Training memory of RedNet: norm+ReLU outputs recomputed in backward (default) and the
-official with_cp (the blocks checkpointed, two at a time) give the same outputs, gradients and BatchNorm
-statistics as the plain network, and keep fewer bytes for backward (counted exactly)."""
+official with_cp (the blocks checkpointed, two at a time) give the same outputs, gradients
+and BatchNorm statistics as the plain network, and keep fewer bytes for backward (counted
+exactly)."""
 import pytest
 import torch
 
@@ -51,7 +52,8 @@ def test_same_results_fewer_bytes(norm, variant):
     assert state.keys() == want_state.keys()
     for key in want_state:
         torch.testing.assert_close(state[key], want_state[key], rtol=0, atol=0)
-    assert saved_bytes < (0.9 if norm == "FrozenBN" and variant == "recomputed" else 0.85) * want_bytes
+    limit = 0.9 if norm == "FrozenBN" and variant == "recomputed" else 0.85
+    assert saved_bytes < limit * want_bytes
 
 
 @requires_detectron2

@@ -223,8 +223,9 @@ class RedNet(ResNet):
                 again in backward, keeping their inputs only), and here the stem too, trading
                 speed for memory. The blocks of a stage are checkpointed two at a time
                 (:data:`CHECKPOINT_SEGMENT_BLOCKS`): each still runs once more in backward,
-                as when checkpointed alone, but only every other block's input is kept.
-                BatchNorm statistics are updated once.
+                as when checkpointed alone, but only every other block's input is kept
+                (the blocks' own forward hooks do not run then). BatchNorm statistics are
+                updated once.
         """
         if depth not in REDNET_DEPTHS:
             raise ValueError(f"RedNet depth must be one of {sorted(REDNET_DEPTHS)}, got {depth}")
