@@ -587,12 +587,16 @@ INV_INLINE void store_row_block(T* at, const typename Elem<T>::acc_t (&acc)[CHUN
   }
 }
 
-// Forward: output pixels (i, j0 .. j0 + PX) of CHUNK channels of one group.  Packs of VEC
-// (which divides PX); PHASE = -pad mod VEC, where each input segment starts.
-template <typename T, typename I, int K, int S, int D, int CHUNK, int PX, int VEC, int PHASE>
-INV_KERNEL involution_forward_rows(
-    const T* __restrict__ x, const T* __restrict__ w, T* __restrict__ out, const I total,
-    const I C, const I H, const I W, const I G, const I Ho, const I Wo, const I pad) {
+// The row-blocked forward: output pixels (i, j0 .. j0 + PX) of CHUNK channels of one group,
+// tap row by tap row; `weights` gives a tap row's K weights of the PX pixels (read from the
+// generated kernels, or generated in registers by the fused kernel).  Packs of VEC (which
+// divides PX); PHASE = -pad mod VEC, where each input segment starts.
+template <typename T, typename I, int K, int S, int D, int CHUNK, int PX, int VEC, int PHASE,
+          typename TapWeights>
+INV_INLINE void forward_row_blocks(const T* __restrict__ x, T* __restrict__ out,
+                                   const TapWeights& weights, const I total, const I C,
+                                   const I H, const I W, const I G, const I Ho, const I Wo,
+                                   const I pad) {
   static_assert(PX % VEC == 0 && PHASE >= 0 && PHASE < VEC, "blocks start on packs");
   typedef typename Elem<T>::acc_t acc_t;
   const I HW = H * W, HoWo = Ho * Wo, blocks = (Wo + PX - 1) / PX;
@@ -601,22 +605,41 @@ INV_KERNEL involution_forward_rows(
     const I i = it.row, j0 = it.col * PX, x0 = j0 * S - pad;
     acc_t acc[CHUNK][PX];
     set_zero(acc);
-    const T* wp = w + (it.n * G + it.g) * (K * K) * HoWo + i * Wo;
     const T* xn = x + (it.n * C + it.c0) * HW;
     INV_LOOP
     for (int a = 0; a < K; ++a) {
       const I y = i * S + a * D - pad;
       if (y < 0 || y >= H) continue;
       acc_t wk[K][PX];  // this tap row's weights of the PX pixels
-      INV_UNROLL
-      for (int b = 0; b < K; ++b)
-        load_segment<T, I, PX, VEC, 0>(wk[b], wp + (a * K + b) * HoWo, j0, Wo);
+      weights.tap_row(wk, it.n, it.g, i, j0, a);
       accumulate_tap_row<T, I, K, S, D, CHUNK, PX, VEC, PHASE>(acc, wk, xn + y * W, HW, x0, W,
                                                               it.nc);
     }
     store_row_block<T, I, CHUNK, PX, VEC>(out + (it.n * C + it.c0) * HoWo + i * Wo + j0, acc, HoWo,
                                      it.nc, j0, Wo);
   }
+}
+
+// A tap row's weights read from the generated kernels (N, G, K*K, Ho, Wo).
+template <typename T, typename I, int K, int PX, int VEC> struct StoredTapWeights {
+  const T* w;
+  I G, HoWo, Wo;
+  INV_INLINE void tap_row(typename Elem<T>::acc_t (&wk)[K][PX], const I n, const I g, const I i,
+                          const I j0, const int a) const {
+    const T* wp = w + ((n * G + g) * (K * K) + a * K) * HoWo + i * Wo;
+    INV_UNROLL
+    for (int b = 0; b < K; ++b) load_segment<T, I, PX, VEC, 0>(wk[b], wp + b * HoWo, j0, Wo);
+  }
+};
+
+// Forward: involution_forward's sums, row-blocked (forward_row_blocks).
+template <typename T, typename I, int K, int S, int D, int CHUNK, int PX, int VEC, int PHASE>
+INV_KERNEL involution_forward_rows(
+    const T* __restrict__ x, const T* __restrict__ w, T* __restrict__ out, const I total,
+    const I C, const I H, const I W, const I G, const I Ho, const I Wo, const I pad) {
+  const StoredTapWeights<T, I, K, PX, VEC> weights = {w, G, Ho * Wo, Wo};
+  forward_row_blocks<T, I, K, S, D, CHUNK, PX, VEC, PHASE>(x, out, weights, total, C, H, W, G,
+                                                          Ho, Wo, pad);
 }
 
 // Input gradient (a gather: no atomics): input pixels (y, x0 .. x0 + PX) of CHUNK channels
@@ -698,55 +721,51 @@ INV_KERNEL involution_backward_weight_rows(
   }
 }
 
-// Fused forward, row-blocked: output pixels (i, j0 .. j0 + PX) of CHUNK channels of one
-// group.  For each tap row a it generates that row's K weights of the PX pixels in
-// registers, each span weight loaded once for PX pixels and each reduced feature once for K
-// taps ((K + PX) loads for K*PX multiply-adds, where involution_fused_forward loads a span
-// weight per multiply-add), rounds them to T as the unfused operator does, and aggregates
-// as involution_forward_rows.  The same sums in the same order as involution_fused_forward.
-// Packs of VEC (which divides PX); PHASE = -pad mod VEC.
+// A tap row's weights generated in registers from the reduced features (N, Cr, Ho, Wo) and
+// the span (G*K*K, Cr): each span weight loaded once for PX pixels and each reduced feature
+// once for K taps ((K + PX) loads for K*PX multiply-adds, where involution_fused_forward
+// loads a span weight per multiply-add), rounded to T as the unfused operator rounds its
+// kernels.
+template <typename T, typename I, int K, int PX, int VEC> struct GeneratedTapWeights {
+  const T* r;
+  const T* span;
+  const T* bias;
+  I HoWo, Wo, Cr, has_bias;
+  INV_INLINE void tap_row(typename Elem<T>::acc_t (&wk)[K][PX], const I n, const I g, const I i,
+                          const I j0, const int a) const {
+    typedef typename Elem<T>::acc_t acc_t;
+    const T* rn = r + n * Cr * HoWo + i * Wo;
+    const I tap0 = (g * K + a) * K;  // this tap row's first of the G*K*K generated
+    set_to_bias<T, K, PX>(wk, bias + tap0, has_bias);
+    for (I cr = 0; cr < Cr; ++cr) {
+      acc_t rv[PX];
+      load_segment<T, I, PX, VEC, 0>(rv, rn + cr * HoWo, j0, Wo);
+      INV_UNROLL
+      for (int b = 0; b < K; ++b) {
+        const acc_t sv = Elem<T>::load(span + (tap0 + b) * Cr + cr);
+        INV_UNROLL
+        for (int p = 0; p < PX; ++p) wk[b][p] += sv * rv[p];
+      }
+    }
+    INV_UNROLL
+    for (int b = 0; b < K; ++b)
+      INV_UNROLL
+      for (int p = 0; p < PX; ++p) wk[b][p] = rounded_to<T>(wk[b][p]);
+  }
+};
+
+// Fused forward, row-blocked: forward_row_blocks with each tap row's weights generated in
+// registers (GeneratedTapWeights), so the generated kernels are never written.  The same
+// sums in the same order as involution_fused_forward.
 template <typename T, typename I, int K, int S, int D, int CHUNK, int PX, int VEC, int PHASE>
 INV_KERNEL involution_fused_forward_rows(
     const T* __restrict__ x, const T* __restrict__ r, const T* __restrict__ span,
     const T* __restrict__ bias, T* __restrict__ out, const I total, const I C, const I H,
     const I W, const I G, const I Ho, const I Wo, const I pad, const I Cr, const I has_bias) {
-  static_assert(PX % VEC == 0 && PHASE >= 0 && PHASE < VEC, "blocks start on packs");
-  typedef typename Elem<T>::acc_t acc_t;
-  const I HW = H * W, HoWo = Ho * Wo, blocks = (Wo + PX - 1) / PX;
-  INV_KERNEL_LOOP(idx, total) {
-    const ChunkItem<I, CHUNK> it(idx, Ho, blocks, G, C / G);
-    const I i = it.row, j0 = it.col * PX, x0 = j0 * S - pad;
-    acc_t acc[CHUNK][PX];
-    set_zero(acc);
-    const T* rn = r + it.n * Cr * HoWo + i * Wo;
-    const T* xn = x + (it.n * C + it.c0) * HW;
-    INV_LOOP
-    for (int a = 0; a < K; ++a) {
-      const I y = i * S + a * D - pad;
-      if (y < 0 || y >= H) continue;
-      const I tap0 = (it.g * K + a) * K;  // this tap row's first of the G*K*K generated
-      acc_t wk[K][PX];
-      set_to_bias<T, K, PX>(wk, bias + tap0, has_bias);
-      for (I cr = 0; cr < Cr; ++cr) {
-        acc_t rv[PX];
-        load_segment<T, I, PX, VEC, 0>(rv, rn + cr * HoWo, j0, Wo);
-        INV_UNROLL
-        for (int b = 0; b < K; ++b) {
-          const acc_t sv = Elem<T>::load(span + (tap0 + b) * Cr + cr);
-          INV_UNROLL
-          for (int p = 0; p < PX; ++p) wk[b][p] += sv * rv[p];
-        }
-      }
-      INV_UNROLL
-      for (int b = 0; b < K; ++b)
-        INV_UNROLL
-        for (int p = 0; p < PX; ++p) wk[b][p] = rounded_to<T>(wk[b][p]);
-      accumulate_tap_row<T, I, K, S, D, CHUNK, PX, VEC, PHASE>(acc, wk, xn + y * W, HW, x0, W,
-                                                              it.nc);
-    }
-    store_row_block<T, I, CHUNK, PX, VEC>(out + (it.n * C + it.c0) * HoWo + i * Wo + j0, acc, HoWo,
-                                     it.nc, j0, Wo);
-  }
+  const GeneratedTapWeights<T, I, K, PX, VEC> weights = {r, span, bias, Ho * Wo, Wo, Cr,
+                                                         has_bias};
+  forward_row_blocks<T, I, K, S, D, CHUNK, PX, VEC, PHASE>(x, out, weights, total, C, H, W, G,
+                                                          Ho, Wo, pad);
 }
 
 // Fused input gradient, row-blocked: involution_backward_input_rows with each tap row's
