@@ -626,9 +626,10 @@ template <typename T, typename I, int K, int PX, int VEC> struct StoredTapWeight
   I G, HoWo, Wo;
   INV_INLINE void tap_row(typename Elem<T>::acc_t (&wk)[K][PX], const I n, const I g, const I i,
                           const I j0, const int a) const {
-    const T* wp = w + ((n * G + g) * (K * K) + a * K) * HoWo + i * Wo;
+    const T* wp = w + (n * G + g) * (K * K) * HoWo + i * Wo;
     INV_UNROLL
-    for (int b = 0; b < K; ++b) load_segment<T, I, PX, VEC, 0>(wk[b], wp + b * HoWo, j0, Wo);
+    for (int b = 0; b < K; ++b)
+      load_segment<T, I, PX, VEC, 0>(wk[b], wp + (a * K + b) * HoWo, j0, Wo);
   }
 };
 
