@@ -9,6 +9,12 @@ BatchNorm in training updates its running statistics once (in the forward) and r
 with the batch statistics of the same ``y``; FrozenBatchNorm, GroupNorm and a BatchNorm in
 eval mode hold no state.  Norms that communicate (SyncBatchNorm) are left as they are.
 
+A convolution followed by no norm or by FrozenBatchNorm2d (a fixed affine map) takes a
+shorter way (:class:`_RecomputedAffine`): the forward and each recomputation make one tensor
+in place, and the backward calls ReLU's and the convolution's backward directly instead of
+building and differentiating a graph of three fresh tensors.  The sums are autograd's, bit
+for bit.
+
 Outside training with gradients (inference, tracing, scripting, compilation) the plain
 modules run.
 """
@@ -17,6 +23,7 @@ import contextlib
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 from torch.utils.checkpoint import checkpoint
 
 
@@ -100,6 +107,7 @@ class _Recomputed(torch.autograd.Function):
         # The consumer's backward ran first and made the output again through the recipe,
         # with its graph: differentiate that one rather than make it a second time.
         graph, ctx.recipe.graph = ctx.recipe.graph, None
+        ctx.recipe.value = None  # the graph's tensors go with it, not at the end of backward
         with torch.enable_grad(), ctx.autocast():
             if graph is None:  # a second backward (retain_graph), or a consumer that kept none
                 graph = _made_with_graph(ctx.modules, ctx.saved_tensors, needs)
@@ -119,24 +127,94 @@ def _made_with_graph(modules, inputs, needs):
 
 
 class _Recipe:
-    """What is saved instead of the output: how to make it again (once per backward), with
-    the graph that the backward of :class:`_Recomputed` then differentiates."""
+    """What is saved instead of the output: how to make it again (once per backward).
+    ``make()`` returns (graph, value): the general path's graph, which the backward of
+    :class:`_Recomputed` then differentiates, or None."""
 
-    __slots__ = ("modules", "inputs", "needs", "autocast", "value", "graph")
+    __slots__ = ("make", "value", "graph")
 
-    def __init__(self, modules, inputs, autocast):
-        self.needs = [t is not None and t.requires_grad for t in inputs]
-        # Detached: the recipe, held by the graph, must not hold the source's history.
-        self.inputs = [t.detach() if t is not None else None for t in inputs]
-        self.modules, self.autocast = modules, autocast
+    def __init__(self, make):
+        self.make = make
         self.value = self.graph = None
 
     def get(self):
         if self.value is None:
-            with torch.enable_grad(), self.autocast():
-                self.graph = _made_with_graph(self.modules, self.inputs, self.needs)
-            self.value = self.graph[1].detach()
+            self.graph, self.value = self.make()
         return self.value
+
+
+def _general_recipe(modules, inputs, autocast):
+    needs = [t is not None and t.requires_grad for t in inputs]
+    # Detached: the recipe, held by the graph, must not hold the source's history.
+    inputs = [t.detach() if t is not None else None for t in inputs]
+
+    def make():
+        with torch.enable_grad(), autocast():
+            graph = _made_with_graph(modules, inputs, needs)
+        return graph, graph[1].detach()
+
+    return _Recipe(make)
+
+
+def _affine_path(conv, norm, source):
+    """Whether ``relu(norm(conv(source)))`` takes :class:`_RecomputedAffine`: no norm or a
+    FrozenBatchNorm2d (a fixed affine map), a convolution whose backward is
+    ``convolution_backward`` as called there, and no autocast (whose casts the general path
+    reproduces)."""
+    return (isinstance(conv, nn.Conv2d) and conv.padding_mode == "zeros"
+            and not isinstance(conv.padding, str)
+            and (norm is None or (_FROZEN_BN is not None and type(norm) is _FROZEN_BN))
+            and source.device.type in ("cpu", "cuda")
+            and not torch.is_autocast_enabled(source.device.type))
+
+
+def _frozen_scale_shift(norm, dtype):
+    """FrozenBatchNorm2d's scale and shift, as its forward computes them."""
+    scale = norm.weight * (norm.running_var + norm.eps).rsqrt()
+    shift = norm.bias - norm.running_mean * scale
+    return scale.reshape(1, -1, 1, 1).to(dtype), shift.reshape(1, -1, 1, 1).to(dtype)
+
+
+@torch.no_grad()
+def _conv_affine_relu(conv, norm, source, weight, bias):
+    """``relu(norm(conv(source)))`` in one fresh tensor: the same operations, in the same
+    order, as the modules with autograd (FrozenBatchNorm2d multiplies, then adds), in place."""
+    out = F.conv2d(source, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+    if norm is not None:
+        scale, shift = _frozen_scale_shift(norm, out.dtype)
+        out.mul_(scale).add_(shift)
+    return out.relu_()
+
+
+class _RecomputedAffine(torch.autograd.Function):
+    """``relu(norm(conv(source)))`` for no norm or FrozenBatchNorm2d, keeping ``source`` and
+    the parameters only.  The forward and each recomputation make one tensor (the modules
+    make three: convolution, norm and ReLU outputs); the backward is autograd's, called
+    directly: ReLU's, the norm's scale, the convolution's."""
+
+    @staticmethod
+    def forward(ctx, source, weight, bias, conv, norm, recipe):
+        ctx.modules, ctx.recipe = (conv, norm), recipe
+        ctx.save_for_backward(source, weight, bias)
+        return _conv_affine_relu(conv, norm, source, weight, bias)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        source, weight, bias = ctx.saved_tensors
+        conv, norm = ctx.modules
+        # Made again by the consumer's backward, which ran first (or here, if it kept none).
+        out = ctx.recipe.get()
+        ctx.recipe.value = None
+        grad = torch.ops.aten.threshold_backward(grad_out, out, 0)
+        del out
+        if norm is not None:
+            grad.mul_(_frozen_scale_shift(norm, grad.dtype)[0])
+        grad_source, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
+            grad, source, weight, None if bias is None else [bias.shape[0]],
+            list(conv.stride), list(conv.padding), list(conv.dilation), False,
+            [0] * len(conv.stride), conv.groups, list(ctx.needs_input_grad[:3]))
+        return grad_source, grad_weight, grad_bias, None, None, None
 
 
 def _same(a, b):
@@ -162,8 +240,14 @@ def recompute_into(consumer, source, norm, conv=None):
     if not (source.requires_grad or any(p is not None and p.requires_grad for p in params)):
         y = conv(source) if conv is not None else source
         return consumer(F.relu(norm(y)) if norm is not None else F.relu(y))
-    recipe = _Recipe((conv, norm), (source, *params), _autocast_state(source))
-    out = _Recomputed.apply(source, *params, conv, norm, recipe)
+    if _affine_path(conv, norm, source):
+        inputs = [t.detach() if t is not None else None
+                  for t in (source, conv_weight, conv_bias)]
+        recipe = _Recipe(lambda: (None, _conv_affine_relu(conv, norm, *inputs)))
+        out = _RecomputedAffine.apply(source, conv_weight, conv_bias, conv, norm, recipe)
+    else:
+        recipe = _general_recipe((conv, norm), (source, *params), _autocast_state(source))
+        out = _Recomputed.apply(source, *params, conv, norm, recipe)
     # Whatever saves tensors around this call (a memory counter, an outer recomputation)
     # still sees every tensor but ``out``.
     outer = torch._C._autograd._top_saved_tensors_default_hooks(False)
@@ -184,29 +268,33 @@ def recompute_into(consumer, source, norm, conv=None):
 
 
 class _ReluMaxPool(torch.autograd.Function):
-    """``max_pool2d(relu(x))``, keeping for backward a boolean mask of ``x > 0`` (one byte an
-    element, where autograd keeps the ReLU's output, for both ReLU and pooling) and the
-    pooling's argmax as int32 (half of autograd's int64 indices)."""
+    """``max_pool2d(relu(x))``, keeping for backward the pooling's argmax as int32 (half of
+    autograd's int64 indices) and a boolean mask of the pooled output's non-positive
+    elements (one byte an element of the output, where autograd keeps the ReLU's output, for
+    both ReLU and pooling).  ReLU is monotone, so it runs after the pooling, on a quarter of
+    the elements; an output is positive exactly where the element it took is, so the mask at
+    the output's resolution tells where the gradient passes."""
 
     @staticmethod
     def forward(ctx, x, kernel_size, stride, padding):
-        positive = x > 0
-        out, indices = F.max_pool2d(x.relu(), kernel_size, stride, padding, return_indices=True)
+        out, indices = F.max_pool2d(x, kernel_size, stride, padding, return_indices=True)
+        nonpositive = out <= 0
         ctx.shape = x.shape
         ctx.pooling = [[k, k] for k in (kernel_size, stride, padding)]
-        ctx.save_for_backward(positive, indices.to(torch.int32))
-        return out
+        ctx.save_for_backward(nonpositive, indices.to(torch.int32))
+        return out.relu_()
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_out):
-        positive, indices = ctx.saved_tensors
+        nonpositive, indices = ctx.saved_tensors
         # Pooling's own backward reads only the shape of its input: a stand-in of one element
-        # takes the input's place (the sums come out bit for bit as without this Function).
+        # takes the input's place.
         stand_in = grad_out.new_empty(()).expand(ctx.shape)
         grad = torch.ops.aten.max_pool2d_with_indices_backward(
-            grad_out, stand_in, ctx.pooling[0], ctx.pooling[1], ctx.pooling[2], [1, 1], False,
-            indices.long())
-        return grad * positive, None, None, None
+            grad_out.masked_fill(nonpositive, 0), stand_in, ctx.pooling[0], ctx.pooling[1],
+            ctx.pooling[2], [1, 1], False, indices.long())
+        return grad, None, None, None
 
 
 def relu_max_pool(x, kernel_size, stride, padding):

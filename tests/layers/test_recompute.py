@@ -1,0 +1,103 @@
+"""involution_d2.layers.recompute on single layers: conv + FrozenBatchNorm (or no norm) + ReLU
+recomputed in backward gives autograd's sums bit for bit and keeps the source alone; the
+stem's ReLU + max pooling keeps a pooled-resolution mask and int32 indices."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from helpers import requires_detectron2
+
+
+def _frozen_bn(channels):
+    from detectron2.layers import FrozenBatchNorm2d
+
+    norm = FrozenBatchNorm2d(channels)
+    norm.weight.uniform_(0.5, 2)
+    norm.bias.normal_()
+    norm.running_mean.normal_()
+    norm.running_var.uniform_(0.5, 2)
+    return norm
+
+
+def _run(recompute, conv, norm, consumer, x):
+    """Output, gradients (input's and every parameter's) and the shapes kept for backward."""
+    from involution_d2.layers.recompute import recompute_into
+
+    params = [p for m in (conv, norm, consumer) if m is not None for p in m.parameters()]
+    for p in params:
+        p.grad = None
+    x = x.clone().requires_grad_()
+    kept = []
+
+    def pack(t):
+        if all(t.data_ptr() != p.data_ptr() for p in params):
+            kept.append(tuple(t.shape))
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        if recompute:
+            out = recompute_into(consumer, x, norm, conv)
+        else:
+            y = conv(x)
+            out = consumer(F.relu(norm(y) if norm is not None else y))
+    out.square().sum().backward()
+    return out.detach(), [x.grad] + [p.grad for p in params], kept
+
+
+@requires_detectron2
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("norm", ["none", "FrozenBN"])
+def test_conv_affine_relu_recomputed_bit_for_bit(norm, stride, dtype):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(6, 8, 3, stride, 1, bias=norm == "none").to(dtype)
+    norm_module = _frozen_bn(8).to(dtype) if norm == "FrozenBN" else None
+    consumer = nn.Conv2d(8, 4, 3, 1, 1).to(dtype)
+    x = torch.randn(2, 6, 12, 10, dtype=dtype)
+    want_out, want_grads, want_kept = _run(False, conv, norm_module, consumer, x)
+    out, grads, kept = _run(True, conv, norm_module, consumer, x)
+    torch.testing.assert_close(out, want_out, rtol=0, atol=0)
+    assert len(grads) == len(want_grads) and all(g is not None for g in grads)
+    for got, want in zip(grads, want_grads):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    # Kept: the source (by the recomputation) and the consumer's output-side tensors only;
+    # neither the convolution's output nor the ReLU's.
+    mid = (2, 8, 12 // stride, 10 // stride)
+    assert mid in want_kept and mid not in kept and (2, 6, 12, 10) in kept
+
+
+@requires_detectron2
+def test_a_second_backward_recomputes_again():
+    from involution_d2.layers.recompute import recompute_into
+
+    torch.manual_seed(0)
+    conv, norm = nn.Conv2d(3, 5, 1).double(), _frozen_bn(5).double()
+    x = torch.randn(1, 3, 4, 4, dtype=torch.float64, requires_grad=True)
+    out = recompute_into(lambda t: t * t, x, norm, conv).sum()
+    first, = torch.autograd.grad(out, x, retain_graph=True)
+    second, = torch.autograd.grad(out, x)
+    want, = torch.autograd.grad((F.relu(norm(conv(x))) ** 2).sum(), x)
+    torch.testing.assert_close(first, want, rtol=0, atol=0)
+    torch.testing.assert_close(second, want, rtol=0, atol=0)
+
+
+def test_relu_max_pool_keeps_a_pooled_mask_and_int32_indices():
+    from involution_d2.layers.recompute import relu_max_pool
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, 9, 8, dtype=torch.float64)
+    x[0, 0, :4, :4] = -1.0  # a window with no positive element
+    results = []
+    for fn in (lambda t: F.max_pool2d(F.relu(t), 3, 2, 1), lambda t: relu_max_pool(t, 3, 2, 1)):
+        xi = x.clone().requires_grad_()
+        kept = []
+        with torch.autograd.graph.saved_tensors_hooks(
+                lambda t: kept.append((tuple(t.shape), t.dtype)) or t, lambda t: t):
+            out = fn(xi)
+        (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)).sum().backward()
+        results.append((out.detach(), xi.grad, kept))
+    (want_out, want_grad, _), (out, grad, kept) = results
+    torch.testing.assert_close(out, want_out, rtol=0, atol=0)
+    torch.testing.assert_close(grad, want_grad, rtol=0, atol=0)
+    assert sorted(kept, key=str) == [((2, 4, 5, 4), torch.bool), ((2, 4, 5, 4), torch.int32)]
