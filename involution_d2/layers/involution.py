@@ -79,7 +79,8 @@ class Involution(nn.Module):
         # kept for backward), for FLOP counters that count each on its own.
         self.fused = True
         # True: in training, the reduced features (the bottleneck's ReLU output) are
-        # recomputed from the pooled input in backward instead of kept (layers/recompute.py).
+        # recomputed from the layer's input (pooled again where strided) in backward instead
+        # of kept (layers/recompute.py).
         self.recompute_activations = True
 
         self.avgpool = nn.AvgPool2d(stride, stride, ceil_mode=True) if stride > 1 else None
@@ -92,11 +93,11 @@ class Involution(nn.Module):
         if not torch.jit.is_scripting() and (x.dim() != 4 or x.shape[1] != self.channels):
             raise ValueError(f"Involution: expected input (N, {self.channels}, H, W), "
                              f"got {tuple(x.shape)}")
-        pooled = self.avgpool(x) if self.avgpool is not None else x
         if (not torch.jit.is_scripting() and self.fused and self.recompute_activations
                 and torch.is_grad_enabled() and not torch.jit.is_tracing()):
-            out = self._aggregate_recomputing(x, pooled)
+            out = self._aggregate_recomputing(x)
             return self.activation(out) if self.activation is not None else out
+        pooled = self.avgpool(x) if self.avgpool is not None else x
         reduced = self.conv1(pooled)
         # conv2 (the "span", Cr -> G*K*K) and the aggregation run as one operator, which
         # never keeps the G*K*K-channel kernels (see involution_d2.ops.fused_involution).
@@ -126,9 +127,11 @@ class Involution(nn.Module):
                                     self.stride, self.padding, self.dilation, self.backend)
 
     @torch.jit.unused
-    def _aggregate_recomputing(self, x, pooled):
-        return recompute_into(lambda reduced: self._aggregate(x, reduced), pooled,
-                              self.conv1.norm, self.conv1.conv)
+    def _aggregate_recomputing(self, x):
+        # Strided: the pooling is recomputed too (from x, which the aggregation keeps anyway),
+        # so that the pooled input is not kept either.
+        return recompute_into(lambda reduced: self._aggregate(x, reduced), x,
+                              self.conv1.norm, self.conv1.conv, pre=self.avgpool)
 
     def extra_repr(self):
         return (f"channels={self.channels}, kernel_size={self.kernel_size}, "

@@ -38,6 +38,23 @@ def _frozen_batch_norm_type():
 _FROZEN_BN = _frozen_batch_norm_type()
 
 
+# A convolution is recomputed in backward where each output element costs at most this many
+# multiply-adds (input channels per group times kernel area): the bytes saved per
+# multiply-add spent fall as that grows.  At 512, the one convolution of RedNet kept
+# rather than recomputed is res5's strided block's first 1x1 convolution (1024 inputs): it
+# would take 2.0 G multiply-adds at 800x1216 (about 1.3 % of a training step) to save
+# 7.4 MiB.  The stem (27) and the involutions' reductions (at most 512) are recomputed.
+RECOMPUTE_MAX_MACS_PER_ELEMENT = 512
+
+
+def worth_recomputing(conv):
+    """Whether ``conv`` (an nn.Conv2d) is cheap enough to run again in backward."""
+    macs = conv.in_channels // conv.groups
+    for k in conv.kernel_size:
+        macs *= k
+    return macs <= RECOMPUTE_MAX_MACS_PER_ELEMENT
+
+
 def recomputable(norm):
     """Whether ``norm`` (a module or None) can be recomputed from its input alone."""
     return (norm is None or type(norm) in (nn.BatchNorm2d, nn.GroupNorm)
@@ -81,8 +98,9 @@ def _autocast_state(tensor):
     return lambda: torch.autocast(device_type, dtype=dtype, enabled=enabled)
 
 
-def _make(conv, norm, source, conv_weight, conv_bias, norm_weight, norm_bias):
-    """``relu(norm(conv(source)))`` (conv None: ``relu(norm(source))``), statelessly."""
+def _make(conv, norm, pre, source, conv_weight, conv_bias, norm_weight, norm_bias):
+    """``relu(norm(conv(pre(source))))`` (conv None: ``relu(norm(source))``), statelessly."""
+    source = pre(source) if pre is not None else source
     y = conv._conv_forward(source, conv_weight, conv_bias) if conv is not None else source
     return F.relu(_norm(norm, y, norm_weight, norm_bias))
 
@@ -92,11 +110,12 @@ class _Recomputed(torch.autograd.Function):
     runs the modules (a BatchNorm updates its statistics once), the backward recomputes."""
 
     @staticmethod
-    def forward(ctx, source, conv_weight, conv_bias, norm_weight, norm_bias, conv, norm, recipe):
+    def forward(ctx, source, conv_weight, conv_bias, norm_weight, norm_bias, conv, norm, pre,
+                recipe):
         with torch.no_grad():
-            y = conv(source) if conv is not None else source
+            y = conv(pre(source) if pre is not None else source) if conv is not None else source
             out = F.relu(norm(y) if norm is not None else y)
-        ctx.modules, ctx.recipe = (conv, norm), recipe
+        ctx.modules, ctx.recipe = (conv, norm, pre), recipe
         ctx.autocast = _autocast_state(source)
         ctx.save_for_backward(source, conv_weight, conv_bias, norm_weight, norm_bias)
         return out
@@ -115,7 +134,7 @@ class _Recomputed(torch.autograd.Function):
             wanted = [t for t, need in zip(leaves, needs) if need and t is not None]
             grads = iter(torch.autograd.grad(out, wanted, grad_out) if wanted else ())
         return tuple(next(grads) if need and t is not None else None
-                     for t, need in zip(leaves, needs)) + (None, None, None)
+                     for t, need in zip(leaves, needs)) + (None, None, None, None)
 
 
 def _made_with_graph(modules, inputs, needs):
@@ -143,14 +162,15 @@ class _Recipe:
         return self.value
 
 
-def _general_recipe(modules, inputs, autocast):
+def _general_recipe(modules, inputs, held_source, autocast):
+    """``inputs``: the source (held as :func:`recompute_into` says: ``held_source()`` gives
+    it back) and the parameters."""
     needs = [t is not None and t.requires_grad for t in inputs]
-    # Detached: the recipe, held by the graph, must not hold the source's history.
-    inputs = [t.detach() if t is not None else None for t in inputs]
+    params = [t.detach() if t is not None else None for t in inputs[1:]]
 
     def make():
         with torch.enable_grad(), autocast():
-            graph = _made_with_graph(modules, inputs, needs)
+            graph = _made_with_graph(modules, [held_source()] + params, needs)
         return graph, graph[1].detach()
 
     return _Recipe(make)
@@ -193,28 +213,57 @@ class _RecomputedAffine(torch.autograd.Function):
     directly: ReLU's, the norm's scale, the convolution's."""
 
     @staticmethod
-    def forward(ctx, source, weight, bias, conv, norm, recipe):
-        ctx.modules, ctx.recipe = (conv, norm), recipe
+    def forward(ctx, source, weight, bias, conv, norm, pre, recipe):
+        ctx.modules, ctx.recipe = (conv, norm, pre), recipe
         ctx.save_for_backward(source, weight, bias)
-        return _conv_affine_relu(conv, norm, source, weight, bias)
+        with torch.no_grad():
+            conv_input = pre(source) if pre is not None else source
+        return _conv_affine_relu(conv, norm, conv_input, weight, bias)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out):
         source, weight, bias = ctx.saved_tensors
-        conv, norm = ctx.modules
+        conv, norm, pre = ctx.modules
+        needs_source, needs_weight, needs_bias = ctx.needs_input_grad[:3]
         # Made again by the consumer's backward, which ran first (or here, if it kept none).
         out = ctx.recipe.get()
-        ctx.recipe.value = None
+        pre_graph = ctx.recipe.graph
+        ctx.recipe.value = ctx.recipe.graph = None
         grad = torch.ops.aten.threshold_backward(grad_out, out, 0)
         del out
         if norm is not None:
             grad.mul_(_frozen_scale_shift(norm, grad.dtype)[0])
-        grad_source, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
-            grad, source, weight, None if bias is None else [bias.shape[0]],
-            list(conv.stride), list(conv.padding), list(conv.dilation), False,
-            [0] * len(conv.stride), conv.groups, list(ctx.needs_input_grad[:3]))
-        return grad_source, grad_weight, grad_bias, None, None, None
+        if pre is not None:
+            source_leaf, conv_input = pre_graph
+        grad_input, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
+            grad, conv_input.detach() if pre is not None else source, weight,
+            None if bias is None else [bias.shape[0]], list(conv.stride), list(conv.padding),
+            list(conv.dilation), False, [0] * len(conv.stride), conv.groups,
+            [needs_source, needs_weight, needs_bias])
+        if pre is not None and needs_source:
+            with torch.enable_grad():
+                grad_input, = torch.autograd.grad(conv_input, source_leaf, grad_input)
+        return grad_input, grad_weight, grad_bias, None, None, None, None
+
+
+def _affine_recipe(conv, norm, pre, held_source, weight, bias, needs_source):
+    """The recipe of :class:`_RecomputedAffine`: its output and, with ``pre``, the graph of
+    ``pre`` (its leaf and output), which the backward differentiates."""
+    weight = weight.detach()
+    bias = bias.detach() if bias is not None else None
+
+    def make():
+        source = held_source()
+        if pre is None:
+            return None, _conv_affine_relu(conv, norm, source, weight, bias)
+        with torch.enable_grad():
+            leaf = source.detach().requires_grad_(needs_source)
+            conv_input = pre(leaf)
+        return (leaf, conv_input), _conv_affine_relu(conv, norm, conv_input.detach(), weight,
+                                                     bias)
+
+    return _Recipe(make)
 
 
 def _same(a, b):
@@ -222,36 +271,53 @@ def _same(a, b):
             and a.dtype == b.dtype)
 
 
-def recompute_into(consumer, source, norm, conv=None):
-    """``consumer(relu(norm(conv(source))))`` (without ``conv``: of ``relu(norm(source))``)
-    where neither that output nor the convolution's are kept for backward, by the consumer
-    or by the norm: they are recomputed from ``source`` when a backward needs them.  The plain
-    computation where that does not apply (no gradients, tracing, compilation, a norm that
-    communicates)."""
+def recompute_into(consumer, source, norm, conv=None, pre=None):
+    """``consumer(relu(norm(conv(pre(source)))))`` (without ``conv``: of
+    ``relu(norm(source))``; without ``pre``: of the source itself) where neither that output
+    nor the convolution's (nor ``pre``'s) are kept for backward, by the consumer or by the
+    norm: they are recomputed from ``source`` when a backward needs them.  ``pre`` is a
+    stateless module or function, such as the pooling before a strided involution's
+    reduction.  The plain computation where that does not apply (no gradients, tracing,
+    compilation, a norm that communicates)."""
+    def plain():
+        y = conv(pre(source) if pre is not None else source) if conv is not None else source
+        return consumer(F.relu(norm(y)) if norm is not None else F.relu(y))
+
+    if pre is not None and conv is None:
+        raise ValueError("recompute_into: pre runs before conv; pass a conv with it")
+    if conv is not None and not worth_recomputing(conv):
+        # Its output is kept; the norm and ReLU may still be recomputed from it.
+        return recompute_into(consumer, conv(pre(source) if pre is not None else source), norm)
     if not (torch.is_grad_enabled() and recomputable(norm) and not torch.jit.is_tracing()
             and not torch.compiler.is_compiling()
             and (conv is not None or _keeps_its_input(norm))):  # else nothing to gain
-        y = conv(source) if conv is not None else source
-        return consumer(F.relu(norm(y)) if norm is not None else F.relu(y))
+        return plain()
     conv_weight = conv.weight if conv is not None else None
     conv_bias = conv.bias if conv is not None else None
     norm_weight, norm_bias = _parameters(norm)
     params = (conv_weight, conv_bias, norm_weight, norm_bias)
     if not (source.requires_grad or any(p is not None and p.requires_grad for p in params)):
-        y = conv(source) if conv is not None else source
-        return consumer(F.relu(norm(y)) if norm is not None else F.relu(y))
-    if _affine_path(conv, norm, source):
-        inputs = [t.detach() if t is not None else None
-                  for t in (source, conv_weight, conv_bias)]
-        recipe = _Recipe(lambda: (None, _conv_affine_relu(conv, norm, *inputs)))
-        out = _RecomputedAffine.apply(source, conv_weight, conv_bias, conv, norm, recipe)
-    else:
-        recipe = _general_recipe((conv, norm), (source, *params), _autocast_state(source))
-        out = _Recomputed.apply(source, *params, conv, norm, recipe)
+        return plain()
     # Whatever saves tensors around this call (a memory counter, an outer recomputation)
-    # still sees every tensor but ``out``.
+    # still sees every tensor but ``out``; the recipe holds the source the same way, so that
+    # a source recomputed by an outer recipe is not kept here either.
     outer = torch._C._autograd._top_saved_tensors_default_hooks(False)
     outer_pack, outer_unpack = outer if outer is not None else (None, None)
+    if outer_pack is not None:
+        held = outer_pack(source)
+        held_source = lambda: outer_unpack(held)  # noqa: E731
+    else:
+        # Detached: the recipe, held by the graph, must not hold the source's history.
+        held = source.detach()
+        held_source = lambda: held  # noqa: E731
+    if _affine_path(conv, norm, source):
+        recipe = _affine_recipe(conv, norm, pre, held_source, conv_weight, conv_bias,
+                                source.requires_grad)
+        out = _RecomputedAffine.apply(source, conv_weight, conv_bias, conv, norm, pre, recipe)
+    else:
+        recipe = _general_recipe((conv, norm, pre), (source, *params), held_source,
+                                 _autocast_state(source))
+        out = _Recomputed.apply(source, *params, conv, norm, pre, recipe)
 
     def pack(t):
         if _same(t, out):

@@ -101,3 +101,65 @@ def test_relu_max_pool_keeps_a_pooled_mask_and_int32_indices():
     torch.testing.assert_close(out, want_out, rtol=0, atol=0)
     torch.testing.assert_close(grad, want_grad, rtol=0, atol=0)
     assert sorted(kept, key=str) == [((2, 4, 5, 4), torch.bool), ((2, 4, 5, 4), torch.int32)]
+
+
+@requires_detectron2
+@pytest.mark.parametrize("norm", ["BN", "FrozenBN"])
+def test_a_costly_convolution_is_kept_not_recomputed(norm, monkeypatch):
+    """Above RECOMPUTE_MAX_MACS_PER_ELEMENT the convolution's output is kept (and a trained
+    norm + ReLU still recomputed from it); below, it is not. Same sums either way."""
+    from involution_d2.layers import recompute
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(6, 8, 3, 1, 1, bias=False).double()  # 54 multiply-adds an element
+    norm_module = (_frozen_bn(8) if norm == "FrozenBN" else nn.BatchNorm2d(8)).double()
+    consumer = nn.Conv2d(8, 4, 3, 1, 1).double()
+    x = torch.randn(2, 6, 12, 10, dtype=torch.float64)
+    mid = (2, 8, 12, 10)
+    runs = {}
+    for limit in (54, 53):
+        monkeypatch.setattr(recompute, "RECOMPUTE_MAX_MACS_PER_ELEMENT", limit)
+        norm_module.train()
+        state = {k: v.clone() for k, v in norm_module.state_dict().items()}
+        runs[limit] = _run(True, conv, norm_module, consumer, x)
+        norm_module.load_state_dict(state)
+    want_out, want_grads, _ = _run(False, conv, norm_module, consumer, x)
+    assert mid not in runs[54][2] and mid in runs[53][2]
+    for out, grads, _ in runs.values():
+        torch.testing.assert_close(out, want_out, rtol=0, atol=0)
+        for got, want in zip(grads, want_grads):
+            torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+@requires_detectron2
+@pytest.mark.parametrize("norm", ["BN", "FrozenBN"])
+def test_strided_involution_keeps_neither_its_pooled_input_nor_the_reduction(norm):
+    from involution_d2.layers import Involution
+
+    def run(recompute):
+        torch.manual_seed(0)
+        layer = Involution(16, kernel_size=3, stride=2, group_channels=4, norm=norm).double()
+        layer.recompute_activations = recompute
+        x = torch.randn(2, 16, 12, 10, dtype=torch.float64, requires_grad=True)
+        kept = []
+        own = {p.data_ptr() for p in list(layer.parameters()) + list(layer.buffers())}
+
+        def pack(t):
+            if t.data_ptr() not in own:
+                kept.append(tuple(t.shape))
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = layer(x)
+        out.square().sum().backward()
+        return out.detach(), [x.grad] + [p.grad for p in layer.parameters()], kept, layer
+
+    want_out, want_grads, want_kept, _ = run(False)
+    out, grads, kept, layer = run(True)
+    pooled, reduced = (2, 16, 6, 5), (2, 4, 6, 5)
+    assert pooled in want_kept and reduced in want_kept
+    assert pooled not in kept and reduced not in kept and (2, 16, 12, 10) in kept
+    torch.testing.assert_close(out, want_out, rtol=0, atol=0)
+    for got, want in zip(grads, want_grads):
+        if got is not None or want is not None:
+            torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
