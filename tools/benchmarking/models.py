@@ -434,6 +434,8 @@ def report(args):
                 rows += [[suite, c.name, dtype, f"{saved[c.name]:.0f}",
                           f"{saved[c.name] / saved[twin.name]:.2f}"] for c in cases]
             del cases
+            if glibc is not None:
+                glibc.release()
             print()
             print_table(rows, ["suite", "model [involution backend]", "dtype",
                                "saved for backward MiB", "saved / ResNet-50"])
@@ -465,6 +467,8 @@ def report(args):
                                             + [f"{100 * shares[k] / total:.1f} %"
                                                for k in CATEGORIES])
         del cases
+        if glibc is not None:
+            glibc.release()
         print()
         print_table(rows, ["suite", "model [involution backend]", "mode", "dtype", "images/s",
                            "ms/iter", "peak MiB", "speed vs ResNet-50", "memory / ResNet-50",

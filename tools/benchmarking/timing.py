@@ -45,6 +45,14 @@ class Glibc:
     def timing_mode(self):
         self._set(64 * 2**20, 2**31 - 1)  # mallopt takes an int: never trim
 
+    def release(self):
+        """Give the free heap back to the OS (between suites: each builds its own models,
+        and a heap that is never trimmed would keep every suite's peak)."""
+        import gc
+
+        gc.collect()
+        self.libc.malloc_trim(0)
+
 
 def synchronize(device):
     if device.type == "cuda":
