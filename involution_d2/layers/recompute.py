@@ -178,14 +178,28 @@ def _general_recipe(modules, inputs, held_source, autocast):
 
 def _affine_path(conv, norm, source):
     """Whether ``relu(norm(conv(source)))`` takes :class:`_RecomputedAffine`: no norm or a
-    FrozenBatchNorm2d (a fixed affine map), a convolution whose backward is
-    ``convolution_backward`` as called there, and no autocast (whose casts the general path
-    reproduces)."""
+    FrozenBatchNorm2d (a fixed affine map), and a convolution whose backward is
+    ``convolution_backward`` as called there."""
     return (isinstance(conv, nn.Conv2d) and conv.padding_mode == "zeros"
             and not isinstance(conv.padding, str)
             and (norm is None or (_FROZEN_BN is not None and type(norm) is _FROZEN_BN))
-            and source.device.type in ("cpu", "cuda")
-            and not torch.is_autocast_enabled(source.device.type))
+            and source.device.type in ("cpu", "cuda"))
+
+
+def _autocast_dtype(tensor):
+    """The dtype autocast runs convolutions in, on ``tensor``'s device; None without it."""
+    device_type = tensor.device.type
+    return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) \
+        else None
+
+
+def _cast(tensor, dtype):
+    """``tensor`` as autocast gives it to a convolution: floating tensors other than float64
+    in ``dtype`` (None: no autocast)."""
+    if (dtype is None or tensor is None or not tensor.is_floating_point()
+            or tensor.dtype in (dtype, torch.float64)):
+        return tensor
+    return tensor.to(dtype)
 
 
 def _frozen_scale_shift(norm, dtype):
@@ -196,14 +210,17 @@ def _frozen_scale_shift(norm, dtype):
 
 
 @torch.no_grad()
-def _conv_affine_relu(conv, norm, source, weight, bias):
+def _conv_affine_relu(conv, norm, source, weight, bias, cast):
     """``relu(norm(conv(source)))`` in one fresh tensor: the same operations, in the same
-    order, as the modules with autograd (FrozenBatchNorm2d multiplies, then adds), in place."""
-    out = F.conv2d(source, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
-    if norm is not None:
-        scale, shift = _frozen_scale_shift(norm, out.dtype)
-        out.mul_(scale).add_(shift)
-    return out.relu_()
+    order and dtypes, as the modules with autograd (the convolution's inputs cast as autocast
+    casts them to ``cast``; FrozenBatchNorm2d multiplies, then adds), in place."""
+    with torch.autocast(source.device.type, enabled=False):
+        out = F.conv2d(_cast(source, cast), _cast(weight, cast), _cast(bias, cast), conv.stride,
+                       conv.padding, conv.dilation, conv.groups)
+        if norm is not None:
+            scale, shift = _frozen_scale_shift(norm, out.dtype)
+            out.mul_(scale).add_(shift)
+        return out.relu_()
 
 
 class _RecomputedAffine(torch.autograd.Function):
@@ -213,12 +230,12 @@ class _RecomputedAffine(torch.autograd.Function):
     directly: ReLU's, the norm's scale, the convolution's."""
 
     @staticmethod
-    def forward(ctx, source, weight, bias, conv, norm, pre, recipe):
-        ctx.modules, ctx.recipe = (conv, norm, pre), recipe
+    def forward(ctx, source, weight, bias, conv, norm, pre, cast, recipe):
+        ctx.modules, ctx.cast, ctx.recipe = (conv, norm, pre), cast, recipe
         ctx.save_for_backward(source, weight, bias)
         with torch.no_grad():
             conv_input = pre(source) if pre is not None else source
-        return _conv_affine_relu(conv, norm, conv_input, weight, bias)
+        return _conv_affine_relu(conv, norm, conv_input, weight, bias, cast)
 
     @staticmethod
     @once_differentiable
@@ -236,18 +253,24 @@ class _RecomputedAffine(torch.autograd.Function):
             grad.mul_(_frozen_scale_shift(norm, grad.dtype)[0])
         if pre is not None:
             source_leaf, conv_input = pre_graph
+        else:
+            conv_input = source
         grad_input, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
-            grad, conv_input.detach() if pre is not None else source, weight,
+            grad, _cast(conv_input.detach(), ctx.cast), _cast(weight, ctx.cast),
             None if bias is None else [bias.shape[0]], list(conv.stride), list(conv.padding),
             list(conv.dilation), False, [0] * len(conv.stride), conv.groups,
             [needs_source, needs_weight, needs_bias])
+        # Autocast's casts, differentiated: each gradient in its input's dtype.
+        grad_input = grad_input.to(conv_input.dtype) if grad_input is not None else None
+        grad_weight = grad_weight.to(weight.dtype) if grad_weight is not None else None
+        grad_bias = grad_bias.to(bias.dtype) if grad_bias is not None else None
         if pre is not None and needs_source:
             with torch.enable_grad():
                 grad_input, = torch.autograd.grad(conv_input, source_leaf, grad_input)
-        return grad_input, grad_weight, grad_bias, None, None, None, None
+        return grad_input, grad_weight, grad_bias, None, None, None, None, None
 
 
-def _affine_recipe(conv, norm, pre, held_source, weight, bias, needs_source):
+def _affine_recipe(conv, norm, pre, cast, held_source, weight, bias, needs_source):
     """The recipe of :class:`_RecomputedAffine`: its output and, with ``pre``, the graph of
     ``pre`` (its leaf and output), which the backward differentiates."""
     weight = weight.detach()
@@ -256,12 +279,13 @@ def _affine_recipe(conv, norm, pre, held_source, weight, bias, needs_source):
     def make():
         source = held_source()
         if pre is None:
-            return None, _conv_affine_relu(conv, norm, source, weight, bias)
-        with torch.enable_grad():
+            return None, _conv_affine_relu(conv, norm, source, weight, bias, cast)
+        with torch.enable_grad(), torch.autocast(source.device.type, enabled=False):
+            # Pooling runs in its input's dtype under autocast too.
             leaf = source.detach().requires_grad_(needs_source)
             conv_input = pre(leaf)
         return (leaf, conv_input), _conv_affine_relu(conv, norm, conv_input.detach(), weight,
-                                                     bias)
+                                                     bias, cast)
 
     return _Recipe(make)
 
@@ -311,9 +335,11 @@ def recompute_into(consumer, source, norm, conv=None, pre=None):
         held = source.detach()
         held_source = lambda: held  # noqa: E731
     if _affine_path(conv, norm, source):
-        recipe = _affine_recipe(conv, norm, pre, held_source, conv_weight, conv_bias,
+        cast = _autocast_dtype(source)
+        recipe = _affine_recipe(conv, norm, pre, cast, held_source, conv_weight, conv_bias,
                                 source.requires_grad)
-        out = _RecomputedAffine.apply(source, conv_weight, conv_bias, conv, norm, pre, recipe)
+        out = _RecomputedAffine.apply(source, conv_weight, conv_bias, conv, norm, pre, cast,
+                                      recipe)
     else:
         recipe = _general_recipe((conv, norm, pre), (source, *params), held_source,
                                  _autocast_state(source))

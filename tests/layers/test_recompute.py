@@ -20,8 +20,9 @@ def _frozen_bn(channels):
     return norm
 
 
-def _run(recompute, conv, norm, consumer, x):
-    """Output, gradients (input's and every parameter's) and the shapes kept for backward."""
+def _run(recompute, conv, norm, consumer, x, autocast=None):
+    """Output, gradients (input's and every parameter's) and the shapes kept for backward;
+    the forward under ``autocast`` (a dtype) where given."""
     from involution_d2.layers.recompute import recompute_into
 
     params = [p for m in (conv, norm, consumer) if m is not None for p in m.parameters()]
@@ -35,24 +36,29 @@ def _run(recompute, conv, norm, consumer, x):
             kept.append(tuple(t.shape))
         return t
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), torch.autocast(
+            x.device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
         if recompute:
             out = recompute_into(consumer, x, norm, conv)
         else:
             y = conv(x)
             out = consumer(F.relu(norm(y) if norm is not None else y))
-    out.square().sum().backward()
+    out.to(x.dtype).square().sum().backward()
     return out.detach(), [x.grad] + [p.grad for p in params], kept
 
 
-def _compare_conv_affine_relu(norm, stride, dtype, device, tolerance):
+def _compare_conv_affine_relu(norm, stride, dtype, device, tolerance, autocast=None):
+    def run(*args):  # the forwards under autocast; the backward outside, as users run it
+        return _run(*args, autocast=autocast)
+
     torch.manual_seed(0)
     conv = nn.Conv2d(6, 8, 3, stride, 1, bias=norm == "none").to(device, dtype)
     norm_module = _frozen_bn(8).to(device, dtype) if norm == "FrozenBN" else None
     consumer = nn.Conv2d(8, 4, 3, 1, 1).to(device, dtype)
     x = torch.randn(2, 6, 12, 10, dtype=dtype).to(device)
-    want_out, want_grads, want_kept = _run(False, conv, norm_module, consumer, x)
-    out, grads, kept = _run(True, conv, norm_module, consumer, x)
+    want_out, want_grads, want_kept = run(False, conv, norm_module, consumer, x)
+    out, grads, kept = run(True, conv, norm_module, consumer, x)
+    assert out.dtype == (autocast or dtype)
     torch.testing.assert_close(out, want_out, **tolerance)
     assert len(grads) == len(want_grads) and all(g is not None for g in grads)
     for got, want in zip(grads, want_grads):
@@ -72,16 +78,30 @@ def test_conv_affine_relu_recomputed_bit_for_bit(norm, stride, dtype):
 
 
 @requires_detectron2
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("norm", ["none", "FrozenBN"])
+def test_conv_affine_relu_recomputed_under_autocast(norm, stride):
+    """bfloat16 autocast: the convolution's inputs cast as autocast casts them, gradients in
+    the parameters' dtype; bit for bit."""
+    _compare_conv_affine_relu(norm, stride, torch.float32, "cpu", dict(rtol=0, atol=0),
+                              autocast=torch.bfloat16)
+
+
+@requires_detectron2
 @requires_gpu
+@pytest.mark.parametrize("autocast", [None, torch.float16])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("norm", ["none", "FrozenBN"])
-def test_conv_affine_relu_recomputed_on_cuda(norm, stride, dtype):
+def test_conv_affine_relu_recomputed_on_cuda(norm, stride, dtype, autocast):
     """cuDNN may pick other algorithms for the directly called backward: equal within
     rounding, not bit for bit."""
-    tolerance = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-12,
-                                                                                atol=1e-12)
-    _compare_conv_affine_relu(norm, stride, dtype, "cuda", tolerance)
+    if autocast is not None and dtype == torch.float64:
+        pytest.skip("autocast leaves float64 alone")
+    tolerance = {torch.float32: dict(rtol=1e-5, atol=1e-6),
+                 torch.float64: dict(rtol=1e-12, atol=1e-12),
+                 torch.float16: dict(rtol=2e-3, atol=1e-3)}[autocast or dtype]
+    _compare_conv_affine_relu(norm, stride, dtype, "cuda", tolerance, autocast=autocast)
 
 
 @requires_detectron2
