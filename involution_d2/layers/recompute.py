@@ -303,15 +303,18 @@ def recompute_into(consumer, source, norm, conv=None, pre=None):
     stateless module or function, such as the pooling before a strided involution's
     reduction.  The plain computation where that does not apply (no gradients, tracing,
     compilation, a norm that communicates)."""
+    def conv_output():
+        return conv(pre(source) if pre is not None else source)
+
     def plain():
-        y = conv(pre(source) if pre is not None else source) if conv is not None else source
+        y = conv_output() if conv is not None else source
         return consumer(F.relu(norm(y)) if norm is not None else F.relu(y))
 
     if pre is not None and conv is None:
         raise ValueError("recompute_into: pre runs before conv; pass a conv with it")
     if conv is not None and not worth_recomputing(conv):
         # Its output is kept; the norm and ReLU may still be recomputed from it.
-        return recompute_into(consumer, conv(pre(source) if pre is not None else source), norm)
+        return recompute_into(consumer, conv_output(), norm)
     if not (torch.is_grad_enabled() and recomputable(norm) and not torch.jit.is_tracing()
             and not torch.compiler.is_compiling()
             and (conv is not None or _keeps_its_input(norm))):  # else nothing to gain
