@@ -9,11 +9,12 @@ BatchNorm in training updates its running statistics once (in the forward) and r
 with the batch statistics of the same ``y``; FrozenBatchNorm, GroupNorm and a BatchNorm in
 eval mode hold no state.  Norms that communicate (SyncBatchNorm) are left as they are.
 
-A convolution followed by no norm or by FrozenBatchNorm2d (a fixed affine map) takes a
-shorter way (:class:`_RecomputedAffine`): the forward and each recomputation make one tensor
-in place, and the backward calls ReLU's and the convolution's backward directly instead of
-building and differentiating a graph of three fresh tensors.  The sums are autograd's, bit
-for bit.
+No norm, FrozenBatchNorm2d (a fixed affine map) and BatchNorm2d (outside autocast) take a
+shorter way (:class:`_RecomputedDirect`): the forward and each recomputation make the
+output in place where they can, and the backward calls ReLU's, the norm's and the
+convolution's backward operators directly, as autograd would, instead of building and
+differentiating a graph of fresh tensors.  The sums are autograd's, bit for bit.  GroupNorm
+and BatchNorm under autocast take the rebuilt graph (:class:`_Recomputed`).
 
 Outside training with gradients (inference, tracing, scripting, compilation) the plain
 modules run.
@@ -176,14 +177,19 @@ def _general_recipe(modules, inputs, held_source, autocast):
     return _Recipe(make)
 
 
-def _affine_path(conv, norm, source):
-    """Whether ``relu(norm(conv(source)))`` takes :class:`_RecomputedAffine`: no norm or a
-    FrozenBatchNorm2d (a fixed affine map), and a convolution whose backward is
-    ``convolution_backward`` as called there."""
-    return (isinstance(conv, nn.Conv2d) and conv.padding_mode == "zeros"
-            and not isinstance(conv.padding, str)
-            and (norm is None or (_FROZEN_BN is not None and type(norm) is _FROZEN_BN))
-            and source.device.type in ("cpu", "cuda"))
+def _direct_path(conv, norm, source):
+    """Whether ``relu(norm(conv(source)))`` takes :class:`_RecomputedDirect`: a plain
+    convolution (``convolution_backward`` as called there) or none, and no norm, a
+    FrozenBatchNorm2d (a fixed affine map) or a BatchNorm2d outside autocast (whose dtype
+    rules the recomputation would have to repeat; autocast takes the rebuilt graph)."""
+    if source.device.type not in ("cpu", "cuda"):
+        return False
+    if conv is not None and not (isinstance(conv, nn.Conv2d) and conv.padding_mode == "zeros"
+                                 and not isinstance(conv.padding, str)):
+        return False
+    if type(norm) is nn.BatchNorm2d:
+        return not torch.is_autocast_enabled(source.device.type)
+    return norm is None or (_FROZEN_BN is not None and type(norm) is _FROZEN_BN)
 
 
 def _autocast_dtype(tensor):
@@ -209,48 +215,99 @@ def _frozen_scale_shift(norm, dtype):
     return scale.reshape(1, -1, 1, 1).to(dtype), shift.reshape(1, -1, 1, 1).to(dtype)
 
 
+def _batch_norm_arguments(norm):
+    """(running mean, running variance, whether batch statistics are used) as
+    BatchNorm2d.forward passes them to ``F.batch_norm``."""
+    batch_statistics = norm.training or (norm.running_mean is None and norm.running_var is None)
+    keeps_statistics = not norm.training or norm.track_running_stats
+    return (norm.running_mean if keeps_statistics else None,
+            norm.running_var if keeps_statistics else None, batch_statistics)
+
+
 @torch.no_grad()
-def _conv_affine_relu(conv, norm, source, weight, bias, cast):
-    """``relu(norm(conv(source)))`` in one fresh tensor: the same operations, in the same
-    order and dtypes, as the modules with autograd (the convolution's inputs cast as autocast
-    casts them to ``cast``; FrozenBatchNorm2d multiplies, then adds), in place."""
+def _conv_output(conv, source, weight, bias, cast):
+    """``conv(source)`` (the source itself without a convolution), the convolution's inputs
+    cast as autocast casts them to ``cast``."""
+    if conv is None:
+        return source
     with torch.autocast(source.device.type, enabled=False):
-        out = F.conv2d(_cast(source, cast), _cast(weight, cast), _cast(bias, cast), conv.stride,
-                       conv.padding, conv.dilation, conv.groups)
-        if norm is not None:
-            scale, shift = _frozen_scale_shift(norm, out.dtype)
-            out.mul_(scale).add_(shift)
-        return out.relu_()
+        return F.conv2d(_cast(source, cast), _cast(weight, cast), _cast(bias, cast),
+                        conv.stride, conv.padding, conv.dilation, conv.groups)
 
 
-class _RecomputedAffine(torch.autograd.Function):
-    """``relu(norm(conv(source)))`` for no norm or FrozenBatchNorm2d, keeping ``source`` and
-    the parameters only.  The forward and each recomputation make one tensor (the modules
-    make three: convolution, norm and ReLU outputs); the backward is autograd's, called
-    directly: ReLU's, the norm's scale, the convolution's."""
+@torch.no_grad()
+def _norm_relu(norm, y, norm_weight, norm_bias, fresh, batch_norm_arguments=None):
+    """``(relu(norm(y)), state)`` with the same operations, in the same order and dtypes, as
+    the modules with autograd (FrozenBatchNorm2d multiplies, then adds), in place where
+    ``y`` is ``fresh``.  A BatchNorm2d runs as ``F.batch_norm`` does with
+    ``batch_norm_arguments`` (:func:`_batch_norm_arguments` as of the forward), without
+    touching its running statistics (the forward updated them); ``state`` is what its
+    backward needs: those arguments and the statistics of ``y``."""
+    if norm is None:
+        return (y.relu_() if fresh else F.relu(y)), None
+    if type(norm) is nn.BatchNorm2d:
+        mean, var, batch_statistics = batch_norm_arguments
+        if batch_statistics and mean is not None:
+            # Copies: the same kernel as the forward's (which takes running statistics),
+            # whose update here is thrown away.
+            mean, var = mean.clone(), var.clone()
+        out, *state = torch._batch_norm_impl_index(
+            y, norm_weight, norm_bias, mean, var, batch_statistics,
+            norm.momentum if norm.momentum is not None else 0.0, norm.eps,
+            torch.backends.cudnn.enabled)
+        return out.relu_(), (*batch_norm_arguments, *state)
+    scale, shift = _frozen_scale_shift(norm, y.dtype)
+    out = y.mul_(scale) if fresh else y * scale
+    return out.add_(shift).relu_(), None
+
+
+class _RecomputedDirect(torch.autograd.Function):
+    """``relu(norm(conv(source)))`` (or ``relu(norm(source))``) for no norm, FrozenBatchNorm2d
+    or BatchNorm2d, keeping ``source`` and the parameters only.  The forward and each
+    recomputation make the output in place where they can (the modules make a tensor per
+    step); the backward calls ReLU's, the norm's and the convolution's backward operators
+    directly, as autograd would, instead of differentiating a rebuilt graph: the same sums,
+    bit for bit."""
 
     @staticmethod
-    def forward(ctx, source, weight, bias, conv, norm, pre, cast, recipe):
+    def forward(ctx, source, weight, bias, norm_weight, norm_bias, conv, norm, pre, cast,
+                recipe):
         ctx.modules, ctx.cast, ctx.recipe = (conv, norm, pre), cast, recipe
-        ctx.save_for_backward(source, weight, bias)
+        ctx.save_for_backward(source, weight, bias, norm_weight, norm_bias)
         with torch.no_grad():
             conv_input = pre(source) if pre is not None else source
-        return _conv_affine_relu(conv, norm, conv_input, weight, bias, cast)
+            y = _conv_output(conv, conv_input, weight, bias, cast)
+            if type(norm) is nn.BatchNorm2d:
+                # The module: its running statistics are updated here, once.
+                return norm(y).relu_()
+            return _norm_relu(norm, y, None, None, fresh=conv is not None)[0]
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out):
-        source, weight, bias = ctx.saved_tensors
+        source, weight, bias, norm_weight, norm_bias = ctx.saved_tensors
         conv, norm, pre = ctx.modules
-        needs_source, needs_weight, needs_bias = ctx.needs_input_grad[:3]
+        needs = ctx.needs_input_grad[:5]
         # Made again by the consumer's backward, which ran first (or here, if it kept none).
         out = ctx.recipe.get()
-        pre_graph = ctx.recipe.graph
+        pre_graph, y, norm_state = ctx.recipe.graph
         ctx.recipe.value = ctx.recipe.graph = None
         grad = torch.ops.aten.threshold_backward(grad_out, out, 0)
         del out
-        if norm is not None:
+        grad_norm_weight = grad_norm_bias = None
+        if type(norm) is nn.BatchNorm2d:
+            mean, var, batch_statistics, save_mean, save_invstd, reserve, implementation = \
+                norm_state
+            needs_y = needs[0] or (conv is not None and any(needs[1:3]))
+            grad, grad_norm_weight, grad_norm_bias = \
+                torch.ops.aten._batch_norm_impl_index_backward(
+                    implementation, y, grad, norm_weight, mean, var, save_mean, save_invstd,
+                    batch_statistics, norm.eps, [needs_y, needs[3], needs[4]], reserve)
+        elif norm is not None:
             grad.mul_(_frozen_scale_shift(norm, grad.dtype)[0])
+        del y
+        if conv is None:
+            return grad, None, None, grad_norm_weight, grad_norm_bias, None, None, None, None, None
         if pre is not None:
             source_leaf, conv_input = pre_graph
         else:
@@ -259,33 +316,42 @@ class _RecomputedAffine(torch.autograd.Function):
             grad, _cast(conv_input.detach(), ctx.cast), _cast(weight, ctx.cast),
             None if bias is None else [bias.shape[0]], list(conv.stride), list(conv.padding),
             list(conv.dilation), False, [0] * len(conv.stride), conv.groups,
-            [needs_source, needs_weight, needs_bias])
+            [needs[0], needs[1], needs[2]])
         # Autocast's casts, differentiated: each gradient in its input's dtype.
         grad_input = grad_input.to(conv_input.dtype) if grad_input is not None else None
         grad_weight = grad_weight.to(weight.dtype) if grad_weight is not None else None
         grad_bias = grad_bias.to(bias.dtype) if grad_bias is not None else None
-        if pre is not None and needs_source:
+        if pre is not None and needs[0]:
             with torch.enable_grad():
                 grad_input, = torch.autograd.grad(conv_input, source_leaf, grad_input)
-        return grad_input, grad_weight, grad_bias, None, None, None, None, None
+        return (grad_input, grad_weight, grad_bias, grad_norm_weight, grad_norm_bias,
+                None, None, None, None, None)
 
 
-def _affine_recipe(conv, norm, pre, cast, held_source, weight, bias, needs_source):
-    """The recipe of :class:`_RecomputedAffine`: its output and, with ``pre``, the graph of
-    ``pre`` (its leaf and output), which the backward differentiates."""
-    weight = weight.detach()
-    bias = bias.detach() if bias is not None else None
+def _direct_recipe(conv, norm, pre, cast, held_source, params, needs_source):
+    """The recipe of :class:`_RecomputedDirect`: its output, and as its graph, what the
+    backward needs besides: with ``pre``, the graph of ``pre`` (its leaf and output); with a
+    BatchNorm2d, the norm's input and state."""
+    weight, bias, norm_weight, norm_bias = [p.detach() if p is not None else None
+                                            for p in params]
+    keep_y = type(norm) is nn.BatchNorm2d
+    # As the forward (just after this) passes them, whatever the module's mode is later.
+    batch_norm_arguments = _batch_norm_arguments(norm) if keep_y else None
 
     def make():
         source = held_source()
-        if pre is None:
-            return None, _conv_affine_relu(conv, norm, source, weight, bias, cast)
-        with torch.enable_grad(), torch.autocast(source.device.type, enabled=False):
-            # Pooling runs in its input's dtype under autocast too.
-            leaf = source.detach().requires_grad_(needs_source)
-            conv_input = pre(leaf)
-        return (leaf, conv_input), _conv_affine_relu(conv, norm, conv_input.detach(), weight,
-                                                     bias, cast)
+        pre_graph = None
+        if pre is not None:
+            with torch.enable_grad(), torch.autocast(source.device.type, enabled=False):
+                # Pooling runs in its input's dtype under autocast too.
+                leaf = source.detach().requires_grad_(needs_source)
+                pre_graph = (leaf, pre(leaf))
+            source = pre_graph[1].detach()
+        y = _conv_output(conv, source, weight, bias, cast)
+        out, state = _norm_relu(norm, y, norm_weight, norm_bias,
+                                fresh=conv is not None and not keep_y,
+                                batch_norm_arguments=batch_norm_arguments)
+        return (pre_graph, y if keep_y else None, state), out
 
     return _Recipe(make)
 
@@ -308,7 +374,9 @@ def recompute_into(consumer, source, norm, conv=None, pre=None):
 
     def plain():
         y = conv_output() if conv is not None else source
-        return consumer(F.relu(norm(y)) if norm is not None else F.relu(y))
+        y = norm(y) if norm is not None else y
+        # In place, as the modules' ReLU(inplace=True), unless that would change the source.
+        return consumer(F.relu(y) if y is source else F.relu_(y))
 
     if pre is not None and conv is None:
         raise ValueError("recompute_into: pre runs before conv; pass a conv with it")
@@ -337,12 +405,11 @@ def recompute_into(consumer, source, norm, conv=None, pre=None):
         # Detached: the recipe, held by the graph, must not hold the source's history.
         held = source.detach()
         held_source = lambda: held  # noqa: E731
-    if _affine_path(conv, norm, source):
+    if _direct_path(conv, norm, source):
         cast = _autocast_dtype(source)
-        recipe = _affine_recipe(conv, norm, pre, cast, held_source, conv_weight, conv_bias,
+        recipe = _direct_recipe(conv, norm, pre, cast, held_source, params,
                                 source.requires_grad)
-        out = _RecomputedAffine.apply(source, conv_weight, conv_bias, conv, norm, pre, cast,
-                                      recipe)
+        out = _RecomputedDirect.apply(source, *params, conv, norm, pre, cast, recipe)
     else:
         recipe = _general_recipe((conv, norm, pre), (source, *params), held_source,
                                  _autocast_state(source))

@@ -168,3 +168,25 @@ def test_fused_layer_equals_the_unfused_composition(stride, norm, backend):
             results.append((out,) + grads)
         for got, want in zip(*results):  # equal up to rounding (relative to the magnitude)
             torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * want.abs().max().item())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("stride,size,batch", [(2, (12, 10), 2), (3, (9, 12), 2), (2, (7, 10), 2),
+                                               (2, (8, 8), 0)])
+def test_pooling_is_avg_pool_bit_for_bit(stride, size, batch, dtype):
+    """The strided layer's pooling (strided views summed where the stride divides the size,
+    in float32/float64 on the CPU; AvgPool2d otherwise) equals AvgPool2d exactly, gradients
+    included, and the layer takes it in training and in inference."""
+    torch.manual_seed(0)
+    layer = Involution(16, 3, stride, norm="")
+    x = torch.randn(batch, 16, *size, dtype=torch.float64).mul_(1e3).to(dtype).requires_grad_()
+    expected = layer.avgpool(x)
+    got = layer._average_pool(x)
+    assert got.dtype == dtype and torch.equal(got, expected)
+    grad = torch.randn_like(expected)
+    assert torch.equal(torch.autograd.grad(got, x, grad)[0],
+                       torch.autograd.grad(expected, x, grad)[0])
+    calls = []
+    layer._average_pool = lambda t: calls.append(t.shape) or layer.avgpool(t)
+    layer.to(dtype)(x.detach())
+    assert calls == [x.shape]

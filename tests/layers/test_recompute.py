@@ -1,6 +1,7 @@
-"""involution_d2.layers.recompute on single layers: conv + FrozenBatchNorm (or no norm) + ReLU
-recomputed in backward gives autograd's sums bit for bit and keeps the source alone; the
-stem's ReLU + max pooling keeps a pooled-resolution mask and int32 indices."""
+"""involution_d2.layers.recompute on single layers: conv + norm (FrozenBatchNorm, BatchNorm in
+training or eval mode, or none) + ReLU, and BatchNorm + ReLU, recomputed in backward give
+autograd's sums and BatchNorm statistics bit for bit and keep the source alone; the stem's
+ReLU + max pooling keeps a pooled-resolution mask and int32 indices."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -20,7 +21,22 @@ def _frozen_bn(channels):
     return norm
 
 
-def _run(recompute, conv, norm, consumer, x, autocast=None):
+def _bn(channels, train):
+    norm = nn.BatchNorm2d(channels).train(train)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 2)
+        norm.bias.normal_()
+        norm.running_mean.normal_()
+        norm.running_var.uniform_(0.5, 2)
+    return norm
+
+
+def _norm(name, channels):
+    return {"none": lambda: None, "FrozenBN": lambda: _frozen_bn(channels),
+            "BN": lambda: _bn(channels, True), "BN-eval": lambda: _bn(channels, False)}[name]()
+
+
+def _run(recompute, conv, norm, consumer, x, autocast=None, path=None):
     """Output, gradients (input's and every parameter's) and the shapes kept for backward;
     the forward under ``autocast`` (a dtype) where given."""
     from involution_d2.layers.recompute import recompute_into
@@ -41,24 +57,37 @@ def _run(recompute, conv, norm, consumer, x, autocast=None):
         if recompute:
             out = recompute_into(consumer, x, norm, conv)
         else:
-            y = conv(x)
+            y = conv(x) if conv is not None else x
             out = consumer(F.relu(norm(y) if norm is not None else y))
+    if path is not None:  # the backward node that the recomputation made
+        nodes, seen = [out.grad_fn], set()
+        while nodes:
+            node = nodes.pop()
+            if node is not None and node not in seen:
+                seen.add(node)
+                nodes.extend(n for n, _ in node.next_functions)
+        assert path in {type(n).__name__ for n in seen}
     out.to(x.dtype).square().sum().backward()
     return out.detach(), [x.grad] + [p.grad for p in params], kept
 
 
-def _compare_conv_affine_relu(norm, stride, dtype, device, tolerance, autocast=None):
-    def run(*args):  # the forwards under autocast; the backward outside, as users run it
-        return _run(*args, autocast=autocast)
-
+def _compare_conv_norm_relu(norm, stride, dtype, device, tolerance, autocast=None,
+                            path="_RecomputedDirectBackward"):
     torch.manual_seed(0)
     conv = nn.Conv2d(6, 8, 3, stride, 1, bias=norm == "none").to(device, dtype)
-    norm_module = _frozen_bn(8).to(device, dtype) if norm == "FrozenBN" else None
+    norms = [_norm(norm, 8) for _ in range(2)]
+    if norms[0] is not None:
+        norms[1].load_state_dict(norms[0].state_dict())
+        norms = [n.to(device, dtype) for n in norms]
     consumer = nn.Conv2d(8, 4, 3, 1, 1).to(device, dtype)
     x = torch.randn(2, 6, 12, 10, dtype=dtype).to(device)
-    want_out, want_grads, want_kept = run(False, conv, norm_module, consumer, x)
-    out, grads, kept = run(True, conv, norm_module, consumer, x)
+    # The forwards under autocast; the backward outside, as users run it.
+    want_out, want_grads, want_kept = _run(False, conv, norms[0], consumer, x, autocast)
+    out, grads, kept = _run(True, conv, norms[1], consumer, x, autocast, path)
     assert out.dtype == (autocast or dtype)
+    if norms[0] is not None:  # running statistics updated once, alike
+        for name, want in norms[0].state_dict().items():
+            assert torch.equal(norms[1].state_dict()[name], want), name
     torch.testing.assert_close(out, want_out, **tolerance)
     assert len(grads) == len(want_grads) and all(g is not None for g in grads)
     for got, want in zip(grads, want_grads):
@@ -72,19 +101,57 @@ def _compare_conv_affine_relu(norm, stride, dtype, device, tolerance, autocast=N
 @requires_detectron2
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("stride", [1, 2])
-@pytest.mark.parametrize("norm", ["none", "FrozenBN"])
-def test_conv_affine_relu_recomputed_bit_for_bit(norm, stride, dtype):
-    _compare_conv_affine_relu(norm, stride, dtype, "cpu", dict(rtol=0, atol=0))
+@pytest.mark.parametrize("norm", ["none", "FrozenBN", "BN", "BN-eval"])
+def test_conv_norm_relu_recomputed_bit_for_bit(norm, stride, dtype):
+    _compare_conv_norm_relu(norm, stride, dtype, "cpu", dict(rtol=0, atol=0))
 
 
 @requires_detectron2
 @pytest.mark.parametrize("stride", [1, 2])
-@pytest.mark.parametrize("norm", ["none", "FrozenBN"])
-def test_conv_affine_relu_recomputed_under_autocast(norm, stride):
+@pytest.mark.parametrize("norm", ["none", "FrozenBN", "BN"])
+def test_conv_norm_relu_recomputed_under_autocast(norm, stride):
     """bfloat16 autocast: the convolution's inputs cast as autocast casts them, gradients in
-    the parameters' dtype; bit for bit."""
-    _compare_conv_affine_relu(norm, stride, torch.float32, "cpu", dict(rtol=0, atol=0),
-                              autocast=torch.bfloat16)
+    the parameters' dtype; bit for bit.  BatchNorm takes the rebuilt graph there."""
+    _compare_conv_norm_relu(norm, stride, torch.float32, "cpu", dict(rtol=0, atol=0),
+                            autocast=torch.bfloat16,
+                            path="_RecomputedBackward" if norm == "BN" else
+                            "_RecomputedDirectBackward")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("train", [True, False])
+def test_batch_norm_relu_recomputed_bit_for_bit(train, dtype):
+    """A trained BatchNorm keeps its input: the ReLU's output is made again from it, and
+    neither is kept twice; statistics updated once."""
+    from involution_d2.layers.recompute import recompute_into
+
+    torch.manual_seed(0)
+    norms = [_bn(8, train).to(dtype) for _ in range(2)]
+    norms[1].load_state_dict(norms[0].state_dict())
+    consumer = nn.Conv2d(8, 4, 3, 1, 1).to(dtype)
+    y = torch.randn(2, 8, 12, 10, dtype=dtype)
+    results = []
+    for recompute, norm in zip((False, True), norms):
+        yi = y.clone().requires_grad_()
+        kept = []
+
+        def pack(t):
+            if t.shape == y.shape:
+                kept.append(t.data_ptr())
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = recompute_into(consumer, yi, norm) if recompute else \
+                consumer(F.relu(norm(yi)))
+        assert recompute == (type(out.grad_fn.next_functions[0][0]).__name__ ==
+                             "_RecomputedDirectBackward")
+        grads = torch.autograd.grad(out.square().sum(), [yi, norm.weight, norm.bias])
+        results.append((out.detach(), grads, norm.state_dict(), len(set(kept))))
+    (want_out, want_grads, want_state, want_kept), (out, grads, state, kept) = results
+    assert torch.equal(out, want_out)
+    assert all(torch.equal(g, w) for g, w in zip(grads, want_grads))
+    assert all(torch.equal(state[k], v) for k, v in want_state.items())
+    assert (kept, want_kept) == (1, 2)  # the norm's input; autograd keeps the ReLU's output too
 
 
 @requires_detectron2
@@ -92,8 +159,8 @@ def test_conv_affine_relu_recomputed_under_autocast(norm, stride):
 @pytest.mark.parametrize("autocast", [None, torch.float16])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("stride", [1, 2])
-@pytest.mark.parametrize("norm", ["none", "FrozenBN"])
-def test_conv_affine_relu_recomputed_on_cuda(norm, stride, dtype, autocast):
+@pytest.mark.parametrize("norm", ["none", "FrozenBN", "BN"])
+def test_conv_norm_relu_recomputed_on_cuda(norm, stride, dtype, autocast):
     """cuDNN may pick other algorithms for the directly called backward: equal within
     rounding, not bit for bit."""
     if autocast is not None and dtype == torch.float64:
@@ -101,7 +168,9 @@ def test_conv_affine_relu_recomputed_on_cuda(norm, stride, dtype, autocast):
     tolerance = {torch.float32: dict(rtol=1e-5, atol=1e-6),
                  torch.float64: dict(rtol=1e-12, atol=1e-12),
                  torch.float16: dict(rtol=2e-3, atol=1e-3)}[autocast or dtype]
-    _compare_conv_affine_relu(norm, stride, dtype, "cuda", tolerance, autocast=autocast)
+    _compare_conv_norm_relu(norm, stride, dtype, "cuda", tolerance, autocast=autocast,
+                            path="_RecomputedBackward" if autocast and norm == "BN" else
+                            "_RecomputedDirectBackward")
 
 
 @requires_detectron2
