@@ -13,7 +13,9 @@ Every model of a suite is built from its config (Detectron2's model-zoo config f
 ResNet-50 twin) with random weights and measured on the same synthetic batch. The models
 take turns (A B C A B C ...) so that a noisy machine slows them alike; the table gives the
 median, and ratios against the twin (> 1: faster than ResNet-50) and, with several involution
-backends, against the first one.
+backends or memory variants, against the first of the same model: that one is the median of
+the ratios within each round, with their quartiles (a slow spell of the machine shifts
+medians apart, but slows both runs of a round).
 
 - inference: the network's forward pass as OpenMMLab's benchmarks run it (two-stage
   detectors: box head on 1000 proposals and mask head on 100 per image), so that every

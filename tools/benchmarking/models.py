@@ -2,12 +2,14 @@
 Detectron2's ResNet-50 twins, with a profile of where the time goes: the library of
 ``tools/benchmark_models.py`` (whose docstring says what is measured and how)."""
 import os
+import statistics
 import warnings
 
 import torch
 
 from involution_d2.ops.involution import AGGREGATION_RANGE
-from .timing import Glibc, PeakMemory, cpu_model, print_table, synchronize, time_round_robin
+from .timing import (Glibc, PeakMemory, cpu_model, paired_speed, print_table, synchronize,
+                     time_round_robin, time_rounds)
 
 TWIN = "twin"
 # suite: [(label, config)], the ResNet-50 twin last. "model-zoo:" configs are Detectron2's.
@@ -258,7 +260,7 @@ def measure(cases, mode, dtype, inputs, tensor, device, repeat, warmup, glibc):
             return lambda: case.inference(tensor, DTYPES[dtype])
         return lambda: case.train(inputs, tensor, DTYPES[dtype])
 
-    times = time_round_robin({c.name: step(c) for c in cases}, device, repeat, warmup)
+    rounds = time_rounds({c.name: step(c) for c in cases}, device, repeat, warmup)
     peaks = {}
     for c in cases:
         if glibc is not None:
@@ -270,7 +272,7 @@ def measure(cases, mode, dtype, inputs, tensor, device, repeat, warmup, glibc):
         finally:
             if glibc is not None:
                 glibc.timing_mode()
-    return times, peaks
+    return rounds, peaks
 
 
 CATEGORIES = ("involution span + aggregation", "involution reduction", "convolution",
@@ -392,6 +394,13 @@ def demo_evaluation(backends, device, repeat, warmup, size=(128, 128)):
     print(flush=True)
 
 
+def _paired(base, other):
+    if base is other:
+        return "1.00x"
+    median, low, high = paired_speed(base, other)
+    return f"{median:.2f}x ({low:.2f}-{high:.2f})"
+
+
 def report(args):
     """Runs the suites that ``args`` (the tool's command line) asks for and prints them."""
     warnings.filterwarnings("ignore", category=UserWarning)
@@ -444,8 +453,9 @@ def report(args):
         for mode in args.modes:
             for dtype in args.dtypes:
                 print(f"# {suite}, {mode}, {dtype}, {batch}x3x{size[0]}x{size[1]}", flush=True)
-                times, peaks = measure(cases, mode, dtype, inputs, tensor, device, repeat,
-                                       warmup, glibc)
+                rounds, peaks = measure(cases, mode, dtype, inputs, tensor, device, repeat,
+                                        warmup, glibc)
+                times = {name: statistics.median(t) for name, t in rounds.items()}
                 saved = ({c.name: saved_for_backward(c, inputs, tensor, dtype) / 2**20
                           for c in cases} if mode == "train" else {})
                 for c in cases:
@@ -457,7 +467,7 @@ def report(args):
                         f"{m / peaks[twin.name]:.2f}" if peaks[twin.name] > 0 else "-",
                         f"{saved[c.name]:.0f}" if saved else "-",
                         f"{saved[c.name] / saved[twin.name]:.2f}" if saved else "-",
-                        f"{times[base.name] / t:.2f}x" if base is not None else "-",
+                        _paired(rounds[base.name], rounds[c.name]) if base is not None else "-",
                     ])
                 if args.profile:
                     for c in cases:

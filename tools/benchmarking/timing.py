@@ -86,9 +86,10 @@ class PeakMemory:
             self.peak = _rss_mib("VmHWM") - self.base
 
 
-def time_round_robin(runs, device, repeat, warmup=1):
-    """Median milliseconds of each callable in ``runs`` ({name: fn}), called in turn
-    (A B C A B C ...) so that a noisy machine slows all of them alike."""
+def time_rounds(runs, device, repeat, warmup=1):
+    """Milliseconds of each callable in ``runs`` ({name: fn}) in each of ``repeat`` rounds
+    (after ``warmup`` rounds), called in turn (A B C A B C ...) so that a noisy machine slows
+    all of them alike: {name: [ms of round 1, ms of round 2, ...]}."""
     device = torch.device(device)
     times = {name: [] for name in runs}
     for rnd in range(warmup + repeat):
@@ -99,7 +100,24 @@ def time_round_robin(runs, device, repeat, warmup=1):
             synchronize(device)
             if rnd >= warmup:
                 times[name].append((time.perf_counter() - t0) * 1e3)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return times
+
+
+def time_round_robin(runs, device, repeat, warmup=1):
+    """Median milliseconds of each callable in ``runs`` ({name: fn}) over the rounds of
+    :func:`time_rounds`."""
+    return {name: statistics.median(t)
+            for name, t in time_rounds(runs, device, repeat, warmup).items()}
+
+
+def paired_speed(base, other):
+    """(median, lower quartile, upper quartile) of ``base[i] / other[i]``, the speed of
+    ``other`` against ``base`` round by round (lists of :func:`time_rounds`): runs of one
+    round are seconds apart, so a machine's slow spells, which last longer, cancel in each
+    ratio where they would shift the two medians apart."""
+    ratios = sorted(b / o for b, o in zip(base, other))
+    quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
+    return statistics.median(ratios), quartiles[0], quartiles[-1]
 
 
 def print_table(rows, header):
