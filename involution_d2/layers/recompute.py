@@ -306,8 +306,9 @@ class _RecomputedDirect(torch.autograd.Function):
         elif norm is not None:
             grad.mul_(_frozen_scale_shift(norm, grad.dtype)[0])
         del y
-        if conv is None:
-            return grad, None, None, grad_norm_weight, grad_norm_bias, None, None, None, None, None
+        if conv is None or grad is None:  # no gradient reaches the convolution or the source
+            return (grad if conv is None else None, None, None, grad_norm_weight,
+                    grad_norm_bias, None, None, None, None, None)
         if pre is not None:
             source_leaf, conv_input = pre_graph
         else:

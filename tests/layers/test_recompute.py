@@ -269,3 +269,18 @@ def test_strided_involution_keeps_neither_its_pooled_input_nor_the_reduction(nor
     for got, want in zip(grads, want_grads):
         if got is not None or want is not None:
             torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_a_trained_norm_after_a_frozen_convolution():
+    """Only the BatchNorm's parameters need gradients: its backward alone runs."""
+    from involution_d2.layers.recompute import recompute_into
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 5, 1).double().requires_grad_(False)
+    norms = [_bn(5, True).double() for _ in range(2)]
+    norms[1].load_state_dict(norms[0].state_dict())
+    x = torch.randn(2, 3, 4, 4, dtype=torch.float64)
+    want = torch.autograd.grad((F.relu(norms[0](conv(x))) ** 2).sum(), list(norms[0].parameters()))
+    got = torch.autograd.grad((recompute_into(lambda t: t * t, x, norms[1], conv)).sum(),
+                              list(norms[1].parameters()))
+    assert all(torch.equal(g, w) for g, w in zip(got, want))
