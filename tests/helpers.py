@@ -233,3 +233,47 @@ def malicious_pth(folder):
 
 
 HOSTILE = {"pkl": malicious_pkl, "pth": malicious_pth}
+
+
+def synchronized_batch_norm_step(rank, world_size, port, recompute, results):
+    """One process of a gloo group: conv + Detectron2's NaiveSyncBatchNorm + ReLU + conv on
+    this process's half of a fixed batch, with or without recomputation; puts (rank, output,
+    gradients, BatchNorm state, tensors of the norm's size kept for backward) into
+    ``results``."""
+    import torch.distributed as dist
+    from torch import nn
+
+    from detectron2.layers import NaiveSyncBatchNorm
+    from involution_d2.layers.recompute import recompute_into
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=world_size)
+    try:
+        torch.manual_seed(0)
+        conv, consumer = nn.Conv2d(3, 6, 3, 1, 1).double(), nn.Conv2d(6, 2, 1).double()
+        norm = NaiveSyncBatchNorm(6).double()
+        with torch.no_grad():
+            norm.weight.uniform_(0.5, 2)
+            norm.bias.normal_()
+        x = torch.randn(2 * world_size, 3, 5, 4, dtype=torch.float64)[2 * rank:2 * rank + 2]
+        x.requires_grad_()
+        kept = []  # tensors of the convolution's output shape kept for backward
+
+        def pack(t):
+            if t.shape == (2, 6, 5, 4):
+                kept.append(t.untyped_storage().data_ptr())
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            if recompute:
+                out = recompute_into(consumer, x, norm, conv)
+            else:
+                out = consumer(torch.relu(norm(conv(x))))
+        out.square().sum().backward()
+        params = [x] + [p for m in (conv, norm, consumer) for p in m.parameters()]
+        # As numpy arrays: pickled by value (a tensor would be shared through a file
+        # descriptor that this process's exit closes).
+        results.put((rank, out.detach().numpy(), [p.grad.numpy() for p in params],
+                     {k: v.numpy() for k, v in norm.state_dict().items()}, len(set(kept))))
+    finally:
+        dist.destroy_process_group()

@@ -7,7 +7,8 @@ convolution that made ``y``) and recomputes ``relu(norm(y))`` from it when a bac
 it.  The norm's statistics are those of the forward: a
 BatchNorm in training updates its running statistics once (in the forward) and recomputes
 with the batch statistics of the same ``y``; FrozenBatchNorm, GroupNorm and a BatchNorm in
-eval mode hold no state.  Norms that communicate (SyncBatchNorm) are left as they are.
+eval mode hold no state.  A synchronized BatchNorm (SyncBatchNorm, NaiveSyncBatchNorm)
+gathers its statistics from every process again when it is recomputed.
 
 No norm, FrozenBatchNorm2d (a fixed affine map) and BatchNorm2d (outside autocast) take a
 shorter way (:class:`_RecomputedDirect`): the forward and each recomputation make the
@@ -39,6 +40,18 @@ def _frozen_batch_norm_type():
 _FROZEN_BN = _frozen_batch_norm_type()
 
 
+def _synchronized_batch_norm_types():
+    try:
+        from detectron2.layers import NaiveSyncBatchNorm
+    except ImportError:
+        return (nn.SyncBatchNorm,)
+    return (nn.SyncBatchNorm, NaiveSyncBatchNorm)
+
+
+# BatchNorms whose training statistics are gathered from every process.
+_SYNC_BN = _synchronized_batch_norm_types()
+
+
 # A convolution is recomputed in backward where each output element costs at most this many
 # multiply-adds (input channels per group times kernel area): the bytes saved per
 # multiply-add spent fall as that grows.  At 512, the one convolution of RedNet kept
@@ -57,16 +70,18 @@ def worth_recomputing(conv):
 
 
 def recomputable(norm):
-    """Whether ``norm`` (a module or None) can be recomputed from its input alone."""
-    return (norm is None or type(norm) in (nn.BatchNorm2d, nn.GroupNorm)
+    """Whether ``norm`` (a module or None) can be recomputed from its input (a synchronized
+    BatchNorm: and the other processes' inputs, gathered again)."""
+    return (norm is None or type(norm) in (nn.BatchNorm2d, nn.GroupNorm) + _SYNC_BN
             or (_FROZEN_BN is not None and type(norm) is _FROZEN_BN))
 
 
 def _keeps_its_input(norm):
     """Whether autograd keeps the norm's input for its backward (a trained BatchNorm or
     GroupNorm); FrozenBatchNorm2d is an affine map that keeps nothing."""
-    return type(norm) in (nn.BatchNorm2d, nn.GroupNorm) and norm.weight is not None and (
-        norm.weight.requires_grad or type(norm) is nn.GroupNorm or norm.training)
+    return (type(norm) in (nn.BatchNorm2d, nn.GroupNorm) + _SYNC_BN
+            and norm.weight is not None
+            and (norm.weight.requires_grad or type(norm) is nn.GroupNorm or norm.training))
 
 
 def _norm(norm, y, weight, bias):
@@ -80,6 +95,14 @@ def _norm(norm, y, weight, bias):
                             batch_statistics, 0.0, norm.eps)
     if type(norm) is nn.GroupNorm:
         return F.group_norm(y, norm.num_groups, weight, bias, norm.eps)
+    if type(norm) in _SYNC_BN:
+        # The module again, on ``weight`` and ``bias``: its statistics are gathered from the
+        # other processes again (which recompute in the same order: the same backward
+        # graph), and its running statistics are restored.
+        with _statistics_kept([norm]):
+            return torch.func.functional_call(
+                norm, {name: t for name, t in (("weight", weight), ("bias", bias))
+                       if t is not None}, (y,))
     return norm(y)  # FrozenBatchNorm2d: a fixed affine map
 
 
@@ -369,7 +392,7 @@ def recompute_into(consumer, source, norm, conv=None, pre=None):
     norm: they are recomputed from ``source`` when a backward needs them.  ``pre`` is a
     stateless module or function, such as the pooling before a strided involution's
     reduction.  The plain computation where that does not apply (no gradients, tracing,
-    compilation, a norm that communicates)."""
+    compilation)."""
     def conv_output():
         return conv(pre(source) if pre is not None else source)
 

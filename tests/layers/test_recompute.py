@@ -284,3 +284,40 @@ def test_a_trained_norm_after_a_frozen_convolution():
     got = torch.autograd.grad((recompute_into(lambda t: t * t, x, norms[1], conv)).sum(),
                               list(norms[1].parameters()))
     assert all(torch.equal(g, w) for g, w in zip(got, want))
+
+
+@requires_detectron2
+def test_synchronized_batch_norm_recomputed_across_processes():
+    """Two processes (gloo): the recomputation gathers the statistics again, in the same
+    order in each process; outputs, gradients and running statistics equal the plain
+    modules', and the statistics are updated once."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    from helpers import synchronized_batch_norm_step
+
+    results = {}
+    for recompute in (False, True):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        context = mp.get_context("spawn")
+        queue = context.Queue()
+        processes = [context.Process(target=synchronized_batch_norm_step,
+                                     args=(rank, 2, port, recompute, queue)) for rank in (0, 1)]
+        for p in processes:
+            p.start()
+        got = sorted((queue.get(timeout=120) for _ in processes), key=lambda r: r[0])
+        for p in processes:
+            p.join(timeout=60)
+            assert p.exitcode == 0
+        results[recompute] = got
+    for (_, want_out, want_grads, want_state, want_kept), (_, out, grads, state, kept) in zip(
+            results[False], results[True]):
+        assert (kept, want_kept) == (0, 2)  # the norm's input, the ReLU's output: made again
+        assert (out == want_out).all()
+        assert len(grads) == 7 and all((g == w).all() for g, w in zip(grads, want_grads))
+        assert all((state[k] == v).all() for k, v in want_state.items())
+    # The processes saw different halves, and their statistics were gathered: the same.
+    assert (results[True][0][3]["running_mean"] == results[True][1][3]["running_mean"]).all()
