@@ -259,15 +259,16 @@ def _conv_output(conv, source, weight, bias, cast):
 
 
 @torch.no_grad()
-def _norm_relu(norm, y, norm_weight, norm_bias, fresh, batch_norm_arguments=None):
+def _norm_relu(norm, y, norm_weight, norm_bias, batch_norm_arguments=None):
     """``(relu(norm(y)), state)`` with the same operations, in the same order and dtypes, as
-    the modules with autograd (FrozenBatchNorm2d multiplies, then adds), in place where
-    ``y`` is ``fresh``.  A BatchNorm2d runs as ``F.batch_norm`` does with
+    the modules with autograd (FrozenBatchNorm2d multiplies, then adds); in place, in ``y``
+    (a convolution's output: without a convolution the path is taken for a BatchNorm only),
+    except for a BatchNorm2d, which makes its output.  It runs as ``F.batch_norm`` does with
     ``batch_norm_arguments`` (:func:`_batch_norm_arguments` as of the forward), without
     touching its running statistics (the forward updated them); ``state`` is what its
     backward needs: those arguments and the statistics of ``y``."""
     if norm is None:
-        return (y.relu_() if fresh else F.relu(y)), None
+        return y.relu_(), None
     if type(norm) is nn.BatchNorm2d:
         mean, var, batch_statistics = batch_norm_arguments
         if batch_statistics and mean is not None:
@@ -280,8 +281,7 @@ def _norm_relu(norm, y, norm_weight, norm_bias, fresh, batch_norm_arguments=None
             torch.backends.cudnn.enabled)
         return out.relu_(), (*batch_norm_arguments, *state)
     scale, shift = _frozen_scale_shift(norm, y.dtype)
-    out = y.mul_(scale) if fresh else y * scale
-    return out.add_(shift).relu_(), None
+    return y.mul_(scale).add_(shift).relu_(), None
 
 
 class _RecomputedDirect(torch.autograd.Function):
@@ -303,7 +303,7 @@ class _RecomputedDirect(torch.autograd.Function):
             if type(norm) is nn.BatchNorm2d:
                 # The module: its running statistics are updated here, once.
                 return norm(y).relu_()
-            return _norm_relu(norm, y, None, None, fresh=conv is not None)[0]
+            return _norm_relu(norm, y, None, None)[0]
 
     @staticmethod
     @once_differentiable
@@ -372,9 +372,7 @@ def _direct_recipe(conv, norm, pre, cast, held_source, params, needs_source):
                 pre_graph = (leaf, pre(leaf))
             source = pre_graph[1].detach()
         y = _conv_output(conv, source, weight, bias, cast)
-        out, state = _norm_relu(norm, y, norm_weight, norm_bias,
-                                fresh=conv is not None and not keep_y,
-                                batch_norm_arguments=batch_norm_arguments)
+        out, state = _norm_relu(norm, y, norm_weight, norm_bias, batch_norm_arguments)
         return (pre_graph, y if keep_y else None, state), out
 
     return _Recipe(make)

@@ -10,25 +10,24 @@ from torch import nn
 from helpers import requires_detectron2, requires_gpu
 
 
-def _frozen_bn(channels):
-    from detectron2.layers import FrozenBatchNorm2d
-
-    norm = FrozenBatchNorm2d(channels)
-    norm.weight.uniform_(0.5, 2)
-    norm.bias.normal_()
-    norm.running_mean.normal_()
-    norm.running_var.uniform_(0.5, 2)
-    return norm
-
-
-def _bn(channels, train):
-    norm = nn.BatchNorm2d(channels).train(train)
+def _randomized(norm):
+    """``norm`` with random affine parameters and running statistics."""
     with torch.no_grad():
         norm.weight.uniform_(0.5, 2)
         norm.bias.normal_()
         norm.running_mean.normal_()
         norm.running_var.uniform_(0.5, 2)
     return norm
+
+
+def _frozen_bn(channels):
+    from detectron2.layers import FrozenBatchNorm2d
+
+    return _randomized(FrozenBatchNorm2d(channels))
+
+
+def _bn(channels, train):
+    return _randomized(nn.BatchNorm2d(channels).train(train))
 
 
 def _norm(name, channels):
