@@ -451,40 +451,68 @@ def recompute_into(consumer, source, norm, conv=None, pre=None):
         return consumer(out)
 
 
+# The largest window offset that the int16 bookkeeping of _ReluMaxPool holds.
+_INT16_MAX_OFFSET = torch.iinfo(torch.int16).max - 1
+
+
+def _window_origins(in_width, out_size, stride, padding, device):
+    """The flat index (into an input plane ``in_width`` wide) of each pooling window's
+    top-left corner, padding included (negative at the top and left borders)."""
+    rows = torch.arange(out_size[0], device=device) * stride - padding
+    columns = torch.arange(out_size[1], device=device) * stride - padding
+    return rows.view(-1, 1) * in_width + columns.view(1, -1)
+
+
 class _ReluMaxPool(torch.autograd.Function):
-    """``max_pool2d(relu(x))``, keeping for backward the pooling's argmax as int32 (half of
-    autograd's int64 indices) and a boolean mask of the pooled output's non-positive
-    elements (one byte an element of the output, where autograd keeps the ReLU's output, for
-    both ReLU and pooling).  ReLU is monotone, so it runs after the pooling, on a quarter of
-    the elements; an output is positive exactly where the element it took is, so the mask at
-    the output's resolution tells where the gradient passes."""
+    """``max_pool2d(relu(x))``, keeping for backward where each window's maximum lies, as an
+    int16 offset from the window's corner, negated (bitwise) where the pooled output is not
+    positive: two bytes an element of the output, where autograd keeps the ReLU's output
+    (for both ReLU and pooling) and int64 indices.  ReLU is monotone, so it runs after the
+    pooling, on a quarter of the elements; an output is positive exactly where the element
+    it took is, so the sign at the output's resolution tells where the gradient passes.
+    Inputs too wide for int16 offsets keep int32 indices and a boolean mask."""
 
     @staticmethod
     def forward(ctx, x, kernel_size, stride, padding):
         out, indices = F.max_pool2d(x, kernel_size, stride, padding, return_indices=True)
         nonpositive = out <= 0
+        width = x.shape[-1]
         ctx.shape = x.shape
         ctx.pooling = [[k, k] for k in (kernel_size, stride, padding)]
-        ctx.save_for_backward(nonpositive, indices.to(torch.int32))
+        ctx.offsets = (kernel_size - 1) * (width + 1) <= _INT16_MAX_OFFSET
+        if ctx.offsets:
+            offsets = (indices - _window_origins(width, out.shape[-2:], stride, padding,
+                                                 x.device)).to(torch.int16)
+            ctx.save_for_backward(torch.where(nonpositive, offsets.bitwise_not(), offsets))
+        else:
+            ctx.save_for_backward(nonpositive, indices.to(torch.int32))
         return out.relu_()
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out):
-        nonpositive, indices = ctx.saved_tensors
+        (kernel_size, _), (stride, _), (padding, _) = ctx.pooling
+        if ctx.offsets:
+            kept, = ctx.saved_tensors
+            nonpositive = kept < 0
+            indices = torch.where(nonpositive, kept.bitwise_not(), kept).long() + \
+                _window_origins(ctx.shape[-1], kept.shape[-2:], stride, padding, kept.device)
+        else:
+            nonpositive, indices = ctx.saved_tensors
+            indices = indices.long()
         # Pooling's own backward reads only the shape of its input: a stand-in of one element
         # takes the input's place.
         stand_in = grad_out.new_empty(()).expand(ctx.shape)
         grad = torch.ops.aten.max_pool2d_with_indices_backward(
             grad_out.masked_fill(nonpositive, 0), stand_in, ctx.pooling[0], ctx.pooling[1],
-            ctx.pooling[2], [1, 1], False, indices.long())
+            ctx.pooling[2], [1, 1], False, indices)
         return grad, None, None, None
 
 
 def relu_max_pool(x, kernel_size, stride, padding):
-    """``F.max_pool2d(F.relu(x), ...)`` that keeps a mask and int32 indices for backward
-    where a backward will run; the plain functions otherwise (inference, tracing,
-    compilation)."""
+    """``F.max_pool2d(F.relu(x), ...)`` that keeps int16 window offsets for backward (see
+    :class:`_ReluMaxPool`) where a backward will run; the plain functions otherwise
+    (inference, tracing, compilation)."""
     if (torch.is_grad_enabled() and x.requires_grad and not torch.jit.is_tracing()
             and not torch.compiler.is_compiling()):
         return _ReluMaxPool.apply(x, kernel_size, stride, padding)

@@ -187,12 +187,17 @@ def test_a_second_backward_recomputes_again():
     torch.testing.assert_close(second, want, rtol=0, atol=0)
 
 
-def test_relu_max_pool_keeps_a_pooled_mask_and_int32_indices():
+@pytest.mark.parametrize("width, want_kept", [
+    (8, [torch.int16]),  # window offsets, negated where the output is not positive
+    (16384, [torch.bool, torch.int32]),  # offsets past int16: a mask and int32 indices
+])
+def test_relu_max_pool_keeps_int16_window_offsets(width, want_kept):
     from involution_d2.layers.recompute import relu_max_pool
 
     torch.manual_seed(0)
-    x = torch.randn(2, 4, 9, 8, dtype=torch.float64)
+    x = torch.randn(2, 3, 9, width, dtype=torch.float64)
     x[0, 0, :4, :4] = -1.0  # a window with no positive element
+    x[1, 2, :, 5] = x[1, 2, :, 6]  # ties: the first maximum of a window takes the gradient
     results = []
     for fn in (lambda t: F.max_pool2d(F.relu(t), 3, 2, 1), lambda t: relu_max_pool(t, 3, 2, 1)):
         xi = x.clone().requires_grad_()
@@ -205,7 +210,8 @@ def test_relu_max_pool_keeps_a_pooled_mask_and_int32_indices():
     (want_out, want_grad, _), (out, grad, kept) = results
     torch.testing.assert_close(out, want_out, rtol=0, atol=0)
     torch.testing.assert_close(grad, want_grad, rtol=0, atol=0)
-    assert sorted(kept, key=str) == [((2, 4, 5, 4), torch.bool), ((2, 4, 5, 4), torch.int32)]
+    pooled = (2, 3, 5, (width + 1) // 2)
+    assert sorted(kept, key=str) == [(pooled, dtype) for dtype in want_kept]
 
 
 @requires_detectron2

@@ -113,6 +113,41 @@ def test_with_cp_leaves_frozen_stages_alone():
 
 
 @requires_detectron2
+@pytest.mark.parametrize("freeze_at", [0, 1])
+def test_a_trained_stem_pays_for_keeping_the_strided_blocks_involution_inputs(freeze_at):
+    """The strided blocks' involution input is kept where the stem is trained (its bytes pay
+    for it); where the stem is frozen, it is made again in backward by conv1 from the block
+    input. Same results either way."""
+    from involution_d2.modeling.backbone.rednet import RedNetBottleneck
+
+    plain = small_rednet("FrozenBN", freeze_at=freeze_at, recompute_activations=False)
+    model = small_rednet("FrozenBN", freeze_at=freeze_at)
+    model.load_state_dict(plain.state_dict())
+    strided = [b for b in model.modules() if isinstance(b, RedNetBottleneck) and b.stride > 1]
+    involution_inputs = []  # held: no other tensor takes their place in memory
+    for block in strided:
+        block.conv2.register_forward_pre_hook(
+            lambda module, args: involution_inputs.append(args[0]))
+    x = torch.randn(2, 3, 64, 48, dtype=torch.float64)
+    kept = set()
+    model.train()
+    with torch.autograd.graph.saved_tensors_hooks(
+            lambda t: kept.add(t.untyped_storage().data_ptr()) or t, lambda t: t):
+        out = model(x)["res5"]
+    out.square().sum().backward()
+    grads = [p.grad for p in model.parameters()]
+    want_out, want_grads, _, _ = train_step(plain, x)
+    want_grads = want_grads[1:]  # the input's aside
+    assert len(strided) == 3
+    assert all(block.rerun_conv1 == (freeze_at > 0) for block in strided)
+    kept_inputs = [t for t in involution_inputs if t.untyped_storage().data_ptr() in kept]
+    assert len(kept_inputs) == (3 if freeze_at == 0 else 0)
+    torch.testing.assert_close(out.detach(), want_out, rtol=0, atol=0)
+    for got, want in zip(grads, want_grads):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+@requires_detectron2
 def test_frozen_stages_and_inference_take_the_plain_path():
     model = small_rednet("FrozenBN", freeze_at=2)  # stem and res2 frozen, recompute default
     plain = small_rednet("FrozenBN", freeze_at=2, recompute_activations=False)
@@ -193,10 +228,10 @@ def _kept_for_backward(module, x):
 
 @requires_detectron2
 @pytest.mark.parametrize("norm", ["BN", "FrozenBN"])
-def test_stem_keeps_a_mask_and_indices_instead_of_its_relu_output(norm):
+def test_stem_keeps_pooling_offsets_instead_of_its_relu_output(norm):
     """The stem's largest tensor, its last ReLU output (kept by the ReLU and the pooling), is
-    not kept: a boolean mask and int32 pooling indices are. Same output, gradients and
-    statistics."""
+    not kept: the pooling's int16 window offsets are, their sign the ReLU's mask. Same output,
+    gradients and statistics."""
     from involution_d2.modeling.backbone.rednet import RedNetStem
 
     def stem(recompute):
@@ -221,9 +256,9 @@ def test_stem_keeps_a_mask_and_indices_instead_of_its_relu_output(norm):
     # Without: the ReLU output (kept by the ReLU and the pooling) and, where the norm is
     # trained, its input; with: the norm's input alone.
     assert (len(plain_relu), len(relu)) == ((3, 1) if norm == "BN" else (2, 0))
-    # The mask at the pooled resolution: a quarter of a mask of the ReLU's input.
-    assert ((2, 16, 8, 6), torch.bool) in kept and ((2, 16, 8, 6), torch.int32) in kept
-    assert ((2, 16, 16, 12), torch.bool) not in kept
+    # At the pooled resolution, two bytes an element: a quarter of the ReLU input's elements.
+    assert ((2, 16, 8, 6), torch.int16) in kept
+    assert not [s for s in kept if s[1] in (torch.bool, torch.int32, torch.int64)]
     torch.testing.assert_close(out, want_out, rtol=0, atol=0)
     for got, want in zip(grads, want_grads):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)

@@ -112,7 +112,7 @@ class RedNetStem(CNNBlockBase):
 
         def last_and_pool(x):
             # The stem's largest tensor is its ReLU output, which ReLU and pooling both keep:
-            # here a mask and the pooling's indices are kept instead.
+            # here the pooling's window offsets are kept instead (two bytes a pooled element).
             x = last.conv(x)
             return relu_max_pool(last.norm(x) if last.norm is not None else x, 3, 2, 1)
 
@@ -154,6 +154,9 @@ class RedNetBottleneck(CNNBlockBase):
             with torch.no_grad():
                 self.bn3.weight.zero_()
         self.recompute_activations = True  # see RedNet
+        # Strided blocks: whether the involution's input is made again in backward by conv1
+        # (True) or rebuilt from conv1's output, which is then kept (RedNet decides).
+        self.rerun_conv1 = True
         self.with_cp = False
 
     def forward(self, x):
@@ -181,7 +184,7 @@ class RedNetBottleneck(CNNBlockBase):
 
     @torch.jit.unused
     def _residual_recomputing(self, x):
-        if self.stride > 1:
+        if self.stride > 1 and self.rerun_conv1:
             # The involution strides: its input is at the block input's resolution, the
             # largest tensor of the block. Rebuilt from the block input (kept anyway, for
             # conv1 and the projection), by conv1 again.
@@ -216,7 +219,8 @@ class RedNet(ResNet):
                 (kernel_size, reduction_ratio, group_channels, backend, ...).
             recompute_activations (bool): in training, recompute in backward the norm+ReLU
                 outputs that are cheap to make again instead of keeping them: the
-                involutions' inputs in the stem and the strided blocks, their reduced
+                involutions' inputs in the stem and, where the stem is frozen, in the strided
+                blocks (a trained stem's savings pay for keeping those), their reduced
                 features, and where the norm keeps its input anyway (BN, GN) every block's
                 (``involution_d2.layers.recompute``). Same outputs and gradients.
             with_cp (bool): the official option: checkpoint the residual blocks (run them
@@ -259,6 +263,8 @@ class RedNet(ResNet):
         stage runs its blocks checkpointed in segments (``_checkpointed_stage``)."""
         assert x.dim() == 4, f"RedNet takes an input of shape (N, C, H, W). Got {x.shape} instead!"
         outputs = {}
+        if not torch.jit.is_scripting() and self.training and not torch.compiler.is_compiling():
+            self._plan_recomputation()
         x = self.stem(x)
         if "stem" in self._out_features:
             outputs["stem"] = x
@@ -276,6 +282,24 @@ class RedNet(ResNet):
             if "linear" in self._out_features:
                 outputs["linear"] = x
         return outputs
+
+    @torch.jit.unused
+    def _plan_recomputation(self):
+        # A trained stem keeps 160 bytes per pixel of its half-resolution grid (the
+        # involution's 32-channel output, and the pooling's two-byte window offsets at a
+        # quarter of the pixels) against 384 in ResNet-50's stem (its 64-channel ReLU output
+        # and int64 pooling indices), besides the image that both keep.  That pays for
+        # keeping, rather than making again by conv1 in backward, the strided blocks' conv1
+        # outputs (res3: 128, res4: 64 bytes per such pixel; res5's is kept anyway, see
+        # RECOMPUTE_MAX_MACS_PER_ELEMENT), whose recomputation is most of the cost of
+        # recomputing: each is a 1x1 convolution of 2 G multiply-adds at 800x1216.  With a
+        # frozen stem, the stages alone must stay within ResNet-50's bytes, and conv1 runs
+        # again.
+        stem_trained = any(p.requires_grad for p in self.stem.parameters())
+        for stage in self.stages:
+            for block in stage:
+                if isinstance(block, RedNetBottleneck):
+                    block.rerun_conv1 = not stem_trained
 
     @torch.jit.unused
     def _checkpointed_stage(self, name: str, x):
