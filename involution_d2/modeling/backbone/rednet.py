@@ -155,7 +155,8 @@ class RedNetBottleneck(CNNBlockBase):
                 self.bn3.weight.zero_()
         self.recompute_activations = True  # see RedNet
         # Strided blocks: whether the involution's input is made again in backward by conv1
-        # (True) or rebuilt from conv1's output, which is then kept (RedNet decides).
+        # from the block input (True), or kept (where the norm is trained: conv1's output,
+        # which it keeps anyway, from which it is made again element-wise). RedNet decides.
         self.rerun_conv1 = True
         self.with_cp = False
 
@@ -289,12 +290,11 @@ class RedNet(ResNet):
         # involution's 32-channel output, and the pooling's two-byte window offsets at a
         # quarter of the pixels) against 384 in ResNet-50's stem (its 64-channel ReLU output
         # and int64 pooling indices), besides the image that both keep.  That pays for
-        # keeping, rather than making again by conv1 in backward, the strided blocks' conv1
-        # outputs (res3: 128, res4: 64 bytes per such pixel; res5's is kept anyway, see
-        # RECOMPUTE_MAX_MACS_PER_ELEMENT), whose recomputation is most of the cost of
-        # recomputing: each is a 1x1 convolution of 2 G multiply-adds at 800x1216.  With a
-        # frozen stem, the stages alone must stay within ResNet-50's bytes, and conv1 runs
-        # again.
+        # keeping, rather than making again by conv1 in backward, the strided blocks'
+        # involution inputs (res3: 128, res4: 64 bytes per such pixel; res5's conv1 is not
+        # run again anyway, see RECOMPUTE_MAX_MACS_PER_ELEMENT), whose convolutions are most
+        # of the cost of recomputing: 2 G multiply-adds each at 800x1216.  With a frozen
+        # stem, the stages alone must stay within ResNet-50's bytes, and conv1 runs again.
         stem_trained = any(p.requires_grad for p in self.stem.parameters())
         for stage in self.stages:
             for block in stage:
