@@ -451,8 +451,9 @@ def recompute_into(consumer, source, norm, conv=None, pre=None):
         return consumer(out)
 
 
-# The largest window offset that the int16 bookkeeping of _ReluMaxPool holds.
-_INT16_MAX_OFFSET = torch.iinfo(torch.int16).max - 1
+# The largest window offset that the int16 bookkeeping of _ReluMaxPool holds (its bitwise
+# negation, -1 - offset, fits too).
+_INT16_MAX_OFFSET = torch.iinfo(torch.int16).max
 
 
 def _window_origins(in_width, out_size, stride, padding, device):

@@ -189,6 +189,7 @@ def test_a_second_backward_recomputes_again():
 
 @pytest.mark.parametrize("width, want_kept", [
     (8, [torch.int16]),  # window offsets, negated where the output is not positive
+    (16382, [torch.int16]),  # the widest input whose offsets int16 holds: up to 32766
     (16384, [torch.bool, torch.int32]),  # offsets past int16: a mask and int32 indices
 ])
 def test_relu_max_pool_keeps_int16_window_offsets(width, want_kept):

@@ -298,7 +298,7 @@ class RedNet(ResNet):
         stem_trained = any(p.requires_grad for p in self.stem.parameters())
         for stage in self.stages:
             for block in stage:
-                if isinstance(block, RedNetBottleneck):
+                if isinstance(block, RedNetBottleneck) and block.stride > 1:
                     block.rerun_conv1 = not stem_trained
 
     @torch.jit.unused
